@@ -1,0 +1,115 @@
+"""The `onnxruntime-cpu` backend: export with `torch.onnx.export`, time an ONNX Runtime session."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latency_lut.backends import (
+    BackendUnavailableError,
+    MeasurementBackend,
+    base_provenance,
+    check_clock,
+    check_counts,
+    check_threads,
+    time_calls,
+)
+
+#: Opset of every export: old enough for any ONNX Runtime of the last years, new enough for GELU.
+OPSET = 17
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(
+            "backend 'onnxruntime-cpu' needs the packages onnx and onnxruntime: "
+            "pip install 'hwnas[onnx]' (or: pip install onnx onnxruntime)"
+        ) from None
+    return onnxruntime
+
+
+def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], f: str | Path | io.BytesIO) -> None:
+    """Export `module` in eval mode, inputs named `input0, input1, ...`, at opset `OPSET`.
+
+    The TorchScript-based exporter is used: it needs no extra package (the dynamo exporter needs
+    onnxscript) and handles every block of the registered spaces.
+    """
+    was_training = module.training
+    module.eval()
+    names = [f"input{i}" for i in range(len(inputs))]
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(inputs), f, dynamo=False, input_names=names, opset_version=OPSET)
+    finally:
+        module.train(was_training)
+
+
+class OnnxRuntimeBackend(MeasurementBackend):
+    """ONNX Runtime on this host's CPU (`CPUExecutionProvider`), `threads` intra-op threads, one
+    inter-op thread, sequential execution and all graph optimisations (what a deployment would use),
+    timed on `clock` (see `latency_lut.backends.CLOCKS`).
+
+    Each `measure` exports the module, builds a session (untimed) and times `session.run` on the
+    example inputs, so the sample includes ONNX Runtime's per-call overhead exactly once per forward.
+    """
+
+    name = "onnxruntime-cpu"
+    runtime = "onnxruntime"
+    export_suffix = ".onnx"
+
+    def __init__(self, threads: int = 1, clock: str = "wall"):
+        self.threads = check_threads(threads)
+        self.clock = check_clock(clock, threads)
+        self._ort = _onnxruntime()
+
+    def session(self, model: bytes | str | Path) -> Any:
+        """An `InferenceSession` of an ONNX model (bytes or a file) with this backend's settings."""
+        ort = self._ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        source = model if isinstance(model, bytes) else str(model)
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+    def measure(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
+    ) -> list[float]:
+        check_counts(warmup, repeats)
+        buffer = io.BytesIO()
+        export_onnx(module, inputs, buffer)
+        session = self.session(buffer.getvalue())
+        feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
+        return time_calls(lambda: session.run(None, feeds), warmup, repeats, self.clock)
+
+    def export(self, module: nn.Module, inputs: Sequence[torch.Tensor], path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(module, inputs, path)
+        return path
+
+    def provenance(self) -> dict[str, Any]:
+        import onnx
+
+        return {
+            **base_provenance(self.name),
+            "runtime": "onnxruntime",
+            "onnxruntime": self._ort.__version__,
+            "onnx": onnx.__version__,
+            "torch": torch.__version__,
+            "opset": OPSET,
+            "threads": self.threads,
+            "clock": self.clock,
+            "providers": ["CPUExecutionProvider"],
+        }
