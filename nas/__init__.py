@@ -1,0 +1,29 @@
+"""How to search: objectives, strategies, Pareto fronts, the runner. Depends on `search_spaces`
+and `latency_lut`; never on `services` (it defines `TrialStore`, which `services` implements)."""
+
+from nas._trial import Trial, TrialState
+from nas.objectives import Constraint, Objective, SpecError, parse_constraint, parse_objective
+from nas.spec import Budget, ResolvedSpec, SearchSpec, resolve
+from nas.store import DuplicateTrialError, MemoryTrialStore, TrialStore
+
+__all__ = [
+    "Budget",
+    "Constraint",
+    "DuplicateTrialError",
+    "MemoryTrialStore",
+    "Objective",
+    "ResolvedSpec",
+    "SearchSpec",
+    "SpecError",
+    "Trial",
+    "TrialState",
+    "TrialStore",
+    "parse_constraint",
+    "parse_objective",
+    "resolve",
+]
+
+from nas.evaluate import EvalOutcome, SubnetEvaluator
+from nas.pareto import Normalizer, ParetoFront, hypervolume, non_dominated
+
+__all__ += ["EvalOutcome", "Normalizer", "ParetoFront", "SubnetEvaluator", "hypervolume", "non_dominated"]

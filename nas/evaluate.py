@@ -1,0 +1,141 @@
+"""Scoring one subnet: parameters, MACs, LUT latency per device and quality proxies."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from latency_lut import predict
+from nas.objectives import PLAIN_OBJECTIVES, SpecError, parse_objective
+from nas.proxies import ProxyContext, available_proxies, get_proxy
+from search_spaces import SearchSpace, get_space
+
+
+@dataclass
+class EvalOutcome:
+    """What evaluating one config gave: objective values by name, extra metrics, or the error.
+
+    On error `values` is empty and `error` says why (and what to do about it where we know).
+    """
+
+    values: dict[str, float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    duration_s: float = 0.0
+
+
+class SubnetEvaluator:
+    """Scores configs of one space (at fixed options) on the given objectives.
+
+    `luts` maps a device to its LUT snapshot (block key -> median ms, as `LatencyTable.snapshot`
+    gives). `params` is the sum of the blocks' parameter counts (no tracing); `macs` comes from
+    `space.count` (fvcore, cached per block key); `latency:<device>` is the sum of the device's LUT
+    entries over the subnet's blocks and is an error when any block key is missing. `proxy:<name>` runs
+    the proxy `name` of `nas.proxies` (in the evaluator's process: inside a Ray actor under the
+    runner) and records its cost as the metric `proxy_seconds:<name>`; proxies are seeded with
+    `proxy_seed`, so a config gets the same value in every evaluator. `supernet_checkpoint` names the
+    trained supernet the `supernet_*` proxies inherit from (by default the one `nas supernet train`
+    wrote for the space at these options).
+
+    `space` may pass an already built instance of the space (in-process use); workers build their own
+    from `space_name` and `space_options`.
+    """
+
+    def __init__(
+        self,
+        space_name: str,
+        space_options: Mapping[str, Any],
+        objectives: Sequence[str],
+        luts: Mapping[str, Mapping[str, float]],
+        *,
+        space: SearchSpace | None = None,
+        proxy_seed: int = 0,
+        supernet_checkpoint: str | None = None,
+    ):
+        self.space = space if space is not None else get_space(space_name, **dict(space_options))
+        self.objectives = list(objectives)
+        self.devices: list[str] = []
+        self.proxies: list[str] = []
+        for name in self.objectives:
+            kind, sep, argument = name.partition(":")
+            if name in PLAIN_OBJECTIVES:
+                continue
+            if kind == "latency" and sep and argument:
+                self.devices.append(argument)
+                continue
+            if kind == "proxy" and sep and argument:
+                self.proxies.append(argument)
+                continue
+            allowed = [*PLAIN_OBJECTIVES, "latency:<device>", "proxy:<name>"]
+            raise SpecError(
+                f"unknown objective {name!r}; allowed: {allowed}", field="objectives", allowed=allowed
+            )
+        self.luts = {device: dict(luts.get(device, {})) for device in self.devices}
+        self.proxy_context: ProxyContext | None = None
+        if self.proxies:
+            offered = available_proxies(self.space, supernet=True if supernet_checkpoint else None)
+            for name in self.proxies:
+                # Parsing names the problem (unknown, or unavailable for this space) and the fix.
+                parse_objective(f"proxy:{name}", [], proxies=offered, space=self.space.name)
+            self.proxy_context = ProxyContext(
+                self.space, seed=proxy_seed, supernet_checkpoint=supernet_checkpoint
+            )
+
+    def evaluate(self, config: Mapping[str, Any]) -> EvalOutcome:
+        """Score one config; never raises (any failure is the outcome's `error`)."""
+        start = time.perf_counter()
+        values: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
+        try:
+            error = self._evaluate(config, values, metrics)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            metrics["traceback"] = traceback.format_exc(limit=8)
+        duration = time.perf_counter() - start
+        if error is not None:
+            return EvalOutcome(values={}, metrics=metrics, error=error, duration_s=duration)
+        return EvalOutcome(values=values, metrics=metrics, error=None, duration_s=duration)
+
+    def _evaluate(
+        self, config: Mapping[str, Any], values: dict[str, float], metrics: dict[str, Any]
+    ) -> str | None:
+        canonical = self.space.canonicalize(config)
+        blocks = self.space.blocks(canonical)
+        metrics["n_blocks"] = len(blocks)
+        errors = []
+        n_keys = len({spec.key for spec in blocks})
+        for device in self.devices:
+            estimate = predict(self.luts[device], device, blocks)
+            metrics[f"latency_coverage:{device}"] = estimate.covered_share
+            if estimate.missing_keys:
+                errors.append(self._missing_message(device, estimate.missing_keys, n_keys))
+            else:
+                values[f"latency:{device}"] = estimate.total_ms
+        if errors:
+            # Before counting MACs: a subnet that cannot be priced is not worth tracing.
+            return "; ".join(errors)
+        wanted = set(self.objectives)
+        if "macs" in wanted:
+            counts = self.space.count(canonical)
+            values["macs"] = float(counts["macs"])
+            if "params" in wanted:
+                values["params"] = float(counts["params"])
+        elif "params" in wanted:
+            values["params"] = float(sum(spec.params for spec in blocks))
+        for name in self.proxies:
+            assert self.proxy_context is not None
+            start = time.perf_counter()
+            values[f"proxy:{name}"] = get_proxy(name).compute(self.proxy_context, canonical)
+            metrics[f"proxy_seconds:{name}"] = time.perf_counter() - start
+        return None
+
+    def _missing_message(self, device: str, missing: list[str], n_keys: int) -> str:
+        examples = ", ".join(repr(key) for key in missing[:2])
+        return (
+            f"the latency table of device {device!r} lacks {len(missing)} of the {n_keys} distinct block "
+            f"keys of this subnet, e.g. {examples}; run `nas lut measure --device {device} "
+            f"--space {self.space.name}` (or upload measurements from a device farm) to fill it"
+        )

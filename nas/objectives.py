@@ -1,0 +1,178 @@
+"""Objectives (`latency:<device>`, `params`, `macs`, `proxy:<name>`) and constraints
+(`latency:host-cpu-torch <= 5`).
+
+Units: latency in milliseconds, `params` in parameters, `macs` in multiply-accumulates of one forward
+pass at the space's options; these three are minimised. `proxy:<name>` is a quality proxy of
+`nas.proxies` (e.g. `proxy:synflow`), in the proxy's own units and direction (most are maximised;
+`proxy:supernet_loss` is minimised). Which proxies a space offers depends on the space (see
+`nas.proxies.available_proxies`); `nas.spec.resolve` checks them against the chosen space.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from search_spaces import SpaceError
+
+Direction = Literal["minimize", "maximize"]
+
+#: Objectives that take no argument, with their directions.
+PLAIN_OBJECTIVES: dict[str, Direction] = {"params": "minimize", "macs": "minimize"}
+#: Objectives written `<kind>:<argument>`, with the kind's usual direction (a proxy's own direction,
+#: see `objective_direction`, takes precedence).
+PARAMETRIZED_OBJECTIVES: dict[str, Direction] = {"latency": "minimize", "proxy": "maximize"}
+
+
+class SpecError(SpaceError):
+    """A search spec is invalid; `field` names the offending field, `allowed` what would be valid."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: `name` as written in specs, e.g. `latency:host-cpu-torch`."""
+
+    name: str
+    direction: Direction
+
+    @property
+    def kind(self) -> str:
+        return self.name.split(":", 1)[0]
+
+    @property
+    def argument(self) -> str | None:
+        return self.name.split(":", 1)[1] if ":" in self.name else None
+
+    @property
+    def device(self) -> str | None:
+        return self.argument if self.kind == "latency" else None
+
+    def to_min(self, value: float) -> float:
+        """The value as a quantity to minimise."""
+        return value if self.direction == "minimize" else -value
+
+
+def registered_proxies() -> dict[str, Direction]:
+    """Every registered proxy with its direction, whatever space it suits."""
+    from nas.proxies import get_proxy, list_proxies
+
+    return {name: get_proxy(name).direction for name in list_proxies()}
+
+
+def objective_direction(name: str) -> Direction:
+    """The direction of the objective `name` (a proxy's own; unknown kinds are minimised)."""
+    name = name.strip()
+    if name in PLAIN_OBJECTIVES:
+        return PLAIN_OBJECTIVES[name]
+    kind, _, arg = name.partition(":")
+    if kind == "proxy":
+        return registered_proxies().get(arg, PARAMETRIZED_OBJECTIVES["proxy"])
+    return PARAMETRIZED_OBJECTIVES.get(kind, "minimize")
+
+
+def _proxy_problem(proxy: str, objective: str) -> str:
+    from nas.proxies import get_proxy
+
+    if proxy not in registered_proxies():
+        return f"unknown proxy {proxy!r} in objective {objective!r}"
+    return f"proxy {proxy!r} is not available here: {get_proxy(proxy).requirement()}"
+
+
+def allowed_objectives(known_devices: Iterable[str], proxies: Iterable[str] = ()) -> list[str]:
+    return [
+        *PLAIN_OBJECTIVES,
+        *(f"latency:{d}" for d in sorted(known_devices)),
+        *(f"proxy:{p}" for p in sorted(proxies)),
+    ]
+
+
+def parse_objective(
+    text: str,
+    known_devices: Iterable[str],
+    *,
+    field: str = "objectives",
+    proxies: Mapping[str, Direction] | None = None,
+    space: str | None = None,
+) -> Objective:
+    """Parse an objective name, checking devices against `known_devices`.
+
+    `proxy:<name>` is checked against `proxies` (name -> direction: those available for the chosen
+    `space`, see `nas.proxies.available_proxies`), or against every registered proxy when None.
+    """
+    devices = sorted(known_devices)
+    name = text.strip()
+    if name in PLAIN_OBJECTIVES:
+        return Objective(name, PLAIN_OBJECTIVES[name])
+    kind, sep, arg = name.partition(":")
+    if sep and kind == "latency":
+        if arg not in devices:
+            raise SpecError(
+                f"unknown device {arg!r} in objective {name!r}; known devices: {devices}",
+                field=field,
+                allowed=allowed_objectives(devices, proxies or ()),
+            )
+        return Objective(name, PARAMETRIZED_OBJECTIVES[kind])
+    if sep and kind == "proxy":
+        offered = registered_proxies() if proxies is None else dict(proxies)
+        if arg not in offered:
+            where = f" for space {space!r}" if space else ""
+            raise SpecError(
+                f"{_proxy_problem(arg, name)}; available proxies{where}: {sorted(offered)}",
+                field=field,
+                allowed=allowed_objectives(devices, offered),
+            )
+        return Objective(name, offered[arg])
+    raise SpecError(
+        f"unknown objective {name!r}; allowed: {allowed_objectives(devices, proxies or ())}",
+        field=field,
+        allowed=allowed_objectives(devices, proxies or ()),
+    )
+
+
+_CONSTRAINT = re.compile(r"^\s*(?P<objective>[^<>=\s]+)\s*(?P<op><=|>=)\s*(?P<bound>[-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """`objective op bound`: a trial is feasible when every constraint holds."""
+
+    objective: Objective
+    op: Literal["<=", ">="]
+    bound: float
+
+    def __str__(self) -> str:
+        return f"{self.objective.name} {self.op} {self.bound:g}"
+
+    def violation(self, values: Mapping[str, float]) -> float:
+        """How far the constraint is violated (<= 0 when satisfied), as Optuna's constraints expect."""
+        value = values[self.objective.name]
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+    def satisfied(self, values: Mapping[str, float]) -> bool:
+        return self.violation(values) <= 0
+
+
+def parse_constraint(
+    text: str,
+    known_devices: Iterable[str],
+    *,
+    field: str = "constraints",
+    proxies: Mapping[str, Direction] | None = None,
+    space: str | None = None,
+) -> Constraint:
+    """Parse `"<objective> <= <number>"` or `">="` (`proxies` and `space` as in `parse_objective`)."""
+    match = _CONSTRAINT.match(text)
+    if not match:
+        raise SpecError(
+            f"constraint {text!r} is not of the form '<objective> <= <number>' or '<objective> >= <number>'",
+            field=field,
+            allowed="<objective> <= <number> | <objective> >= <number>",
+        )
+    objective = parse_objective(match["objective"], known_devices, field=field, proxies=proxies, space=space)
+    try:
+        bound = float(match["bound"])
+    except ValueError:
+        raise SpecError(f"constraint bound {match['bound']!r} is not a number", field=field) from None
+    return Constraint(objective, match["op"], bound)  # type: ignore[arg-type]

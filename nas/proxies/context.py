@@ -1,0 +1,85 @@
+"""`ProxyContext`: what proxies share while scoring subnets of one space (one per evaluator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.proxies._base import ProxyError
+from nas.proxies.tasks import make_task, proxy_batch
+from nas.training.data import Batch
+from nas.training.tasks import TrainingTask
+from search_spaces import SearchSpace
+
+#: Samples in the batch that batch-based proxies see (NASWOT's kernel is this many samples square).
+DEFAULT_BATCH_SIZE = 32
+
+
+class ProxyContext:
+    """The space, the seed, the task and its proxy batch (generated once), the supernet (loaded once).
+
+    `model(config)` builds a fresh subnet whose random init depends only on `seed`, so a proxy gives
+    the same value for the same config every time, in any process.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        supernet_checkpoint: str | Path | None = None,
+    ):
+        if batch_size < 2:
+            raise ValueError(
+                f"proxy batch_size must be >= 2 (kernels and statistics need two), got {batch_size}"
+            )
+        self.space = space
+        self.seed = seed
+        self.batch_size = batch_size
+        self.supernet_checkpoint = None if supernet_checkpoint is None else Path(supernet_checkpoint)
+        self._task: TrainingTask | None = None
+        self._batch: Batch | None = None
+        self._supernet: Any = None
+
+    @property
+    def task(self) -> TrainingTask:
+        """The space's training task (data and loss), built on first use."""
+        if self._task is None:
+            self._task = make_task(self.space, self.seed)
+        return self._task
+
+    def batch(self) -> Batch:
+        """The proxy batch: `batch_size` samples of the task's proxy stream (always the same)."""
+        if self._batch is None:
+            self._batch = proxy_batch(self.task, self.batch_size)
+        return self._batch
+
+    def mini_batches(self, parts: int) -> list[Batch]:
+        """The proxy batch cut into `parts` consecutive mini-batches of (nearly) equal size."""
+        chunks = {key: value.tensor_split(parts) for key, value in self.batch().items()}
+        return [{key: chunk[i] for key, chunk in chunks.items()} for i in range(parts)]
+
+    def model(self, config: dict[str, Any]) -> nn.Module:
+        """A freshly built subnet in train mode, initialised from `seed` (global RNG state untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = self.space.build(config)
+        return model.float().train()
+
+    def supernet(self) -> Any:
+        """The trained supernet (`nas.proxies.supernet.LoadedSupernet`), loaded on first use."""
+        if self._supernet is None:
+            from nas.proxies.supernet import find_checkpoint, load_supernet
+
+            path = self.supernet_checkpoint or find_checkpoint(self.space)
+            if path is None:
+                raise ProxyError(
+                    f"no trained supernet checkpoint for space {self.space.name!r} at options "
+                    f"{self.space.options}; run `nas supernet train` first or pass a checkpoint"
+                )
+            self._supernet = load_supernet(self.space, path)
+        return self._supernet

@@ -1,0 +1,447 @@
+"""The search loop: ask the strategy, evaluate on a pool of Ray actors, record, tell, keep the front.
+
+`Runner.run` keeps `budget.parallelism` evaluations in flight, records every finished trial in the
+`TrialStore` at once (numbers 0, 1, 2, ... without gaps, also across restarts), tells the strategy,
+updates the Pareto front incrementally and reports progress. A restarted runner resumes from the
+stored trials and never evaluates a stored config id again.
+
+Infeasible trials (a constraint violated) are stored with `feasible=False` and never join the front.
+The reported hypervolume is that of the front in minimisation form, normalised per objective by the
+space's smallest and largest subnets (evaluated once in-process, not stored) with reference point 1.1
+(see `nas.pareto`); if either anchor cannot be evaluated, the bounds are the per-objective minimum and
+maximum over the complete trials seen so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from nas._trial import Trial, TrialState
+from nas.evaluate import EvalOutcome, SubnetEvaluator
+from nas.pareto import Normalizer, ParetoFront, hypervolume
+from nas.spec import ResolvedSpec
+from nas.store import TrialStore
+from nas.strategies import make_strategy
+from search_spaces import Config, config_id
+
+logger = logging.getLogger(__name__)
+
+#: Reference point of the reported hypervolume, per normalised objective (see `nas.pareto`).
+HV_REFERENCE = 1.1
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Idempotent: connect to `address` (an existing cluster, e.g. "ray://host:10001" or "auto") or
+    start a local Ray (include_dashboard=False, log_to_driver=False) if none is initialised.
+
+    `num_cpus` sizes a local Ray only; an existing cluster brings its own resources.
+    Call it from a thread that lives as long as Ray is needed (the main thread, a service's scheduler
+    loop): the processes of a local Ray are killed when the thread that started them ends.
+    """
+    if ray.is_initialized():
+        return
+    if address:
+        logger.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=False)
+    else:
+        logger.info("starting a local Ray (num_cpus=%s)", num_cpus)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+@dataclass
+class RunProgress:
+    """Where a running search stands, after each recorded trial."""
+
+    n_trials: int
+    n_failed: int
+    budget_trials: int
+    front_size: int
+    hypervolume: float | None
+    elapsed_s: float
+
+
+@dataclass
+class RunResult:
+    """How a run ended. `front` lists trial numbers; `error` is set when `state == "failed"`."""
+
+    state: Literal["succeeded", "cancelled", "failed"]
+    n_trials: int
+    front: list[int]
+    hypervolume: float | None
+    error: str | None
+    elapsed_s: float
+
+
+@ray.remote(num_cpus=1)
+class EvaluatorActor:
+    """A Ray actor holding one `SubnetEvaluator` (space and LUT snapshots are loaded once)."""
+
+    def __init__(
+        self,
+        space_name: str,
+        space_options: dict[str, Any],
+        objectives: list[str],
+        luts: Mapping[str, Mapping[str, float]],
+    ):
+        import torch
+
+        # One actor per CPU: more threads per actor would only fight over the same cores.
+        torch.set_num_threads(1)
+        self._evaluator = SubnetEvaluator(space_name, space_options, objectives, luts)
+
+    def ready(self) -> bool:
+        return True
+
+    def evaluate(self, config: Config) -> EvalOutcome:
+        return self._evaluator.evaluate(config)
+
+
+class _LocalPool:
+    """Evaluations in this process, one at a time, in submission order (debugging, fast tests)."""
+
+    def __init__(self, evaluator: SubnetEvaluator, capacity: int):
+        self.capacity = capacity
+        self._evaluator = evaluator
+        self._queue: deque[Config] = deque()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def submit(self, config: Config) -> None:
+        self._queue.append(config)
+
+    def next_done(self) -> tuple[Config, EvalOutcome]:
+        config = self._queue.popleft()
+        return config, self._evaluator.evaluate(config)
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+class _RayPool:
+    """`capacity` evaluator actors; each runs one evaluation at a time. A dead actor fails its trial
+    and is replaced."""
+
+    def __init__(
+        self, space_name: str, space_options: dict[str, Any], objectives: list[str], luts: Any, size: int
+    ):
+        self.capacity = size
+        self._args = (space_name, space_options, objectives, ray.put({d: dict(t) for d, t in luts.items()}))
+        self._idle = [self._spawn() for _ in range(size)]
+        self._running: dict[ray.ObjectRef, tuple[Any, Config]] = {}
+        try:
+            # Fail the run now, with the worker's error, if an actor cannot even start.
+            ray.get([actor.ready.remote() for actor in self._idle])
+        except BaseException:
+            self.close()
+            raise
+
+    def _spawn(self) -> Any:
+        return EvaluatorActor.remote(*self._args)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def submit(self, config: Config) -> None:
+        actor = self._idle.pop()
+        self._running[actor.evaluate.remote(config)] = (actor, config)
+
+    def next_done(self) -> tuple[Config, EvalOutcome]:
+        ready, _ = ray.wait(list(self._running), num_returns=1)
+        actor, config = self._running.pop(ready[0])
+        try:
+            outcome = ray.get(ready[0])
+        except RayActorError as exc:
+            logger.warning("evaluation actor died; replacing it: %s", exc)
+            outcome = EvalOutcome(values={}, error=f"the evaluation worker died: {exc}")
+            ray.kill(actor)
+            actor = self._spawn()
+        except RayError as exc:
+            outcome = EvalOutcome(values={}, error=f"Ray could not run the evaluation: {exc}")
+        self._idle.append(actor)
+        return config, outcome
+
+    def close(self) -> None:
+        for actor in [*self._idle, *(actor for actor, _ in self._running.values())]:
+            ray.kill(actor)
+        self._idle.clear()
+        self._running.clear()
+
+
+class Runner:
+    """Runs (or resumes) one search; see the module docstring and `run`.
+
+    `luts` maps each device of the spec to its LUT snapshot (block key -> median ms). Construction
+    validates the strategy and its params (`SpecError`); `run` itself never raises.
+    """
+
+    def __init__(
+        self,
+        resolved: ResolvedSpec,
+        search_id: str,
+        store: TrialStore,
+        luts: Mapping[str, Mapping[str, float]],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[RunProgress], None] | None = None,
+        use_ray: bool = True,
+        elapsed_before_s: float = 0.0,
+    ):
+        self.resolved = resolved
+        self.search_id = search_id
+        self.store = store
+        self.luts = {device: dict(table) for device, table in luts.items()}
+        self.should_stop = should_stop
+        self.on_progress = on_progress
+        self.use_ray = use_ray
+        self.elapsed_before_s = elapsed_before_s
+        spec = resolved.spec
+        self.budget = spec.budget
+        self.objectives = resolved.objectives
+        # Constraints may bound objectives that are not searched; evaluation computes those too.
+        names = [o.name for o in resolved.objectives] + [c.objective.name for c in resolved.constraints]
+        self.eval_objectives = list(dict.fromkeys(names))
+        self.strategy = make_strategy(
+            spec.strategy,
+            resolved.space,
+            resolved.objectives,
+            resolved.constraints,
+            seed=spec.seed,
+            **spec.strategy_params,
+        )
+        self._start = time.monotonic()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget what a previous `run` learned: every run starts from the store."""
+        self.front = ParetoFront(len(self.objectives))
+        self._normalizer: Normalizer | None = None
+        # Per-objective min and max over complete trials: the bounds when an anchor failed.
+        self._seen_lo: np.ndarray | None = None
+        self._seen_hi: np.ndarray | None = None
+        self._seen: set[str] = set()
+        self._n_trials = 0
+        self._n_failed = 0
+        self._next_number = 0
+        self._hypervolume: float | None = None
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> RunResult:
+        """Run until the budget, the deadline, exhaustion of the strategy or a cancel; never raises."""
+        self._start = time.monotonic()
+        self._reset()
+        pool: _LocalPool | _RayPool | None = None
+        try:
+            local = SubnetEvaluator(
+                self.resolved.space.name,
+                self.resolved.space.options,
+                self.eval_objectives,
+                self.luts,
+                space=self.resolved.space,
+            )
+            self._restore()
+            self._set_bounds(local)
+            pool = self._make_pool(local)
+            state = self._loop(pool)
+            result = self._result(state, None)
+        except Exception as exc:
+            logger.exception("search %s failed", self.search_id)
+            result = self._result("failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            if pool is not None:
+                pool.close()
+        logger.info(
+            "search %s %s: %d trials, front %d, hypervolume %s, %.1fs",
+            self.search_id,
+            result.state,
+            result.n_trials,
+            len(result.front),
+            result.hypervolume,
+            result.elapsed_s,
+        )
+        return result
+
+    # ------------------------------------------------------------------ set-up
+    def _restore(self) -> None:
+        stored = self.store.trials(self.search_id)
+        if not stored:
+            return
+        logger.info("search %s: resuming from %d stored trials", self.search_id, len(stored))
+        for trial in stored:
+            self._observe(trial)
+        self._next_number = max(t.number for t in stored) + 1
+        self.strategy.tell(stored)
+        self.store.set_pareto(self.search_id, self.front.members)
+        self._hypervolume = self._compute_hypervolume()
+
+    def _set_bounds(self, evaluator: SubnetEvaluator) -> None:
+        space = self.resolved.space
+        anchors = []
+        for name, config in (("smallest", space.smallest()), ("largest", space.largest())):
+            outcome = evaluator.evaluate(config)
+            if outcome.error is not None:
+                logger.warning(
+                    "search %s: the %s subnet could not be evaluated (%s); hypervolume bounds will come "
+                    "from the trials seen so far",
+                    self.search_id,
+                    name,
+                    outcome.error,
+                )
+                return
+            anchors.append(self._min_point(outcome.values))
+        self._normalizer = Normalizer.from_points(anchors)
+        self._hypervolume = self._compute_hypervolume()
+
+    def _make_pool(self, local: SubnetEvaluator) -> _LocalPool | _RayPool:
+        parallelism = self.budget.parallelism
+        if not self.use_ray:
+            return _LocalPool(local, parallelism)
+        init_ray()
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        size = min(parallelism, max(1, cpus))
+        if size < parallelism:
+            # Actors hold their CPU for life: more than the cluster has would wait forever.
+            logger.warning(
+                "search %s: parallelism %d exceeds the %d CPUs of the Ray cluster; using %d actors",
+                self.search_id,
+                parallelism,
+                cpus,
+                size,
+            )
+        space = self.resolved.space
+        return _RayPool(space.name, dict(space.options), self.eval_objectives, self.luts, size)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self, pool: _LocalPool | _RayPool) -> Literal["succeeded", "cancelled"]:
+        cancelled = False
+        while True:
+            if not cancelled and self.should_stop is not None and self.should_stop():
+                logger.info(
+                    "search %s: cancel requested; awaiting %d evaluations", self.search_id, pool.in_flight
+                )
+                cancelled = True
+            if not cancelled and not self._deadline_passed():
+                free = min(pool.capacity, self.budget.trials - self._n_trials) - pool.in_flight
+                if free > 0:
+                    for config in self.strategy.ask(free):
+                        canonical = self.resolved.space.canonicalize(config)
+                        cid = config_id(canonical)
+                        if cid in self._seen:
+                            logger.warning(
+                                "search %s: strategy repeated config %s; skipped", self.search_id, cid
+                            )
+                            continue
+                        self._seen.add(cid)
+                        pool.submit(canonical)
+            if pool.in_flight == 0:
+                return "cancelled" if cancelled else "succeeded"
+            config, outcome = pool.next_done()
+            self._record(config, outcome)
+
+    def _deadline_passed(self) -> bool:
+        return self.budget.seconds is not None and self._elapsed() >= self.budget.seconds
+
+    def _record(self, config: Config, outcome: EvalOutcome) -> None:
+        number = self._next_number
+        if outcome.error is not None:
+            trial = Trial(
+                number=number,
+                config=config,
+                config_id=config_id(config),
+                state=TrialState.FAILED,
+                metrics=outcome.metrics,
+                error=outcome.error,
+                duration_s=outcome.duration_s,
+            )
+        else:
+            trial = Trial(
+                number=number,
+                config=config,
+                config_id=config_id(config),
+                values=outcome.values,
+                feasible=all(c.satisfied(outcome.values) for c in self.resolved.constraints),
+                metrics=outcome.metrics,
+                duration_s=outcome.duration_s,
+            )
+        self.store.add(self.search_id, trial)
+        self._next_number += 1
+        joined = self._observe(trial)
+        self.strategy.tell([trial])
+        if joined:
+            self.store.set_pareto(self.search_id, self.front.members)
+        self._hypervolume = self._compute_hypervolume()
+        if trial.state == TrialState.FAILED:
+            logger.debug("search %s: trial %d failed: %s", self.search_id, number, trial.error)
+        every = max(1, self.budget.trials // 20)
+        if self._n_trials % every == 0 or self._n_trials == self.budget.trials:
+            logger.info(
+                "search %s: %d/%d trials (%d failed), front %d, hypervolume %s",
+                self.search_id,
+                self._n_trials,
+                self.budget.trials,
+                self._n_failed,
+                len(self.front),
+                self._hypervolume,
+            )
+        if self.on_progress is not None:
+            self.on_progress(
+                RunProgress(
+                    n_trials=self._n_trials,
+                    n_failed=self._n_failed,
+                    budget_trials=self.budget.trials,
+                    front_size=len(self.front),
+                    hypervolume=self._hypervolume,
+                    elapsed_s=self._elapsed(),
+                )
+            )
+
+    def _observe(self, trial: Trial) -> bool:
+        """Count a recorded trial; returns True if it joined the front."""
+        self._n_trials += 1
+        self._seen.add(trial.config_id)
+        if trial.state == TrialState.FAILED:
+            self._n_failed += 1
+            return False
+        if not all(o.name in trial.values for o in self.objectives):
+            return False
+        point = self._min_point(trial.values)
+        if self._seen_lo is None or self._seen_hi is None:
+            self._seen_lo, self._seen_hi = np.array(point), np.array(point)
+        else:
+            self._seen_lo, self._seen_hi = np.minimum(self._seen_lo, point), np.maximum(self._seen_hi, point)
+        return trial.feasible and self.front.add(trial.number, point)
+
+    # ------------------------------------------------------------------ helpers
+    def _min_point(self, values: Mapping[str, float]) -> list[float]:
+        return [o.to_min(float(values[o.name])) for o in self.objectives]
+
+    def _compute_hypervolume(self) -> float | None:
+        if len(self.front) == 0 or len(self.objectives) > 3:
+            return None
+        normalizer = self._normalizer or Normalizer(self._seen_lo, self._seen_hi)
+        points = normalizer(self.front.points)
+        return hypervolume(points, [HV_REFERENCE] * len(self.objectives))
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before_s + (time.monotonic() - self._start)
+
+    def _result(self, state: Literal["succeeded", "cancelled", "failed"], error: str | None) -> RunResult:
+        return RunResult(
+            state=state,
+            n_trials=self._n_trials,
+            front=self.front.members,
+            hypervolume=self._hypervolume,
+            error=error,
+            elapsed_s=self._elapsed(),
+        )

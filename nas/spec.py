@@ -1,0 +1,90 @@
+"""Search specs: what a user submits (YAML file, REST body), validated into a `ResolvedSpec`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nas.objectives import Constraint, Objective, SpecError, parse_constraint, parse_objective
+from search_spaces import SearchSpace, SpaceError, get_space
+
+MAX_TRIALS = 100_000
+MAX_SECONDS = 7 * 24 * 3600
+MAX_PARALLELISM = 256
+
+
+class Budget(BaseModel):
+    """When a search stops: after `trials` evaluations or `seconds` of wall time, whichever first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(100, ge=1, le=MAX_TRIALS, description="evaluations to run")
+    seconds: float | None = Field(None, gt=0, le=MAX_SECONDS, description="wall-clock limit")
+    parallelism: int = Field(2, ge=1, le=MAX_PARALLELISM, description="evaluations in flight at once")
+
+
+class SearchSpec(BaseModel):
+    """A search as submitted. Field names are those of the YAML files in `examples/`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200)
+    space: str = Field(..., description="registered search space, see GET /v1/spaces")
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    objectives: list[str] = Field(..., min_length=1, max_length=3)
+    constraints: list[str] = Field(default_factory=list, max_length=16)
+    #: TPE had the highest final hypervolume on every space (benchmarks/search_quality.py).
+    strategy: str = "tpe"
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget = Field(default_factory=Budget)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+@dataclass
+class ResolvedSpec:
+    """A validated spec with its space instance and parsed objectives and constraints."""
+
+    spec: SearchSpec
+    space: SearchSpace
+    objectives: list[Objective]
+    constraints: list[Constraint]
+
+    @property
+    def devices(self) -> list[str]:
+        names = [o.device for o in self.objectives] + [c.objective.device for c in self.constraints]
+        return sorted({d for d in names if d})
+
+
+def resolve(spec: SearchSpec, known_devices: Iterable[str]) -> ResolvedSpec:
+    """Check every name in `spec` against what exists; raise `SpecError`/`SpaceError` naming the field."""
+    from nas.proxies import available_proxies
+    from nas.strategies import list_strategies
+
+    devices = sorted(known_devices)
+    try:
+        space = get_space(spec.space, **spec.space_options)
+    except SpaceError as exc:
+        field = "space" if exc.field == "space" else f"space_options.{exc.field}"
+        raise SpecError(str(exc), field=field, allowed=exc.allowed) from None
+    proxies = available_proxies(space)
+    objectives = [
+        parse_objective(text, devices, field=f"objectives[{i}]", proxies=proxies, space=space.name)
+        for i, text in enumerate(spec.objectives)
+    ]
+    names = [o.name for o in objectives]
+    if len(set(names)) != len(names):
+        raise SpecError(f"objectives repeat a name: {names}", field="objectives")
+    constraints = [
+        parse_constraint(text, devices, field=f"constraints[{i}]", proxies=proxies, space=space.name)
+        for i, text in enumerate(spec.constraints)
+    ]
+    if spec.strategy not in list_strategies():
+        raise SpecError(
+            f"unknown strategy {spec.strategy!r}; allowed: {list_strategies()}",
+            field="strategy",
+            allowed=list_strategies(),
+        )
+    return ResolvedSpec(spec=spec, space=space, objectives=objectives, constraints=constraints)

@@ -1,0 +1,203 @@
+"""Greedy one-step-at-a-time searches (`evolving`, `slimming`): probe actions, take the best, repeat.
+
+A `StepwiseStrategy` keeps a *current* config. Each step it needs the values of the current config
+and of the configs its candidate actions lead to; `ask` hands out those not yet known (all of them
+at once, so a step's probes run in parallel), and once all are told it decides the step, records it
+in `steps` and moves on. Values are cached by config id, so a probe seen before (or told from a store
+on resume) is never asked again, and replaying the same seed and trials gives the same steps. A
+failed probe is an action not taken. When no action helps, `ask` returns [] for good (`done`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nas._trial import Trial, TrialState
+from nas.objectives import Constraint, Objective, SpecError
+from nas.strategies._base import Strategy
+from search_spaces import Config, ConfigError, SearchSpace, config_id
+
+
+@dataclass(frozen=True)
+class Action:
+    """Set choice `choice` from `old` to `new` (one option up or down)."""
+
+    choice: str
+    old: Any
+    new: Any
+
+
+class StepwiseStrategy(Strategy):
+    """Base of greedy stepwise strategies; see the module docstring."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: Sequence[Objective],
+        constraints: Sequence[Constraint] = (),
+        *,
+        seed: int = 0,
+        **params: Any,
+    ):
+        super().__init__(space, objectives, constraints, seed=seed, **params)
+        self.current: Config | None = None
+        self.done = False
+        #: One dict per decided step: what was probed, what was taken, and where it led.
+        self.steps: list[dict[str, Any]] = []
+        self._values: dict[str, dict[str, float] | None] = {}
+        self._pending: set[str] = set()
+
+    # ------------------------------------------------------------------ what subclasses decide
+    @abc.abstractmethod
+    def start(self) -> Config:
+        """The config the search starts from (canonical)."""
+
+    @abc.abstractmethod
+    def candidates(self, current: Config, values: Mapping[str, float]) -> list[tuple[Action, ...]]:
+        """The actions to probe from `current` (whose values are known); each a tuple of changes."""
+
+    @abc.abstractmethod
+    def decide(
+        self,
+        current: Config,
+        values: Mapping[str, float],
+        probes: list[tuple[tuple[Action, ...], dict[str, float]]],
+    ) -> tuple[Config | None, dict[str, Any]]:
+        """The next current config (None to stop) and the step's log entry, from the probed actions
+        that succeeded and their values."""
+
+    # ------------------------------------------------------------------ ask / tell
+    def ask(self, n: int) -> list[Config]:
+        out: list[Config] = []
+        while not self.done and len(out) < n:
+            needed = self._needed()
+            missing = [c for c in needed if config_id(c) not in self._values]
+            if not missing:
+                self._advance()
+                continue
+            for config in missing:
+                cid = config_id(config)
+                if cid in self._pending or len(out) >= n:
+                    continue
+                self._pending.add(cid)
+                out.append(config)
+            break
+        return out
+
+    def tell(self, trials: Sequence[Trial]) -> None:
+        for trial in trials:
+            self._pending.discard(trial.config_id)
+            ok = trial.state != TrialState.FAILED and all(o.name in trial.values for o in self.objectives)
+            self._values.setdefault(trial.config_id, dict(trial.values) if ok else None)
+
+    # ------------------------------------------------------------------ the walk
+    def _needed(self) -> list[Config]:
+        if self.current is None:
+            self.current = self.start()
+        values = self._values.get(config_id(self.current), {})
+        if config_id(self.current) not in self._values:
+            return [self.current]
+        if values is None:
+            return []
+        return [config for _, config in self._probes(self.current, values)]
+
+    def _probes(
+        self, current: Config, values: Mapping[str, float]
+    ) -> list[tuple[tuple[Action, ...], Config]]:
+        out = []
+        seen = {config_id(current)}
+        for actions in self.candidates(current, values):
+            config = self.apply(current, actions)
+            if config is not None and config_id(config) not in seen:
+                seen.add(config_id(config))
+                out.append((actions, config))
+        return out
+
+    def apply(self, current: Config, actions: Sequence[Action]) -> Config | None:
+        """`current` with `actions` applied and canonicalised; None when the space rejects the result."""
+        changed = dict(current)
+        for action in actions:
+            changed[action.choice] = action.new
+        try:
+            return self.space.canonicalize(changed)
+        except ConfigError:
+            return None
+
+    def _advance(self) -> None:
+        assert self.current is not None
+        values = self._values[config_id(self.current)]
+        if values is None:
+            self.steps.append(
+                {"step": len(self.steps), "kind": "stop", "reason": "the current config failed"}
+            )
+            self.done = True
+            return
+        probes = []
+        for actions, config in self._probes(self.current, values):
+            probe_values = self._values.get(config_id(config))
+            if probe_values is not None:
+                probes.append((actions, probe_values))
+        nxt, entry = self.decide(self.current, values, probes)
+        entry = {"step": len(self.steps), "from": config_id(self.current), **entry}
+        if nxt is None or config_id(nxt) == config_id(self.current):
+            entry.setdefault("kind", "stop")
+            self.done = True
+        else:
+            entry["to"] = config_id(nxt)
+            self.current = nxt
+        self.steps.append(entry)
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def objective_param(self, params: Mapping[str, Any], key: str, kind: str | None) -> Objective:
+        """The objective named by strategy param `key` (default: the first objective, then constraint
+        objective, of `kind`); it must be searched or constrained, since only those are evaluated."""
+        known = {o.name: o for o in self.objectives}
+        for c in self.constraints:
+            known.setdefault(c.objective.name, c.objective)
+        name = params.get(key)
+        if name is None:
+            found = [o for o in known.values() if kind is not None and o.kind == kind]
+            if not found:
+                raise SpecError(
+                    f"strategy {self.name!r} needs strategy_params.{key}: the name of a {kind or 'an'} "
+                    f"objective among the objectives or constraints {sorted(known)}",
+                    field=f"strategy_params.{key}",
+                    allowed=sorted(known),
+                )
+            return found[0]
+        if not isinstance(name, str) or name not in known:
+            raise SpecError(
+                f"strategy parameter {key!r} of {self.name!r} must name an objective or constrained "
+                f"objective of the search (only those are evaluated), got {name!r}",
+                field=f"strategy_params.{key}",
+                allowed=sorted(known),
+            )
+        return known[name]
+
+    def start_param(self, value: Any, field: str, default: Config) -> Config:
+        """A start config from a param: a reference config's name, a config dict, or `default`."""
+        if value is None:
+            return self.space.canonicalize(default)
+        try:
+            return self.space.canonicalize(value)
+        except ConfigError as exc:
+            raise SpecError(
+                f"strategy parameter {field!r} of {self.name!r}: {exc}",
+                field=f"strategy_params.{field}",
+                allowed=sorted(self.space.reference_configs()),
+            ) from None
+
+    def step_option(self, config: Config, choice: str, delta: int) -> Action | None:
+        """The action moving `choice` one option down (`delta=-1`) or up (+1), if there is one.
+        Irrelevant (zeroed) entries have no action."""
+        options = self.space.choice_map[choice].options
+        value = config[choice]
+        if value not in options or (value == 0 and 0 not in options):
+            return None
+        index = options.index(value) + delta
+        if not 0 <= index < len(options):
+            return None
+        return Action(choice, value, options[index])

@@ -1,0 +1,186 @@
+"""SnapFusion's architecture evolving: remove the cheapest-to-lose blocks until a latency target is
+met, then add copies of the most valuable blocks while they fit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nas.objectives import Constraint, Objective, SpecError
+from nas.strategies import register_strategy
+from nas.strategies._stepwise import Action, StepwiseStrategy
+from nas.strategies.random_search import ParamCheck, check_strategy_params, int_at_least
+from search_spaces import Config, SearchSpace
+
+#: Choices whose value counts blocks (the last part of the choice name): the removable blocks.
+BLOCK_COUNT_SUFFIXES = ("resnets", "transformers", "transformer_depth", "depth", "vit", "temporal_count")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("a number > 0")
+    return float(value)
+
+
+def _start(value: Any) -> Any:
+    if not isinstance(value, (str, dict)):
+        raise ValueError("a reference config name or a config object")
+    return value
+
+
+def _names(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("a non-empty list of choice names")
+    return value
+
+
+@register_strategy
+class EvolvingStrategy(StepwiseStrategy):
+    """Architecture evolving (SnapFusion, Li et al. 2023, section 3.2), one step per decision.
+
+    From the `base` config, every *action* moves one block-count choice (default: choices whose
+    name ends in one of `BLOCK_COUNT_SUFFIXES`; `choices` overrides) one option down (removing a
+    block) or up (adding a copy). Each step probes the actions from the current config and reads
+    their quality change (the `quality` objective, loss counted in its own direction) and latency
+    change (the `latency` objective):
+    - while the current latency exceeds `target_ms`, take the `group_size` removals with the
+      smallest quality loss per millisecond saved, together (a removal that gains quality and saves
+      time ranks first);
+    - once the target is met, take the single action (addition or removal) with the largest quality
+      gain per millisecond it costs among those that keep the latency within the target (a gain
+      that also saves time ranks first);
+    - stop when no action helps. Every decision is in `steps`: the probed actions with their deltas,
+      the actions taken, and the latency and quality where the step led.
+
+    Params: `quality` (objective name; default the first `proxy:` objective), `latency` (default the
+    first `latency:` objective), `target_ms` (default the bound of a `<latency> <= X` constraint),
+    `base` (reference config name or config; default `sd15` where the space has it, else the
+    largest subnet), `group_size` (2), `choices` (list of choice names).
+    """
+
+    name = "evolving"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: Sequence[Objective],
+        constraints: Sequence[Constraint] = (),
+        *,
+        seed: int = 0,
+        **params: Any,
+    ):
+        allowed: dict[str, ParamCheck] = {
+            "quality": str,
+            "latency": str,
+            "target_ms": _number,
+            "base": _start,
+            "group_size": int_at_least(1),
+            "choices": _names,
+        }
+        checked = check_strategy_params(self.name, params, allowed)
+        super().__init__(space, objectives, constraints, seed=seed, **checked)
+        self.quality = self.objective_param(checked, "quality", "proxy")
+        self.latency = self.objective_param(checked, "latency", "latency")
+        self.target_ms: float = (
+            checked["target_ms"] if "target_ms" in checked else self._target_from_constraints()
+        )
+        self.group_size: int = checked.get("group_size", 2)
+        refs = space.reference_configs()
+        self._base = self.start_param(
+            checked.get("base"), "base", refs["sd15"] if "sd15" in refs else space.largest()
+        )
+        self.choices = checked.get("choices") or [
+            name for name in space.choice_map if name.rsplit(".", 1)[-1] in BLOCK_COUNT_SUFFIXES
+        ]
+        unknown = [c for c in self.choices if c not in space.choice_map]
+        if unknown or not self.choices:
+            raise SpecError(
+                f"strategy parameter 'choices' of 'evolving' names unknown choices {unknown} (or the space "
+                "has no block-count choices)",
+                field="strategy_params.choices",
+                allowed=list(space.choice_map),
+            )
+
+    def _target_from_constraints(self) -> float:
+        for c in self.constraints:
+            if c.objective.name == self.latency.name and c.op == "<=":
+                return c.bound
+        raise SpecError(
+            f"strategy 'evolving' needs a latency target: strategy_params.target_ms or a constraint "
+            f"'{self.latency.name} <= <ms>'",
+            field="strategy_params.target_ms",
+            allowed="a number > 0",
+        )
+
+    def start(self) -> Config:
+        return self._base
+
+    def candidates(self, current: Config, values: Mapping[str, float]) -> list[tuple[Action, ...]]:
+        deltas = (-1,) if values[self.latency.name] > self.target_ms else (-1, +1)
+        out = []
+        for choice in self.choices:
+            for delta in deltas:
+                action = self.step_option(current, choice, delta)
+                if action is not None:
+                    out.append((action,))
+        return out
+
+    def _quality_loss(self, before: Mapping[str, float], after: Mapping[str, float]) -> float:
+        q = self.quality
+        return q.to_min(after[q.name]) - q.to_min(before[q.name])
+
+    def decide(
+        self,
+        current: Config,
+        values: Mapping[str, float],
+        probes: list[tuple[tuple[Action, ...], dict[str, float]]],
+    ) -> tuple[Config | None, dict[str, Any]]:
+        lat = self.latency.name
+        rows = [
+            {
+                "actions": [_describe(a) for a in actions],
+                "d_quality": -self._quality_loss(values, probe),
+                "d_latency_ms": probe[lat] - values[lat],
+                "latency_ms": probe[lat],
+            }
+            for actions, probe in probes
+        ]
+        entry: dict[str, Any] = {
+            "latency_ms": values[lat],
+            "quality": values[self.quality.name],
+            "target_ms": self.target_ms,
+            "probed": rows,
+        }
+        if values[lat] > self.target_ms:
+            removals = [(r, a) for r, (a, _) in zip(rows, probes, strict=True) if r["d_latency_ms"] < 0]
+            if not removals:
+                return None, {**entry, "kind": "stop", "reason": "over the target and no removal saves time"}
+            # Quality loss per ms saved; a gain with a saving is negative and so ranks first.
+            removals.sort(key=lambda ra: -ra[0]["d_quality"] / -ra[0]["d_latency_ms"])
+            taken = [a for _, actions in removals[: self.group_size] for a in actions]
+            nxt = self.apply(current, taken) or self.apply(current, removals[0][1])
+            return nxt, {**entry, "kind": "remove", "taken": [_describe(a) for a in taken]}
+        helpful = [
+            (r, a)
+            for r, (a, _) in zip(rows, probes, strict=True)
+            if r["d_quality"] > 0 and r["latency_ms"] <= self.target_ms
+        ]
+        if not helpful:
+            return None, {
+                **entry,
+                "kind": "stop",
+                "reason": "target met and no action gains quality within it",
+            }
+        helpful.sort(key=lambda ra: _gain_per_ms(ra[0]), reverse=True)
+        row, actions = helpful[0]
+        kind = "add" if actions[0].new > actions[0].old else "remove"
+        return self.apply(current, actions), {**entry, "kind": kind, "taken": row["actions"]}
+
+
+def _gain_per_ms(row: Mapping[str, float]) -> float:
+    cost = row["d_latency_ms"]
+    return float("inf") if cost <= 0 else row["d_quality"] / cost
+
+
+def _describe(action: Action) -> dict[str, Any]:
+    return {"choice": action.choice, "from": action.old, "to": action.new}

@@ -1,0 +1,149 @@
+"""EfficientFormerV2's search: slim the largest subnet one action at a time, trading the least
+quality for the most Mobile Efficiency Score."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nas.objectives import Constraint, Objective, SpecError
+from nas.strategies import register_strategy
+from nas.strategies._stepwise import Action, StepwiseStrategy
+from nas.strategies.evolving import _number, _start
+from nas.strategies.random_search import ParamCheck, check_strategy_params
+from search_spaces import Config, SearchSpace
+
+#: Choices an action may reduce, by the last part of their name: a stage's depth, a stage's width,
+#: a block's expansion ratio.
+SLIMMABLE_SUFFIXES = ("depth", "width", "ratio")
+#: MES defaults (EfficientFormerV2, Li et al. 2023): equal weight on latency and size, in units of
+#: 1 ms and 1 M parameters.
+DEFAULT_ALPHA = {"latency": 0.5, "params": 0.5}
+DEFAULT_UNITS = {"latency": 1.0, "params": 1e6}
+
+
+def _weights(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or not set(value) <= set(DEFAULT_ALPHA):
+        raise ValueError(f"an object with keys among {sorted(DEFAULT_ALPHA)}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+        raise ValueError(f"an object with keys among {sorted(DEFAULT_ALPHA)} and numbers >= 0")
+    return {k: float(v) for k, v in value.items()}
+
+
+def mobile_efficiency_score(
+    measures: Mapping[str, float], alpha: Mapping[str, float], units: Mapping[str, float]
+) -> float:
+    """MES = 100 * prod_i (M_i / U_i) ** (-alpha_i): larger is more efficient."""
+    return 100.0 * math.prod((measures[k] / units[k]) ** (-alpha[k]) for k in alpha if alpha[k])
+
+
+@register_strategy
+class SlimmingStrategy(StepwiseStrategy):
+    """MES-driven slimming (EfficientFormerV2, Li et al. 2023, section 3.4), one step per decision.
+
+    From `start` (default the largest subnet), each step probes every action that moves one
+    slimmable choice (a stage's depth, a stage's width, one block's expansion ratio: choices whose
+    name ends in one of `SLIMMABLE_SUFFIXES`) one option down, and takes the action with the
+    smallest quality drop per gain in Mobile Efficiency Score
+    `MES = 100 * prod_i (M_i / U_i) ** (-alpha_i)` over latency (the `latency` objective, ms) and
+    parameters (the `params` objective). A quality *gain* with an MES gain ranks first. It stops when
+    no action raises the MES, when the latency reaches `target_ms` (if given), or at the budget.
+    Every decision is in `steps` with the probed actions, their quality and MES deltas and the MES.
+
+    Params: `quality` (objective name; default the first `proxy:` objective), `latency` (default
+    the first `latency:` objective), `alpha` ({"latency": 0.5, "params": 0.5}; 0 drops a term),
+    `units` ({"latency": 1.0 ms, "params": 1e6}), `start` (reference config name or config),
+    `target_ms` (none).
+    """
+
+    name = "slimming"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        objectives: Sequence[Objective],
+        constraints: Sequence[Constraint] = (),
+        *,
+        seed: int = 0,
+        **params: Any,
+    ):
+        allowed: dict[str, ParamCheck] = {
+            "quality": str,
+            "latency": str,
+            "alpha": _weights,
+            "units": _weights,
+            "start": _start,
+            "target_ms": _number,
+        }
+        checked = check_strategy_params(self.name, params, allowed)
+        super().__init__(space, objectives, constraints, seed=seed, **checked)
+        self.quality = self.objective_param(checked, "quality", "proxy")
+        self.alpha = {**DEFAULT_ALPHA, **checked.get("alpha", {})}
+        self.units = {**DEFAULT_UNITS, **checked.get("units", {})}
+        if any(u <= 0 for u in self.units.values()):
+            raise SpecError("MES units must be > 0", field="strategy_params.units", allowed="numbers > 0")
+        self.measures: dict[str, str] = {}
+        if self.alpha["latency"]:
+            self.measures["latency"] = self.objective_param(checked, "latency", "latency").name
+        if self.alpha["params"]:
+            searched = {o.name for o in self.objectives} | {c.objective.name for c in self.constraints}
+            if "params" not in searched:
+                raise SpecError(
+                    "strategy 'slimming' scores MES on parameters: add 'params' to the objectives, or set "
+                    "strategy_params.alpha.params to 0",
+                    field="strategy_params.alpha",
+                    allowed=sorted(searched),
+                )
+            self.measures["params"] = "params"
+        self.target_ms: float | None = checked.get("target_ms")
+        self._start = self.start_param(checked.get("start"), "start", space.largest())
+        self.choices = [n for n in space.choice_map if n.rsplit(".", 1)[-1] in SLIMMABLE_SUFFIXES]
+        if not self.choices:
+            raise SpecError(
+                f"space {space.name!r} has no slimmable choices (names ending in {SLIMMABLE_SUFFIXES})",
+                field="space",
+            )
+
+    def mes(self, values: Mapping[str, float]) -> float:
+        measures = {term: values[name] for term, name in self.measures.items()}
+        alpha = {term: self.alpha[term] for term in self.measures}
+        return mobile_efficiency_score(measures, alpha, self.units)
+
+    def start(self) -> Config:
+        return self._start
+
+    def candidates(self, current: Config, values: Mapping[str, float]) -> list[tuple[Action, ...]]:
+        latency = self.measures.get("latency")
+        if self.target_ms is not None and latency is not None and values[latency] <= self.target_ms:
+            return []
+        actions = (self.step_option(current, choice, -1) for choice in self.choices)
+        return [(a,) for a in actions if a is not None]
+
+    def decide(
+        self,
+        current: Config,
+        values: Mapping[str, float],
+        probes: list[tuple[tuple[Action, ...], dict[str, float]]],
+    ) -> tuple[Config | None, dict[str, Any]]:
+        q = self.quality
+        mes = self.mes(values)
+        rows = [
+            {
+                "actions": [{"choice": a.choice, "from": a.old, "to": a.new} for a in actions],
+                "d_quality": q.to_min(values[q.name]) - q.to_min(probe[q.name]),
+                "d_mes": self.mes(probe) - mes,
+            }
+            for actions, probe in probes
+        ]
+        entry: dict[str, Any] = {"mes": mes, "quality": values[q.name], "probed": rows}
+        for term, name in self.measures.items():
+            entry[term] = values[name]
+        gaining = [(r, a) for r, (a, _) in zip(rows, probes, strict=True) if r["d_mes"] > 0]
+        if not gaining:
+            reason = "latency target met" if not probes else "no action raises the MES"
+            return None, {**entry, "kind": "stop", "reason": reason}
+        # Quality drop per MES gained (a quality gain is a negative drop and ranks first).
+        gaining.sort(key=lambda ra: -ra[0]["d_quality"] / ra[0]["d_mes"])
+        row, actions = gaining[0]
+        return self.apply(current, actions), {**entry, "kind": "slim", "taken": row["actions"]}

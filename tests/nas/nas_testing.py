@@ -1,0 +1,158 @@
+"""Helpers of the nas tests: a tiny (unregistered) search space, synthetic LUTs, resolved specs.
+
+A module of its own (not conftest.py) so that test files import it by a name no other test folder uses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas import ResolvedSpec, SearchSpec, parse_constraint, parse_objective, resolve
+from search_spaces import BlockSpec, Choice, OptionSpec, SearchSpace, Supernet, list_spaces
+
+DEVICE = "synthetic-cpu"
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, ratio: int):
+        super().__init__()
+        self.up = nn.Linear(dim, dim * ratio)
+        self.down = nn.Linear(dim * ratio, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class TinySpace(SearchSpace):
+    """An MLP of 1-3 residual blocks: 48 raw configs, 28 distinct subnets (ratios beyond the depth
+    are irrelevant and canonicalise to 0). Test-only, so not registered."""
+
+    name = "tiny-test"
+    max_depth = 3
+
+    @classmethod
+    def option_specs(cls) -> list[OptionSpec]:
+        return [OptionSpec("features", 4, int, allowed=(4, 8))]
+
+    def choices(self) -> list[Choice]:
+        return [
+            Choice("depth", (1, 2, 3)),
+            Choice("width", (8, 16)),
+            *(Choice(f"block{i}.ratio", (2, 4)) for i in range(self.max_depth)),
+        ]
+
+    @classmethod
+    def reference_configs(cls) -> dict[str, dict[str, Any]]:
+        return {"mid": {"depth": 2, "width": 8, "block0.ratio": 4, "block1.ratio": 2}}
+
+    def _canonicalize(self, config: dict[str, Any]) -> dict[str, Any]:
+        for i in range(config["depth"], self.max_depth):
+            config[f"block{i}.ratio"] = 0
+        return config
+
+    def blocks(self, config: Mapping[str, Any]) -> list[BlockSpec]:
+        features, width = self.options["features"], config["width"]
+        specs = [BlockSpec.make("tiny.stem", params=features * width + width, cin=features, cout=width)]
+        for i in range(config["depth"]):
+            ratio = config[f"block{i}.ratio"]
+            hidden = width * ratio
+            specs.append(
+                BlockSpec.make("tiny.mlp", params=2 * width * hidden + hidden + width, dim=width, ratio=ratio)
+            )
+        specs.append(BlockSpec.make("tiny.head", params=width * 2 + 2, dim=width))
+        return specs
+
+    def build_module(self, spec: BlockSpec) -> nn.Module:
+        args = spec.arg_dict
+        if spec.kind == "tiny.stem":
+            return nn.Linear(int(args["cin"]), int(args["cout"]))
+        if spec.kind == "tiny.mlp":
+            return _Mlp(int(args["dim"]), int(args["ratio"]))
+        return nn.Linear(int(args["dim"]), 2)
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        return nn.Sequential(*(self.build_module(spec) for spec in self.blocks(self.canonicalize(config))))
+
+    def build_block(self, spec: BlockSpec) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+        width = spec["cin"] if spec.kind == "tiny.stem" else spec["dim"]
+        return self.build_module(spec), (torch.randn(1, int(width)),)
+
+    def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(batch, self.options["features"]),)
+
+    def supernet(self) -> Supernet:
+        raise NotImplementedError("the tiny test space has no supernet")
+
+    def all_blocks(self) -> list[BlockSpec]:
+        seen: dict[str, BlockSpec] = {}
+        for depth in (1, 2, 3):
+            for width in (8, 16):
+                for ratio in (2, 4):
+                    config = {"depth": depth, "width": width, **{f"block{i}.ratio": ratio for i in range(3)}}
+                    for spec in self.blocks(self.canonicalize(config)):
+                        seen.setdefault(spec.key, spec)
+        return list(seen.values())
+
+
+def synthetic_latency(spec: BlockSpec) -> float:
+    """A made-up median (ms): grows with the log of the block's params, times a key-dependent factor
+    in [0.5, 1.5), so that latency and params disagree and fronts have several members."""
+    factor = 0.5 + int(spec.key_hash[:4], 16) / 0x10000
+    return factor * math.log1p(spec.params) / 10
+
+
+def synthetic_lut(space: SearchSpace) -> dict[str, float]:
+    return {spec.key: synthetic_latency(spec) for spec in space.all_blocks()}
+
+
+def make_resolved(space: SearchSpace, **spec_fields: Any) -> ResolvedSpec:
+    """A `ResolvedSpec` for `space` (registered or not) with `DEVICE` as the only known device."""
+    fields = {
+        "space": space.name,
+        "space_options": dict(space.options),
+        "objectives": [f"latency:{DEVICE}", "params"],
+        **spec_fields,
+    }
+    spec = SearchSpec(**fields)
+    if space.name in list_spaces():
+        return resolve(spec, [DEVICE])
+    return ResolvedSpec(
+        spec=spec,
+        space=space,
+        objectives=[parse_objective(text, [DEVICE]) for text in spec.objectives],
+        constraints=[parse_constraint(text, [DEVICE]) for text in spec.constraints],
+    )
+
+
+class ExitOnce(float):
+    """A LUT median that ends the process of the first evaluation worker (any process but the
+    driver's) that adds it up; `latch` is a file that marks that it happened."""
+
+    latch: str
+    driver_pid: int
+
+    def __new__(cls, value: float, latch: str, driver_pid: int) -> ExitOnce:
+        obj = super().__new__(cls, value)
+        obj.latch = latch
+        obj.driver_pid = driver_pid
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ExitOnce, (float(self), self.latch, self.driver_pid))
+
+    def __radd__(self, other: float) -> float:
+        if os.getpid() != self.driver_pid:
+            try:
+                fd = os.open(self.latch, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                os._exit(1)
+        return float(other) + float(self)

@@ -1,0 +1,51 @@
+"""Every registered space with a task: each of its proxies gives a finite, repeatable value on a small
+subnet at small options (the registry is the test matrix: a new space is covered once listed here)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from nas.proxies import ProxyContext, available_proxies, get_proxy
+from search_spaces import get_space, list_spaces
+
+SMALL_OPTIONS = {
+    "efficientformerv2": {"resolution": 32, "num_classes": 10},
+    "unet": {"latent_size": 8, "text_tokens": 4, "cross_attention_dim": 32, "width_scale": 0.0625},
+    "temporal": {
+        "frames": 2,
+        "latent_size": 8,
+        "text_tokens": 4,
+        "cross_attention_dim": 32,
+        "width_scale": 0.0625,
+    },
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a small shared machine, torch's thread pool mostly waits on itself."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
+def test_every_proxy_of_every_space_is_finite_and_repeatable(space_name: str) -> None:
+    if space_name not in SMALL_OPTIONS:
+        pytest.skip(f"no small options for space {space_name!r} in SMALL_OPTIONS of this test")
+    space = get_space(space_name, **SMALL_OPTIONS[space_name])
+    offered = available_proxies(space, supernet=False)
+    assert {"params", "macs"} <= set(offered)
+    config = space.sample(np.random.default_rng(1))
+    first = {name: get_proxy(name).compute(ProxyContext(space), config) for name in offered}
+    assert all(math.isfinite(v) for v in first.values()), first
+    again = ProxyContext(space)
+    assert {name: get_proxy(name).compute(again, config) for name in ("naswot", "synflow")} == {
+        name: first[name] for name in ("naswot", "synflow")
+    }

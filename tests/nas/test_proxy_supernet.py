@@ -1,0 +1,135 @@
+"""`supernet_loss` / `supernet_accuracy`: subnets inherited from a checkpoint that `nas.training` wrote."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nas import SearchSpec, resolve
+from nas.proxies import ProxyContext, ProxyError, available_proxies, get_proxy
+from nas.proxies.supernet import (
+    HELD_OUT_SIZE,
+    RECALIBRATION_BATCH,
+    RECALIBRATION_BATCHES,
+    SUPERNET_DIR_ENV,
+    find_checkpoint,
+    inherited_subnet,
+    load_supernet,
+    supernet_run_dir,
+)
+from nas.training import SupernetTrainer, TrainConfig, load_checkpoint
+from search_spaces import SearchSpace, get_space
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a small shared machine, torch's thread pool mostly waits on itself."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, effv2_space: SearchSpace) -> Path:
+    """A checkpoint in the trainer's own format (written by `SupernetTrainer`, before any step),
+    in the run directory where searches look for the space's supernet."""
+    root = tmp_path_factory.mktemp("supernets")
+    config = TrainConfig(
+        space=effv2_space.name, options=dict(effv2_space.options), out_dir=supernet_run_dir(effv2_space, root)
+    )
+    path = SupernetTrainer(config).save_checkpoint()
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def supernet_dir(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SUPERNET_DIR_ENV, str(checkpoint.parent.parent))
+
+
+@pytest.mark.usefixtures("supernet_dir")
+def test_checkpoint_in_the_run_directory_makes_the_proxies_available(
+    effv2_space: SearchSpace, checkpoint: Path
+) -> None:
+    assert find_checkpoint(effv2_space) == checkpoint
+    offered = available_proxies(effv2_space)
+    assert offered["supernet_loss"] == "minimize" and offered["supernet_accuracy"] == "maximize"
+    spec = SearchSpec(
+        space=effv2_space.name,
+        space_options=dict(effv2_space.options),
+        objectives=["proxy:supernet_accuracy", "params"],
+        constraints=["proxy:supernet_loss <= 5"],
+    )
+    resolved = resolve(spec, [])
+    assert resolved.objectives[0].direction == "maximize"
+    assert resolved.constraints[0].objective.direction == "minimize"
+
+
+@pytest.mark.usefixtures("supernet_dir")
+def test_inherited_subnet_has_the_checkpoint_weights_and_recalibrated_statistics(
+    effv2_space: SearchSpace, checkpoint: Path
+) -> None:
+    context = ProxyContext(effv2_space)
+    config = effv2_space.reference_config("s0")
+    model = inherited_subnet(context, config)
+    assert not model.training
+    stored = load_checkpoint(checkpoint)["model"]
+    stem = model.blocks[0]
+    width = config["stage0.width"]
+    assert torch.equal(stem.conv2.conv.weight, stored["stem.conv2.conv.weight"][:width, : width // 2])
+
+    # The stem's first BN saw the stem conv's output on every recalibration batch; with a
+    # cumulative average its running mean is the mean of the per-batch channel means.
+    task = context.task
+    with torch.no_grad():
+        means = [
+            stem.conv1.conv(task.train_batch(i, RECALIBRATION_BATCH)["images"]).mean((0, 2, 3))
+            for i in range(RECALIBRATION_BATCHES)
+        ]
+    assert torch.allclose(stem.conv1.bn.running_mean, torch.stack(means).mean(0), atol=1e-5, rtol=1e-4)
+
+    held_out = task.held_out_batch(HELD_OUT_SIZE)
+    with torch.no_grad():
+        logits = model(held_out["images"])
+    loss = float(F.cross_entropy(logits, held_out["labels"]))
+    accuracy = float((logits.argmax(-1) == held_out["labels"]).float().mean())
+    assert get_proxy("supernet_loss").compute(context, config) == pytest.approx(loss, rel=1e-5)
+    assert get_proxy("supernet_accuracy").compute(context, config) == pytest.approx(accuracy)
+
+
+def test_any_run_directory_under_the_root_is_searched_by_space_and_options(
+    effv2_space: SearchSpace, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "my-run"
+    run.mkdir()
+    os.link(checkpoint, run / checkpoint.name)
+    (tmp_path / "empty-run").mkdir()
+    monkeypatch.setenv(SUPERNET_DIR_ENV, str(tmp_path))
+    assert find_checkpoint(effv2_space) == run / checkpoint.name
+    other = get_space("efficientformerv2", resolution=64, num_classes=10)
+    assert find_checkpoint(other) is None
+    assert "supernet_loss" not in available_proxies(other)
+
+
+def test_checkpoint_of_other_options_is_refused(checkpoint: Path) -> None:
+    other = get_space("efficientformerv2", resolution=64, num_classes=10)
+    with pytest.raises(ProxyError, match=r"at options .*'resolution': 32.*needs space 'efficientformerv2'"):
+        load_supernet(other, checkpoint)
+    assert load_supernet(
+        get_space("efficientformerv2", resolution=32, num_classes=10), checkpoint.parent
+    ).path == (checkpoint)
+
+
+def test_supernet_accuracy_is_for_classification_spaces_only(tmp_path: Path) -> None:
+    unet = get_space("unet", latent_size=8, text_tokens=4, cross_attention_dim=32, width_scale=0.0625)
+    offered = available_proxies(unet, supernet=True)
+    assert "supernet_loss" in offered and "supernet_accuracy" not in offered
+    assert "supernet_loss" not in available_proxies(unet, supernet=False)
+    with pytest.raises(ProxyError, match="no step-"):
+        load_supernet(unet, tmp_path)

@@ -1,0 +1,202 @@
+"""Random and NSGA-II strategies on the tiny space, told real evaluations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from nas_testing import DEVICE, TinySpace
+
+from nas import SpecError, Trial, TrialState, parse_constraint, parse_objective
+from nas.evaluate import SubnetEvaluator
+from nas.strategies import Strategy, list_strategies, make_strategy
+from nas.strategies.optuna_nsga2 import NSGA2Strategy
+from search_spaces import config_id
+
+STRATEGIES = ["random", "nsga2"]
+OBJECTIVES = [f"latency:{DEVICE}", "params"]
+DISTINCT_TINY_SUBNETS = 28
+
+
+def make(
+    name: str, space: TinySpace, *, seed: int = 0, constraints: list[str] = (), **params: Any
+) -> Strategy:
+    objectives = [parse_objective(o, [DEVICE]) for o in OBJECTIVES]
+    parsed = [parse_constraint(c, [DEVICE]) for c in constraints]
+    if name == "nsga2":
+        params.setdefault("population_size", 4)
+    return make_strategy(name, space, objectives, parsed, seed=seed, **params)
+
+
+class Evaluations:
+    """Turns configs into trials with real evaluator values, numbered in order."""
+
+    def __init__(self, space: TinySpace, luts: dict[str, dict[str, float]], fail_every: int = 0):
+        self.evaluator = SubnetEvaluator(space.name, space.options, OBJECTIVES, luts, space=space)
+        self.fail_every = fail_every
+        self.number = 0
+
+    def __call__(self, config: dict[str, Any]) -> Trial:
+        outcome = self.evaluator.evaluate(config)
+        assert outcome.error is None
+        number, self.number = self.number, self.number + 1
+        if self.fail_every and number % self.fail_every == self.fail_every - 1:
+            return Trial(number, config, config_id(config), state=TrialState.FAILED, error="boom")
+        return Trial(number, config, config_id(config), values=outcome.values)
+
+
+def drive(strategy: Strategy, evaluate: Evaluations, rounds: int, batch: int = 3) -> list[dict[str, Any]]:
+    """Ask `batch`, tell their trials, `rounds` times; returns every asked config in order."""
+    asked: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        configs = strategy.ask(batch)
+        asked.extend(configs)
+        strategy.tell([evaluate(c) for c in configs])
+    return asked
+
+
+def test_both_strategies_are_registered() -> None:
+    assert {"random", "nsga2"} <= set(list_strategies())
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_asks_are_canonical_valid_and_never_repeat(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make(name, tiny_space, seed=3)
+    asked = drive(strategy, Evaluations(tiny_space, tiny_luts, fail_every=5), rounds=6)
+    assert len(asked) == 18
+    for config in asked:
+        assert tiny_space.canonicalize(config) == config
+        assert set(config) == set(tiny_space.choice_map)
+    ids = [config_id(c) for c in asked]
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_space_exhaustion_returns_fewer_and_then_none(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make(name, tiny_space, seed=1)
+    asked = drive(strategy, Evaluations(tiny_space, tiny_luts), rounds=12, batch=4)
+    assert len({config_id(c) for c in asked}) == len(asked) == DISTINCT_TINY_SUBNETS
+    assert strategy.ask(3) == []
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_same_seed_same_sequence(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    runs = [
+        drive(make(name, tiny_space, seed=seed), Evaluations(tiny_space, tiny_luts), 5) for seed in (7, 7, 8)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_resume_by_telling_unasked_trials(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    evaluate = Evaluations(tiny_space, tiny_luts, fail_every=4)
+    rng = np.random.default_rng(0)
+    previous = {config_id(c): c for c in (tiny_space.sample(rng) for _ in range(30))}
+    assert any(0 in c.values() for c in previous.values())  # zeroed entries are not among the options
+    stored = [evaluate(c) for c in previous.values()]
+    strategy = make(name, tiny_space, seed=5)
+    strategy.tell(stored)
+    asked = drive(strategy, evaluate, rounds=10, batch=2)
+    asked_ids = {config_id(c) for c in asked}
+    assert not asked_ids & set(previous)
+    assert len(asked_ids) == len(asked) == DISTINCT_TINY_SUBNETS - len(previous)
+
+
+def test_nsga2_resumed_trials_join_generations(tiny_space: TinySpace, tiny_luts) -> None:
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    rng = np.random.default_rng(1)
+    configs = list({config_id(c): c for c in (tiny_space.sample(rng) for _ in range(40))}.values())[:9]
+    strategy = make("nsga2", tiny_space, seed=0)
+    assert isinstance(strategy, NSGA2Strategy)
+    strategy.tell([evaluate(c) for c in configs])
+    key = "NSGAIISampler:generation"  # where Optuna's NSGA-II keeps a trial's generation
+    trials = strategy.study.get_trials(deepcopy=False)
+    assert [t.system_attrs[key] for t in trials] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    for trial, config in zip(trials, configs, strict=True):
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        # Optuna holds options only: a zeroed entry became the largest option, the same subnet.
+        assert all(value in tiny_space.choice_map[name].options for name, value in trial.params.items())
+        assert tiny_space.canonicalize(trial.params) == config
+    strategy.ask(1)
+    assert strategy.study.get_trials(deepcopy=False)[-1].system_attrs[key] == 2
+
+
+def test_nsga2_tells_optuna_values_failures_and_known_duplicates(tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make("nsga2", tiny_space, seed=2)
+    evaluate = Evaluations(tiny_space, tiny_luts, fail_every=3)
+    told: dict[str, Trial] = {}
+    for _ in range(8):
+        trials = [evaluate(c) for c in strategy.ask(3)]
+        told.update((t.config_id, t) for t in trials)
+        strategy.tell(trials)
+    study_trials = strategy.study.get_trials(deepcopy=False)
+    # In a 28-subnet space NSGA-II proposes known subnets; each is told at once with known values.
+    assert len(study_trials) > len(told)
+    for frozen in study_trials:
+        trial = told.get(tiny_space.config_id(frozen.params))
+        if trial is None or trial.state == TrialState.FAILED:
+            assert frozen.state == optuna.trial.TrialState.FAIL
+        elif frozen.state == optuna.trial.TrialState.COMPLETE:
+            assert frozen.values == [trial.values[o] for o in OBJECTIVES]
+    failed = [t for t in told.values() if t.state == TrialState.FAILED]
+    assert failed and all(
+        f.state == optuna.trial.TrialState.FAIL
+        for f in study_trials
+        if tiny_space.config_id(f.params) in {t.config_id for t in failed}
+    )
+
+
+def test_nsga2_twin_of_a_pending_config_is_failed_in_optuna(tiny_space: TinySpace) -> None:
+    # Population 2 with everything pending: Optuna keeps proposing random subnets, and twins of the
+    # pending ones must not be handed out again.
+    strategy = make("nsga2", tiny_space, seed=4, population_size=2)
+    asked = strategy.ask(DISTINCT_TINY_SUBNETS)
+    assert len({config_id(c) for c in asked}) == len(asked) == DISTINCT_TINY_SUBNETS
+    states = [t.state for t in strategy.study.get_trials(deepcopy=False)]
+    assert states.count(optuna.trial.TrialState.RUNNING) == DISTINCT_TINY_SUBNETS
+    assert set(states) <= {optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL}
+
+
+def test_nsga2_constraints_reach_optuna(tiny_space: TinySpace, tiny_luts) -> None:
+    bound = 2000.0
+    strategy = make("nsga2", tiny_space, seed=0, constraints=[f"params <= {bound}"])
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    resumed = evaluate(tiny_space.largest())
+    strategy.tell([resumed])
+    asked = [evaluate(c) for c in strategy.ask(5)]
+    strategy.tell(asked)
+    by_id = {t.config_id: t for t in [resumed, *asked]}
+    key = f"params <= {bound:g}"
+    checked = 0
+    for frozen in strategy.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
+        trial = by_id[tiny_space.config_id(frozen.params)]
+        assert frozen.constraints == {key: trial.values["params"] - bound}
+        assert frozen.system_attrs[f"constraints:{key}"] == trial.values["params"] - bound
+        checked += 1
+    assert checked == 6
+    assert by_id[resumed.config_id].values["params"] > bound  # the resumed one is infeasible
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_unknown_or_bad_params_raise_spec_errors(name: str, tiny_space: TinySpace) -> None:
+    with pytest.raises(SpecError, match="allowed: ") as info:
+        make(name, tiny_space, generations=3)
+    assert info.value.field == "strategy_params.generations"
+    assert "max_attempts" in info.value.allowed
+    with pytest.raises(SpecError, match="must be an int >= 1") as info:
+        make(name, tiny_space, max_attempts=0)
+    assert info.value.field == "strategy_params.max_attempts"
+
+
+def test_nsga2_param_checks(tiny_space: TinySpace) -> None:
+    with pytest.raises(SpecError, match="population_size") as info:
+        make("nsga2", tiny_space, population_size=1)
+    assert info.value.field == "strategy_params.population_size"
+    with pytest.raises(SpecError, match=r"number in \[0, 1\]"):
+        make("nsga2", tiny_space, crossover_prob=1.5)
+    strategy = make("nsga2", tiny_space, population_size=6, mutation_prob=0.2)
+    assert strategy.population_size == 6
+    assert optuna.logging.get_verbosity() == optuna.logging.WARNING

@@ -1,0 +1,229 @@
+"""NSGA-III, TPE and regularized evolution on the tiny space: the `Strategy` contract, constraints
+reaching Optuna, and evolution's end on a constraint no subnet can meet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from nas_testing import DEVICE, TinySpace, make_resolved
+
+from nas import MemoryTrialStore, SpecError, Trial, TrialState, parse_constraint, parse_objective
+from nas.evaluate import SubnetEvaluator
+from nas.runner import Runner
+from nas.strategies import Strategy, list_strategies, make_strategy
+from nas.strategies.evolution import EvolutionStrategy, InfeasibleConstraintError
+from nas.strategies.optuna_extra import NSGA3Strategy
+from search_spaces import config_id
+
+STRATEGIES = ["nsga3", "tpe", "evolution"]
+OBJECTIVES = [f"latency:{DEVICE}", "params"]
+DISTINCT_TINY_SUBNETS = 28
+SMALL = {"nsga3": {"population_size": 4}, "tpe": {"n_startup_trials": 4}, "evolution": {"population_size": 4}}
+
+
+def make(
+    name: str, space: TinySpace, *, seed: int = 0, constraints: list[str] = (), **params: Any
+) -> Strategy:
+    objectives = [parse_objective(o, [DEVICE]) for o in OBJECTIVES]
+    parsed = [parse_constraint(c, [DEVICE]) for c in constraints]
+    return make_strategy(name, space, objectives, parsed, seed=seed, **{**SMALL[name], **params})
+
+
+class Evaluations:
+    """Configs to trials with real evaluator values, numbered in order; every `fail_every`-th fails."""
+
+    def __init__(self, space: TinySpace, luts: dict[str, dict[str, float]], fail_every: int = 0):
+        self.evaluator = SubnetEvaluator(space.name, space.options, OBJECTIVES, luts, space=space)
+        self.fail_every = fail_every
+        self.number = 0
+
+    def __call__(self, config: dict[str, Any]) -> Trial:
+        outcome = self.evaluator.evaluate(config)
+        assert outcome.error is None
+        number, self.number = self.number, self.number + 1
+        if self.fail_every and number % self.fail_every == self.fail_every - 1:
+            return Trial(number, config, config_id(config), state=TrialState.FAILED, error="boom")
+        return Trial(number, config, config_id(config), values=outcome.values)
+
+
+def drive(strategy: Strategy, evaluate: Evaluations, rounds: int, batch: int = 3) -> list[dict[str, Any]]:
+    asked: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        configs = strategy.ask(batch)
+        asked.extend(configs)
+        strategy.tell([evaluate(c) for c in configs])
+    return asked
+
+
+def test_all_strategies_are_registered() -> None:
+    assert {"random", "nsga2", "nsga3", "tpe", "evolution", "evolving", "slimming"} <= set(list_strategies())
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_asks_are_canonical_batched_and_never_repeat(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make(name, tiny_space, seed=3)
+    asked = drive(strategy, Evaluations(tiny_space, tiny_luts, fail_every=5), rounds=6)
+    assert len(asked) == 18
+    for config in asked:
+        assert tiny_space.canonicalize(config) == config
+    ids = [config_id(c) for c in asked]
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_space_exhaustion_returns_fewer_and_then_none(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make(name, tiny_space, seed=1)
+    asked = drive(strategy, Evaluations(tiny_space, tiny_luts), rounds=12, batch=4)
+    assert len({config_id(c) for c in asked}) == len(asked) == DISTINCT_TINY_SUBNETS
+    assert strategy.ask(3) == []
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_same_seed_same_sequence(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    runs = [
+        drive(make(name, tiny_space, seed=seed), Evaluations(tiny_space, tiny_luts), 5) for seed in (7, 7, 8)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_resume_by_telling_unasked_trials(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    evaluate = Evaluations(tiny_space, tiny_luts, fail_every=4)
+    rng = np.random.default_rng(0)
+    previous = {config_id(c): c for c in (tiny_space.sample(rng) for _ in range(30))}
+    stored = [evaluate(c) for c in previous.values()]
+    strategy = make(name, tiny_space, seed=5)
+    strategy.tell(stored)
+    asked = drive(strategy, evaluate, rounds=10, batch=2)
+    asked_ids = {config_id(c) for c in asked}
+    assert not asked_ids & set(previous)
+    assert len(asked_ids) == len(asked) == DISTINCT_TINY_SUBNETS - len(previous)
+
+
+def test_nsga3_resumed_trials_join_generations(tiny_space: TinySpace, tiny_luts) -> None:
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    rng = np.random.default_rng(1)
+    configs = list({config_id(c): c for c in (tiny_space.sample(rng) for _ in range(40))}.values())[:9]
+    strategy = make("nsga3", tiny_space)
+    assert isinstance(strategy, NSGA3Strategy)
+    strategy.tell([evaluate(c) for c in configs])
+    key = "NSGAIIISampler:generation"
+    assert [t.system_attrs[key] for t in strategy.study.get_trials(deepcopy=False)] == [
+        0,
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+        1,
+        2,
+    ]
+
+
+@pytest.mark.parametrize("name", ["nsga3", "tpe"])
+def test_constraints_reach_optuna(name: str, tiny_space: TinySpace, tiny_luts) -> None:
+    bound = 2000.0
+    strategy = make(name, tiny_space, constraints=[f"params <= {bound}"])
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    told = [evaluate(tiny_space.largest())]
+    strategy.tell(told)
+    for _ in range(3):
+        batch = [evaluate(c) for c in strategy.ask(3)]
+        strategy.tell(batch)
+        told += batch
+    by_id = {t.config_id: t for t in told}
+    complete = strategy.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    assert len(complete) >= len(told)
+    for frozen in complete:
+        trial = by_id[tiny_space.config_id(frozen.params)]
+        assert frozen.constraints == {f"params <= {bound:g}": trial.values["params"] - bound}
+    assert any(t.values["params"] > bound for t in told) and any(t.values["params"] <= bound for t in told)
+
+
+def test_tpe_batch_is_diverse_with_constant_liar(tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make("tpe", tiny_space, seed=0)
+    drive(strategy, Evaluations(tiny_space, tiny_luts), rounds=2, batch=4)  # past the random start-up
+    batch = strategy.ask(4)
+    assert len({config_id(c) for c in batch}) == 4
+    running = strategy.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+    assert len(running) == 4
+
+
+def test_evolution_ages_population_and_breeds_from_it(tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make("evolution", tiny_space, seed=2)
+    assert isinstance(strategy, EvolutionStrategy)
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    told: list[Trial] = []
+    for _ in range(4):
+        trials = [evaluate(c) for c in strategy.ask(2)]
+        strategy.tell(trials)
+        told += trials
+    # Population 4: the four most recent complete trials, oldest first.
+    assert [m.config for m in strategy.population] == [t.config for t in told[-4:]]
+
+
+def test_evolution_prefers_feasible_parents(tiny_space: TinySpace, tiny_luts) -> None:
+    bound = 1500.0
+    strategy = make("evolution", tiny_space, seed=0, constraints=[f"params <= {bound}"], sample_size=4)
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    drive(strategy, evaluate, rounds=2, batch=2)
+    feasible = [m.config for m in strategy.population if m.violation == 0]
+    assert feasible and len(feasible) < len(strategy.population)
+    # A tournament over the whole population only ever picks a feasible member.
+    assert all(strategy._tournament() in feasible for _ in range(20))
+
+
+def test_evolution_impossible_constraint_is_a_clear_error(tiny_space: TinySpace, tiny_luts) -> None:
+    strategy = make("evolution", tiny_space, seed=0, constraints=["params <= 10"], infeasible_patience=6)
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    with pytest.raises(
+        InfeasibleConstraintError, match=r"no trial satisfied the constraints \['params <= 10'\]"
+    ) as info:
+        drive(strategy, evaluate, rounds=20, batch=2)
+    assert info.value.field == "constraints"
+    assert evaluate.number < 40  # it stopped well before the space ran out
+
+
+def test_runner_turns_an_impossible_constraint_into_a_failed_search(tiny_space: TinySpace, tiny_luts) -> None:
+    resolved = make_resolved(
+        tiny_space,
+        strategy="evolution",
+        strategy_params={"population_size": 4, "infeasible_patience": 5},
+        constraints=["params <= 10"],
+        budget={"trials": 25, "parallelism": 2},
+    )
+    store = MemoryTrialStore()
+    result = Runner(resolved, "impossible", store, tiny_luts, use_ray=False).run()
+    assert result.state == "failed"
+    assert "InfeasibleConstraintError" in result.error and "loosen" in result.error
+    assert 5 <= result.n_trials < 25
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "field"),
+    [
+        ("evolution", {"population_size": 1}, "strategy_params.population_size"),
+        ("evolution", {"crossover_prob": 2}, "strategy_params.crossover_prob"),
+        ("nsga3", {"dividing_parameter": 0}, "strategy_params.dividing_parameter"),
+        ("tpe", {"multivariate": "yes"}, "strategy_params.multivariate"),
+        ("tpe", {"population_size": 4}, "strategy_params.population_size"),
+    ],
+)
+def test_bad_params_raise_spec_errors(name: str, params: dict, field: str, tiny_space: TinySpace) -> None:
+    with pytest.raises(SpecError) as info:
+        make(name, tiny_space, **params)
+    assert info.value.field == field
+
+
+def test_default_strategy_per_space_is_registered() -> None:
+    from nas.strategies import DEFAULT_STRATEGY, default_strategy
+    from search_spaces import list_spaces
+
+    for space in list_spaces():
+        assert default_strategy(space) in list_strategies()
+    assert set(DEFAULT_STRATEGY) <= set(list_spaces())
