@@ -1,0 +1,67 @@
+"""The FastAPI application factory. OpenAPI docs at `/docs`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from latency_lut import SqlLatencyTable
+from services.api import ROUTERS, install_error_handlers
+from services.api.health import service_version
+from services.dashboard import install_dashboard
+from services.db import init_db, make_engine
+from services.scheduler import Scheduler
+from services.search_queue import SearchQueue
+from services.settings import Settings
+from services.store import SqlTrialStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, start_scheduler: bool = True) -> FastAPI:
+    """The API on the database of `settings` (tables created if missing).
+
+    With `start_scheduler`, the app's lifespan runs a `Scheduler` that executes queued searches in
+    this process; without it the app only serves and queues (another process runs the searches).
+    """
+    settings = settings if settings is not None else Settings()
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    lut = SqlLatencyTable(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if start_scheduler:
+            app.state.scheduler = Scheduler(settings, engine, lut=lut)
+            app.state.scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler = app.state.scheduler
+            app.state.scheduler = None
+            if scheduler is not None:
+                # Joining waits for the evaluations in flight; off the event loop so it keeps serving.
+                await anyio.to_thread.run_sync(scheduler.stop)
+            engine.dispose()
+
+    app = FastAPI(
+        title="Hardware-aware NAS",
+        version=service_version(),
+        description="Submit architecture searches, follow them, read their Pareto fronts.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.queue = SearchQueue(engine)
+    app.state.store = SqlTrialStore(engine)
+    app.state.lut = lut
+    app.state.scheduler = None
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    install_dashboard(app)
+    return app

@@ -1,0 +1,98 @@
+// Talking to the server, formatting numbers, and the small DOM helpers every view uses.
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    const text = Array.isArray(detail)
+      ? detail.map((d) => (d.field ? `${d.field}: ${d.message}` : d.message)).join('; ')
+      : String(detail);
+    super(`HTTP ${status}: ${text}`);
+    this.status = status;
+  }
+}
+
+export async function getJson(path, params = {}) {
+  const url = new URL(path, window.location.origin);
+  for (const [key, value] of Object.entries(params)) {
+    if (value === undefined || value === null || value === '') continue;
+    for (const v of Array.isArray(value) ? value : [value]) url.searchParams.append(key, v);
+  }
+  const response = await fetch(url, { headers: { accept: 'application/json' } });
+  const body = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) throw new ApiError(response.status, body.detail ?? body);
+  return body;
+}
+
+export function showError(error) {
+  const banner = document.getElementById('error-banner');
+  if (!error) {
+    banner.hidden = true;
+    return;
+  }
+  banner.textContent = `Could not load data: ${error.message ?? error}`;
+  banner.hidden = false;
+}
+
+export function showNotice(text) {
+  const banner = document.getElementById('notice-banner');
+  banner.textContent = text || '';
+  banner.hidden = !text;
+}
+
+// el('div', {class: 'x', onclick: fn}, child, 'text', ...)
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else if (key === 'dataset') Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export function fmt(value) {
+  if (value === undefined || value === null || Number.isNaN(value)) return '–';
+  if (typeof value !== 'number') return String(value);
+  const abs = Math.abs(value);
+  if (abs !== 0 && (abs >= 1e6 || abs < 1e-3)) return value.toExponential(3);
+  if (Number.isInteger(value)) return value.toLocaleString('en-US');
+  return value.toLocaleString('en-US', { maximumSignificantDigits: 4 });
+}
+
+export function statusBadge(status) {
+  return el('span', { class: `badge status-${status}` }, status);
+}
+
+export function progressBar(done, budget, status) {
+  const share = budget > 0 ? Math.min(1, done / budget) : 0;
+  return el(
+    'div',
+    { class: `progress status-${status}`, title: `${done} of ${budget} trials` },
+    el('div', { class: 'progress-fill', style: `width: ${(share * 100).toFixed(1)}%` }),
+    el('span', { class: 'progress-text', dataset: { done: String(done), budget: String(budget) } },
+      `${done} / ${budget}`),
+  );
+}
+
+// The objectives a search's values can be plotted in: its objectives, then those its constraints bound.
+export function searchObjectives(spec) {
+  const names = (spec.objectives || []).map((n) => String(n).trim());
+  for (const c of spec.constraints || []) {
+    const match = /^\s*([^<>=\s]+)/.exec(String(c));
+    if (match) names.push(match[1]);
+  }
+  return [...new Set(names)];
+}
+
+export function shortId(id) {
+  return id.slice(0, 8);
+}
+
+export function pollMs() {
+  const asked = Number(new URLSearchParams(window.location.search).get('poll'));
+  return asked >= 100 ? asked : 2000;
+}

@@ -1,0 +1,116 @@
+// The Pareto scatter (WebGL: scattergl in 2-D, scatter3d in 3-D) and the hypervolume curve.
+
+const COLORS = { front: '#d62728', feasible: '#4c78a8', infeasible: '#9d9d9d', selected: '#111111' };
+const CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ['lasso2d', 'select2d'] };
+
+function label(objective, short) {
+  if (short) return `${objective.name} ${objective.direction === 'minimize' ? '↓' : '↑'}`;
+  return `${objective.name} (${objective.direction === 'minimize' ? 'lower' : 'higher'} is better)`;
+}
+
+function hoverTemplate(objectives, series) {
+  const axes = ['x', 'y', 'z'].slice(0, objectives.length);
+  const lines = axes.map((a, i) => `${objectives[i].name}: %{${a}:.4~g}`);
+  return `<b>trial %{customdata}</b><br>${lines.join('<br>')}<extra>${series}</extra>`;
+}
+
+// A 2-D front drawn as its attainment staircase: points sorted by x, a step toward worse x first.
+function frontLine(series, objectives) {
+  const order = series.x.map((_, i) => i).sort((a, b) => series.x[a] - series.x[b] || series.y[a] - series.y[b]);
+  const pick = (arr) => order.map((i) => arr[i]);
+  return {
+    x: pick(series.x),
+    y: pick(series.y),
+    customdata: pick(series.numbers),
+    shape: objectives[0].direction === 'minimize' ? 'hv' : 'vh',
+  };
+}
+
+export function drawPareto(div, data, selected, logAxes) {
+  const three = data.objectives.length === 3;
+  const type = three ? 'scatter3d' : 'scattergl';
+  const trace = (name, series, marker, extra = {}) => {
+    const t = {
+      type,
+      mode: 'markers',
+      name,
+      x: series.x,
+      y: series.y,
+      customdata: series.numbers,
+      marker,
+      hovertemplate: hoverTemplate(data.objectives, name),
+      ...extra,
+    };
+    if (three) t.z = series.z;
+    return t;
+  };
+  const size = three ? 4 : 6;
+  const traces = [
+    trace(`infeasible (${data.counts.infeasible})`, data.infeasible, { color: COLORS.infeasible, size, symbol: three ? 'cross' : 'x' }),
+    trace(`feasible (${data.counts.feasible - data.counts.front})`, data.feasible, { color: COLORS.feasible, size, opacity: 0.6 }),
+  ];
+  if (three) {
+    traces.push(trace('Pareto front', data.front, { color: COLORS.front, size: 7, line: { color: '#fff', width: 0.5 } }));
+  } else {
+    const line = frontLine(data.front, data.objectives);
+    traces.push({
+      ...trace('Pareto front', { ...data.front, x: line.x, y: line.y, numbers: line.customdata }, { color: COLORS.front, size: 10, line: { color: '#fff', width: 1 } }),
+      mode: 'lines+markers',
+      line: { color: COLORS.front, width: 1.5, shape: line.shape },
+    });
+  }
+  if (selected) {
+    const point = { x: [selected.x], y: [selected.y], z: [selected.z], numbers: [selected.number] };
+    traces.push(trace(`selected: trial ${selected.number}`, point,
+      { color: 'rgba(0,0,0,0)', size: three ? 8 : 18, line: { color: COLORS.selected, width: 3 }, symbol: 'circle' },
+      { hoverinfo: 'skip', hovertemplate: null }));
+  }
+  const axis = (objective) => ({
+    title: { text: label(objective, three) },
+    type: logAxes ? 'log' : 'linear',
+    zeroline: false,
+  });
+  const layout = {
+    uirevision: data.objectives.map((o) => o.name).join('|') + (logAxes ? '|log' : ''),
+    margin: { l: 70, r: 10, t: 10, b: 55 },
+    legend: { orientation: 'h', y: 1.08, x: 0 },
+    hovermode: 'closest',
+    paper_bgcolor: 'rgba(0,0,0,0)',
+    plot_bgcolor: '#fbfbfd',
+  };
+  if (three) {
+    layout.scene = {
+      xaxis: axis(data.objectives[0]),
+      yaxis: axis(data.objectives[1]),
+      zaxis: axis(data.objectives[2]),
+      camera: { eye: { x: 1.6, y: 1.6, z: 1.0 } },
+    };
+    layout.margin = { l: 0, r: 0, t: 10, b: 0 };
+  } else {
+    layout.xaxis = axis(data.objectives[0]);
+    layout.yaxis = axis(data.objectives[1]);
+  }
+  return window.Plotly.react(div, traces, layout, CONFIG);
+}
+
+export function drawHypervolume(div, curve) {
+  const traces = [{
+    type: 'scatter',
+    mode: 'lines',
+    name: 'hypervolume',
+    x: curve.evaluations,
+    y: curve.hypervolume,
+    line: { color: '#2ca02c', width: 2, shape: 'hv' },
+    hovertemplate: 'after %{x} evaluations: %{y:.4f}<extra></extra>',
+  }];
+  const layout = {
+    uirevision: 'hv',
+    margin: { l: 55, r: 10, t: 10, b: 45 },
+    xaxis: { title: { text: 'evaluations' }, rangemode: 'tozero' },
+    yaxis: { title: { text: `hypervolume (ref ${curve.reference})` }, rangemode: 'tozero' },
+    showlegend: false,
+    paper_bgcolor: 'rgba(0,0,0,0)',
+    plot_bgcolor: '#fbfbfd',
+  };
+  return window.Plotly.react(div, traces, layout, { ...CONFIG, displayModeBar: false });
+}

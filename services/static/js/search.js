@@ -1,0 +1,238 @@
+// One search: progress, the Pareto plot (2 or 3 objectives), the hypervolume curve, the selected
+// trial with its config, subnet drawing and exports, and the trial table. Live while it runs.
+
+import {
+  el, fmt, getJson, progressBar, searchObjectives, shortId, showNotice, statusBadge,
+} from './api.js';
+import { drawHypervolume, drawPareto } from './plots.js';
+import { drawStructure } from './structure.js';
+import { TrialTable } from './trials.js';
+
+export class SearchView {
+  constructor(searchId, capabilities) {
+    this.nav = 'searches';
+    this.searchId = searchId;
+    this.capabilities = capabilities || { export_formats: ['json'] };
+    this.search = null;
+    this.seen = null;
+    this.picked = [];
+    this.selected = null;
+    this.details = new Map();
+    this.plotData = null;
+    this.header = el('div', { class: 'panel', id: 'search-header' }, el('p', { class: 'muted' }, 'Loading search…'));
+    this.axisSelects = ['x', 'y', 'z'].map((axis) => el('select', { id: `axis-${axis}`, onchange: () => this.axesChanged() }));
+    this.logBox = el('input', { type: 'checkbox', id: 'log-axes', onchange: () => this.drawPlot() });
+    this.counts = el('div', { id: 'plot-counts', class: 'muted small' });
+    this.plotDiv = el('div', { id: 'pareto-plot', class: 'plot' });
+    this.hoverCard = el('div', { id: 'hover-card', class: 'hover-card', hidden: true });
+    this.hvDiv = el('div', { id: 'hv-plot', class: 'plot small-plot' });
+    this.hvNote = el('div', { class: 'muted small', id: 'hv-note' });
+    this.detail = el('div', { id: 'trial-detail' }, el('p', { class: 'muted' }, 'Click a point or a table row to see that trial.'));
+    this.structure = el('div', { id: 'structure' }, el('p', { class: 'muted' }, 'The selected subnet is drawn here, stage by stage.'));
+    this.table = new TrialTable(searchId, (n) => this.select(n));
+    this.root = el('div', { id: 'search-view' },
+      el('div', { class: 'crumbs' }, el('a', { href: '#/' }, '← all searches')),
+      this.header,
+      el('div', { class: 'two-col' },
+        el('section', { class: 'panel plot-panel' },
+          el('div', { class: 'panel-head' }, el('h2', {}, 'Pareto front'),
+            el('div', { class: 'filters' },
+              el('label', {}, 'x ', this.axisSelects[0]),
+              el('label', {}, 'y ', this.axisSelects[1]),
+              el('label', {}, 'z ', this.axisSelects[2]),
+              el('label', { title: 'logarithmic axes' }, this.logBox, ' log'))),
+          this.counts, el('div', { class: 'plot-wrap' }, this.plotDiv, this.hoverCard)),
+        el('section', { class: 'panel detail-panel' }, el('h2', {}, 'Selected trial'), this.detail)),
+      el('section', { class: 'panel' }, el('h2', {}, 'Subnet structure'), this.structure),
+      el('div', { class: 'two-col reverse' },
+        el('section', { class: 'panel' }, el('h2', {}, 'Hypervolume over evaluations'), this.hvDiv, this.hvNote),
+        el('section', { class: 'panel' }, el('h2', {}, 'Trials'), this.table.root)));
+  }
+
+  destroy() {
+    if (window.Plotly) for (const div of [this.plotDiv, this.hvDiv]) window.Plotly.purge(div);
+  }
+
+  async refresh() {
+    const search = await getJson(`/v1/searches/${this.searchId}`);
+    const first = this.search === null;
+    this.search = search;
+    this.renderHeader();
+    if (first) this.setupAxes();
+    const stamp = `${search.status}|${search.trials_done}|${search.front_size}`;
+    if (stamp !== this.seen) {
+      this.seen = stamp;
+      await Promise.all([this.loadPlot(), this.loadHypervolume(), this.table.refresh()]);
+    }
+    return search.status === 'running' || search.status === 'queued';
+  }
+
+  renderHeader() {
+    const s = this.search;
+    const spec = s.spec;
+    this.header.replaceChildren(
+      el('div', { class: 'panel-head' },
+        el('h1', {}, s.name || '(unnamed search)', ' ', el('span', { class: 'muted mono small' }, shortId(s.id))),
+        statusBadge(s.status)),
+      el('div', { class: 'header-grid' },
+        el('div', { id: 'search-progress' }, progressBar(s.trials_done, s.budget_trials, s.status),
+          el('div', { class: 'muted small', id: 'status-message' }, s.status_message)),
+        el('dl', { class: 'facts' },
+          el('dt', {}, 'space'), el('dd', {}, spec.space, ' ', el('span', { class: 'muted small' }, JSON.stringify(spec.space_options || {}))),
+          el('dt', {}, 'strategy'), el('dd', {}, spec.strategy),
+          el('dt', {}, 'objectives'), el('dd', {}, (spec.objectives || []).join(', ')),
+          el('dt', {}, 'constraints'), el('dd', {}, (spec.constraints || []).join(', ') || 'none'),
+          el('dt', {}, 'front'), el('dd', { id: 'front-size' }, fmt(s.front_size)),
+          el('dt', {}, 'hypervolume'), el('dd', {}, fmt(s.hypervolume)),
+          el('dt', {}, 'failed'), el('dd', {}, fmt(s.trials_failed)),
+          el('dt', {}, 'elapsed'), el('dd', {}, `${fmt(s.elapsed_s)} s`))),
+      ...(s.error ? [el('pre', { class: 'error-text' }, s.error)] : []));
+  }
+
+  setupAxes() {
+    const names = searchObjectives(this.search.spec);
+    this.picked = names.slice(0, 2);
+    this.axisSelects.forEach((select, i) => {
+      const options = names.map((n) => el('option', { value: n, selected: n === this.picked[i] }, n));
+      if (i === 2) options.unshift(el('option', { value: '', selected: true }, '(none: 2-D)'));
+      select.replaceChildren(...options);
+      select.disabled = names.length < 2 || (i === 2 && names.length < 3);
+    });
+    if (names.length < 2) this.counts.textContent = 'This search has one objective: nothing to plot against it.';
+  }
+
+  axesChanged() {
+    const picked = this.axisSelects.map((s) => s.value).filter(Boolean);
+    if (new Set(picked).size !== picked.length) {
+      this.counts.textContent = 'Pick different objectives for x, y and z.';
+      return;
+    }
+    this.picked = picked;
+    this.loadPlot();
+  }
+
+  async loadPlot() {
+    if (this.picked.length < 2) return;
+    this.plotData = await getJson(`/v1/dashboard/searches/${this.searchId}/plot`, { objectives: this.picked });
+    const c = this.plotData.counts;
+    const shown = this.plotData.thinned ? `showing ${fmt(c.shown)} of ${fmt(c.plottable)} (front complete, the rest a stratified sample)` : `showing all ${fmt(c.shown)}`;
+    this.counts.replaceChildren(
+      el('span', { class: 'front-count', dataset: { front: String(c.front) } }, `front ${fmt(c.front)}`),
+      ` · feasible ${fmt(c.feasible)} · infeasible ${fmt(c.infeasible)} · failed ${fmt(c.failed)} · ${shown}`);
+    await this.drawPlot();
+    // Something to look at from the start: the first front member, until the user picks a trial.
+    if (this.selected === null && this.plotData.front.numbers.length) await this.select(this.plotData.front.numbers[0]);
+  }
+
+  async drawPlot() {
+    if (!window.Plotly || !this.plotData) return;
+    const selected = this.selectedPoint();
+    await drawPareto(this.plotDiv, this.plotData, selected, this.logBox.checked);
+    if (!this.plotDiv.dataset.bound) {
+      this.plotDiv.dataset.bound = '1';
+      this.plotDiv.on('plotly_click', (event) => {
+        const point = event.points?.[0];
+        if (point && point.customdata !== undefined) this.select(Number(point.customdata));
+      });
+      this.plotDiv.on('plotly_hover', (event) => this.hover(event));
+      this.plotDiv.on('plotly_unhover', () => { this.hoverCard.hidden = true; });
+    }
+    this.plotDiv.dataset.rendered = String(Number(this.plotDiv.dataset.rendered || 0) + 1);
+  }
+
+  selectedPoint() {
+    const detail = this.selected === null ? null : this.details.get(this.selected);
+    if (!detail || !this.plotData) return null;
+    const values = detail.trial.values;
+    const coords = this.plotData.objectives.map((o) => values[o.name]);
+    if (coords.some((v) => v === undefined)) return null;
+    return { number: detail.trial.number, x: coords[0], y: coords[1], z: coords[2] };
+  }
+
+  async trialDetail(number) {
+    if (!this.details.has(number)) {
+      this.details.set(number, await getJson(`/v1/dashboard/searches/${this.searchId}/trials/${number}`));
+    }
+    return this.details.get(number);
+  }
+
+  async hover(event) {
+    const point = event.points?.[0];
+    if (!point || point.customdata === undefined) return;
+    const number = Number(point.customdata);
+    this.hovering = number;
+    const detail = await this.trialDetail(number);
+    if (this.hovering !== number) return;
+    const lines = Object.entries(detail.trial.config).map(([k, v]) => `${k}: ${JSON.stringify(v)}`);
+    this.hoverCard.replaceChildren(
+      el('div', { class: 'hover-title' }, `trial ${number}`, detail.on_front ? el('span', { class: 'badge front' }, 'front') : null),
+      el('pre', { class: 'hover-config' }, lines.join('\n')));
+    this.hoverCard.hidden = false;
+  }
+
+  async select(number) {
+    const detail = await this.trialDetail(number);
+    this.selected = number;
+    this.table.markSelected(number);
+    this.renderDetail(detail);
+    drawStructure(this.structure, detail.stages);
+    this.drawPlot();
+  }
+
+  renderDetail(detail) {
+    const t = detail.trial;
+    const objectives = searchObjectives(this.search.spec);
+    const rows = objectives.map((o) => el('tr', {}, el('th', {}, o), el('td', { class: 'num' }, fmt(t.values[o]))));
+    const metricRows = Object.entries(t.metrics || {})
+      .filter(([, v]) => typeof v !== 'object')
+      .map(([k, v]) => el('tr', { class: 'muted' }, el('th', {}, k), el('td', { class: 'num' }, fmt(v))));
+    this.detail.replaceChildren(
+      el('div', { class: 'detail-head' },
+        el('h3', { id: 'selected-number', dataset: { number: String(t.number) } }, `Trial ${t.number}`),
+        detail.on_front ? el('span', { class: 'badge front' }, 'on the front') : null,
+        t.state === 'failed' ? el('span', { class: 'badge status-failed' }, 'failed') : null,
+        t.feasible ? null : el('span', { class: 'badge warn' }, 'infeasible')),
+      ...(t.error ? [el('pre', { class: 'error-text' }, t.error)] : []),
+      el('table', { class: 'kv' }, rows, metricRows),
+      el('div', { class: 'exports' }, this.exportButtons(detail)),
+      el('details', { open: true }, el('summary', {}, `config (${t.config_id.slice(0, 12)})`),
+        el('pre', { id: 'trial-config', class: 'config' }, JSON.stringify(t.config, null, 2))));
+  }
+
+  exportButtons(detail) {
+    const t = detail.trial;
+    const download = () => {
+      const body = {
+        space: detail.space, space_options: detail.space_options, config: t.config,
+        config_id: t.config_id, values: t.values, search_id: detail.search_id, trial: t.number,
+      };
+      const url = URL.createObjectURL(new Blob([JSON.stringify(body, null, 2)], { type: 'application/json' }));
+      const a = el('a', { href: url, download: `${detail.space}-${shortId(detail.search_id)}-trial${t.number}.json` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      window.setTimeout(() => URL.revokeObjectURL(url), 1000);
+      showNotice(null);
+    };
+    const buttons = [el('button', { id: 'export-json', onclick: download }, 'Download config (JSON)')];
+    const template = this.capabilities.export_url;
+    if (template) {
+      for (const format of this.capabilities.export_formats.filter((f) => f !== 'json')) {
+        const href = template.replace('{search_id}', detail.search_id).replace('{number}', t.number) + `?format=${format}`;
+        buttons.push(el('a', { class: 'button', id: `export-${format}`, href }, `Export ${format === 'coreml' ? 'Core ML' : format.toUpperCase()}`));
+      }
+    }
+    return buttons;
+  }
+
+  async loadHypervolume() {
+    const curve = await getJson(`/v1/dashboard/searches/${this.searchId}/hypervolume`);
+    if (window.Plotly && curve.evaluations.length) await drawHypervolume(this.hvDiv, curve);
+    const last = curve.hypervolume.at(-1);
+    this.hvNote.textContent = curve.evaluations.length
+      ? `Normalised by the range of the trials seen (min..max per objective), reference ${curve.reference}: ` +
+        `${fmt(last)} after ${fmt(curve.evaluations.at(-1))} evaluations. The live figure above (${fmt(curve.live_hypervolume)}) ` +
+        'normalises by the space\u2019s smallest and largest subnets instead.'
+      : curve.reason || 'No evaluations yet.';
+  }
+}

@@ -1,0 +1,217 @@
+"""The dashboard driven in headless Chromium against a live server: what a person sees and clicks.
+
+Screenshots go to tests/_artifacts/dashboard-*.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from nas.pareto import non_dominated
+
+FRONT_TRACE = "Pareto front"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "_artifacts"
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"dashboard-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def open_search(page, url: str, search_id: str, renders: int = 1) -> None:
+    page.goto(f"{url}/#/search/{search_id}")
+    page.wait_for_function(
+        "n => Number(document.getElementById('pareto-plot')?.dataset.rendered || 0) >= n", arg=renders
+    )
+
+
+def trace(page, name: str) -> dict:
+    return page.evaluate(
+        """name => {
+            const t = document.getElementById('pareto-plot').data.find(t => t.name.startsWith(name));
+            return {type: t.type, numbers: Array.from(t.customdata), n: t.x.length};
+        }""",
+        name,
+    )
+
+
+def point_position(page, series: str, number: int) -> dict:
+    """Where trial `number` of a series is drawn, in page pixels (from Plotly's own axes)."""
+    return page.evaluate(
+        """([series, n]) => {
+            const gd = document.getElementById('pareto-plot');
+            const t = gd.data.find(t => t.name.startsWith(series));
+            const i = Array.from(t.customdata).indexOf(n);
+            const fl = gd._fullLayout, box = gd.getBoundingClientRect();
+            return {x: box.left + fl.xaxis._offset + fl.xaxis.l2p(t.x[i]),
+                    y: box.top + fl.yaxis._offset + fl.yaxis.l2p(t.y[i])};
+        }""",
+        [series, number],
+    )
+
+
+def all_trials(http: httpx.Client, search_id: str) -> list[dict]:
+    return http.get(f"/v1/searches/{search_id}/trials", params={"limit": 1000}).json()["items"]
+
+
+def front_numbers(trials: list[dict], names: list[str]) -> set[int]:
+    """The front over `names` (all minimised here) of the feasible complete trials, computed here."""
+    ok = [t for t in trials if t["state"] == "complete" and t["feasible"]]
+    points = np.array([[t["values"][n] for n in names] for t in ok])
+    return {ok[i]["number"] for i in non_dominated(points)}
+
+
+def test_front_shows_the_right_points_in_2d_and_3d(page, live, http, plot_search):
+    search_id = plot_search["id"]
+    trials = all_trials(http, search_id)
+    open_search(page, live.url, search_id)
+
+    front = trace(page, FRONT_TRACE)
+    assert front["type"] == "scattergl"
+    assert set(front["numbers"]) == front_numbers(trials, ["latency:host-cpu-torch", "params"])
+    assert front["n"] == len(front["numbers"])
+    shown = sum(trace(page, name)["n"] for name in ("feasible", "infeasible", FRONT_TRACE))
+    assert shown == len(trials)
+    assert page.inner_text("#plot-counts").startswith(f"front {front['n']}")
+    screenshot(page, "search-2d")
+
+    page.select_option("#axis-z", "macs")
+    page.wait_for_function("() => document.getElementById('pareto-plot').data[0].type === 'scatter3d'")
+    front3 = trace(page, FRONT_TRACE)
+    # With every objective of the search plotted, the page's front is the runner's stored front.
+    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["trials"]}
+    assert set(front3["numbers"]) == stored
+    screenshot(page, "search-3d")
+
+
+def test_hover_and_click_show_that_trials_config(page, live, http, plot_search):
+    search_id = plot_search["id"]
+    open_search(page, live.url, search_id)
+    page.wait_for_selector("#selected-number")
+    default = int(page.get_attribute("#selected-number", "data-number"))
+    # A point other than the one selected at load: another front member, else a non-front trial.
+    series, target = next(
+        (name, n)
+        for name in (FRONT_TRACE, "feasible", "infeasible")
+        for n in trace(page, name)["numbers"]
+        if n != default
+    )
+    pos = point_position(page, series, target)
+
+    page.mouse.move(pos["x"], pos["y"])
+    page.wait_for_selector("#hover-card:not([hidden])")
+    assert f"trial {target}" in page.inner_text("#hover-card")
+    assert "stage0.depth" in page.inner_text("#hover-card")
+
+    page.mouse.click(pos["x"], pos["y"])
+    page.wait_for_selector(f"#selected-number[data-number='{target}']")
+    expected = http.get(f"/v1/dashboard/searches/{search_id}/trials/{target}").json()
+    assert json.loads(page.inner_text("#trial-config")) == expected["trial"]["config"]
+    # The subnet is drawn stage by stage; blocks beyond a stage's depth are drawn as skipped.
+    config = expected["trial"]["config"]
+    for stage in range(4):
+        card = page.locator(f".stage[data-stage='stage{stage}']")
+        assert card.locator(".block:not(.inactive)").count() == config[f"stage{stage}.depth"]
+    assert page.locator("#export-json").is_visible()
+    assert page.locator("#export-onnx").count() == 0  # no export endpoint on this server: hidden
+    screenshot(page, "trial-selected")
+
+
+def test_running_search_progress_advances_without_reload(page, live, http, plot_search):
+    page.goto(f"{live.url}/?poll=250")
+    page.wait_for_selector("#searches-table tbody tr[data-search-id]")
+    page.evaluate("() => { window.__sameDocument = true; }")
+    spec = {
+        "name": "browser-live-search",
+        "space": "efficientformerv2",
+        "space_options": {"resolution": 32, "num_classes": 10},
+        "objectives": ["latency:host-cpu-torch", "params"],
+        "strategy": "random",
+        "budget": {"trials": 40, "parallelism": 1},
+        "seed": 11,
+    }
+    created = http.post("/v1/searches", json=spec)
+    assert created.status_code == 202, created.text
+    search_id = created.json()["id"]
+    row = f"#searches-table tr[data-search-id='{search_id}']"
+    page.evaluate(
+        """row => { window.__seen = [];
+            setInterval(() => { const t = document.querySelector(row + ' .progress-text');
+                                 if (t) window.__seen.push(Number(t.dataset.done)); }, 100); }""",
+        row,
+    )
+    page.wait_for_selector(f"{row}[data-status='running']")
+    page.wait_for_function("() => window.__seen.some(done => done > 0)")
+    screenshot(page, "searches-running")
+    page.wait_for_selector(f"{row}[data-status='succeeded']", timeout=240_000)
+    page.wait_for_function("() => window.__seen.includes(40)")
+    seen = page.evaluate("() => window.__seen")
+    assert page.evaluate("() => window.__sameDocument") is True
+    assert seen == sorted(seen), "progress went backwards"
+    assert any(0 < done < 40 for done in seen), f"no intermediate progress seen: {sorted(set(seen))}"
+    assert page.inner_text(f"{row} .progress-text") == "40 / 40"
+    screenshot(page, "searches-finished")
+
+
+def test_hundred_thousand_trials_render_thinned_with_the_whole_front(page, live, http, big_search):
+    open_search(page, live.url, big_search)
+    front = trace(page, FRONT_TRACE)
+    stored = http.get(f"/v1/searches/{big_search}/pareto").json()["trials"]
+    assert set(front["numbers"]) == {t["number"] for t in stored}
+    shown = sum(trace(page, name)["n"] for name in ("feasible", "infeasible", FRONT_TRACE))
+    assert shown <= 20_000 + front["n"]
+    assert "stratified sample" in page.inner_text("#plot-counts")
+    assert page.inner_text("#page-info") == "1–25 of 100000"
+    screenshot(page, "search-100k")
+
+
+def test_trial_table_sorts_by_an_objective_and_pages(page, live, big_search):
+    open_search(page, live.url, big_search)
+    page.click("#trials-table th[data-sort='params']")
+    page.wait_for_selector("#trials-table th[data-sort='params']:has-text('▲')")
+
+    def column(header: str) -> list[float]:
+        index = page.locator("#trials-table th").all_inner_texts().index(header)
+        cells = page.locator(f"#trials-table tbody tr td:nth-child({index + 1})").all_inner_texts()
+        return [float(c.replace(",", "")) for c in cells]
+
+    first = column("params ▲")
+    assert first == sorted(first)
+    page.click("#page-next")
+    page.wait_for_selector("#page-info:has-text('26–50')")
+    second = column("params ▲")
+    assert second == sorted(second) and second[0] >= first[-1]
+    page.click("#trials-table th[data-sort='params']")
+    page.wait_for_selector("#trials-table th[data-sort='params']:has-text('▼')")
+    descending = column("params ▼")
+    assert descending == sorted(descending, reverse=True) and descending[0] > second[-1]
+
+
+def test_devices_page_shows_lut_coverage(page, live, plot_search):
+    page.goto(f"{live.url}/#/devices")
+    page.wait_for_selector("#coverage-table")
+    cells = page.locator("#coverage-table td.coverage-cell[data-device='host-cpu-torch']")
+    rows = [(c.get_attribute("data-covered"), c.get_attribute("data-blocks")) for c in cells.all()]
+    # The search measured every block of EfficientFormerV2 at 32 px: one row is complete.
+    assert any(covered == blocks and int(blocks) > 0 for covered, blocks in rows), rows
+    assert page.locator("#devices-table tr[data-device='host-cpu-torch']").count() == 1
+    screenshot(page, "devices")
+
+
+def test_search_list_filters_by_status_and_text(page, live, plot_search, big_search):
+    page.goto(f"{live.url}/")
+    page.wait_for_selector(f"tr[data-search-id='{big_search}']")
+    page.fill("#filter-text", "synthetic")
+    page.wait_for_selector(f"tr[data-search-id='{plot_search['id']}']", state="detached")
+    assert page.locator(f"tr[data-search-id='{big_search}']").count() == 1
+    page.fill("#filter-text", "")
+    page.select_option("#filter-status", "failed")
+    page.wait_for_selector(f"tr[data-search-id='{big_search}']", state="detached")
+    assert "No searches match" in page.inner_text("#searches-table")
+    screenshot(page, "searches-filtered")

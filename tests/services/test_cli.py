@@ -1,0 +1,258 @@
+"""The `nas` CLI: against the live test server (typer's CliRunner), on local databases, and as the
+installed console script in a subprocess (`nas serve --demo`, exit codes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from svc_helpers import SMALL_SPEC, LiveServer
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.client import ClientError, NasClient
+
+NAS = Path(sys.executable).with_name("nas")
+runner = CliRunner()
+
+
+def nas(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.json"
+    body = {**SMALL_SPEC, "name": "cli-search", "budget": {"trials": 4, "parallelism": 2}}
+    path.write_text(json.dumps(body))
+    return path
+
+
+# ----------------------------------------------------------------------------- against the server
+def test_submit_wait_status_pareto(server: LiveServer, finished_search: dict, spec_file: Path) -> None:
+    submitted = nas("search", "submit", str(spec_file), "--server", server.url, "--wait")
+    assert submitted.exit_code == 0, submitted.output
+    first_line = submitted.stdout.splitlines()[0]
+    assert first_line.startswith("queued search ")
+    sid = first_line.split()[-1]
+    assert "succeeded" in submitted.stdout
+
+    status = nas("search", "status", sid, "--server", server.url)
+    assert status.exit_code == 0 and sid in status.stdout and "succeeded" in status.stdout
+    as_json = json.loads(nas("search", "status", sid, "--server", server.url, "--json").stdout)
+    assert as_json["id"] == sid and as_json["trials_done"] == 4
+
+    pareto = nas("search", "pareto", sid, "--server", server.url, "--json")
+    assert pareto.exit_code == 0
+    front = json.loads(pareto.stdout)
+    api_front = httpx.get(f"{server.url}/v1/searches/{sid}/pareto").json()
+    assert [t["number"] for t in front["trials"]] == [t["number"] for t in api_front["trials"]]
+    table = nas("search", "pareto", sid, "--server", server.url)
+    assert table.exit_code == 0
+    assert "latency:host-cpu-torch" in table.stdout and f"{len(front['trials'])} on the front" in table.stdout
+
+    listed = nas("search", "list", "--server", server.url, "--json")
+    assert sid in [s["id"] for s in json.loads(listed.stdout)["items"]]
+
+
+def test_cancel_of_finished_search_is_refused(server: LiveServer, finished_search: dict) -> None:
+    result = nas("search", "cancel", finished_search["id"], "--server", server.url)
+    assert result.exit_code == 2
+    assert "409" in result.stderr and "already finished" in result.stderr
+
+
+def test_server_refusal_is_exit_2_with_the_field(server: LiveServer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space: resnet\nobjectives: [params]\n")
+    result = nas("search", "submit", str(bad), "--server", server.url)
+    assert result.exit_code == 2
+    assert "422" in result.stderr and "space" in result.stderr and "efficientformerv2" in result.stderr
+    missing = nas("search", "status", "nope", "--server", server.url)
+    assert missing.exit_code == 2 and "no search with id 'nope'" in missing.stderr
+
+
+def test_client_error_carries_the_server_detail(server: LiveServer) -> None:
+    with NasClient(server.url) as client:
+        with pytest.raises(ClientError) as refused:
+            client.submit({**SMALL_SPEC, "strategy": "annealing"})
+        assert client.health()["status"] == "ok"
+    assert refused.value.status == 422
+    [error] = refused.value.errors
+    assert error["field"] == "strategy" and "nsga2" in error["allowed"]
+    assert "strategy: unknown strategy 'annealing'" in str(refused.value)
+
+
+# ----------------------------------------------------------------------------- local errors
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (None, "absent.yaml", "does not exist"),
+        ("space: [unclosed\n", "broken.yaml", "not valid YAML"),
+        ('{"space": ', "broken.json", "not valid JSON"),
+        ("- just\n- a list\n", "list.yaml", "must hold a mapping"),
+    ],
+)
+def test_bad_spec_file_is_exit_2(tmp_path: Path, content: str | None, name: str, message: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    result = nas("search", "submit", str(path), "--server", "http://127.0.0.1:9")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and str(path) in result.stderr
+
+
+def test_unreachable_server_is_exit_1_naming_url(spec_file: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = nas("search", "submit", str(spec_file), "--server", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert f"http://127.0.0.1:{port}" in result.stderr and "nas serve" in result.stderr
+
+
+def test_spaces_command() -> None:
+    listed = nas("spaces")
+    assert listed.exit_code == 0 and "efficientformerv2" in listed.stdout
+    detail = nas("spaces", "efficientformerv2", "--option", "resolution=64", "--json")
+    assert json.loads(detail.stdout)["option_values"]["resolution"] == 64
+    unknown = nas("spaces", "resnet")
+    assert unknown.exit_code == 2 and "known spaces" in unknown.stderr
+    bad_option = nas("spaces", "efficientformerv2", "--option", "resolution=50")
+    assert bad_option.exit_code == 2 and "resolution" in bad_option.stderr
+    malformed = nas("spaces", "efficientformerv2", "--option", "resolution")
+    assert malformed.exit_code == 2 and "NAME=VALUE" in malformed.stderr
+
+
+def test_lut_measure_export_import(tmp_path: Path) -> None:
+    env = {"NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'lut.db'}"}
+    measure = [
+        "lut", "measure", "--device", "host-cpu-torch", "--space", "efficientformerv2",
+        "--configs", "s0", "--option", "resolution=32", "--option", "num_classes=10",
+        "--warmup", "0", "--repeats", "1",
+    ]  # fmt: skip
+    measured = nas(*measure, env=env)
+    assert measured.exit_code == 0, measured.output
+    assert "0 already in the table" in measured.stdout
+    again = nas(*measure, env=env)
+    assert again.exit_code == 0 and " 0 measured" in again.stdout
+
+    exported = tmp_path / "host.csv"
+    result = nas("lut", "export", "--device", "host-cpu-torch", str(exported), env=env)
+    assert result.exit_code == 0, result.output
+    rows = exported.read_text().strip().splitlines()
+    assert rows[0].startswith("device,key") and len(rows) > 5
+
+    other = {"NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'other.db'}"}
+    imported = nas("lut", "import", str(exported), "--device", "copy-of-host", env=other)
+    assert imported.exit_code == 0 and f"imported {len(rows) - 1} entries" in imported.stdout
+
+    unknown_config = nas(*[a if a != "s0" else "s9" for a in measure], env=env)
+    assert unknown_config.exit_code == 2 and "s9" in unknown_config.stderr
+    no_table = nas("lut", "export", "--device", "iphone", str(tmp_path / "x.csv"), env=env)
+    assert no_table.exit_code == 2 and "no latency table for device 'iphone'" in no_table.stderr
+    bad_file = tmp_path / "bad.csv"
+    bad_file.write_text("key,median_ms\nx,1\n")
+    rejected = nas("lut", "import", str(bad_file), env=other)
+    assert rejected.exit_code == 2 and "lacks the columns" in rejected.stderr
+    remote = nas(*[a if a != "host-cpu-torch" else "iphone14pro-coreml-ane" for a in measure], env=env)
+    assert remote.exit_code == 2 and "no measurement backend on this host" in remote.stderr
+
+
+# ----------------------------------------------------------------------------- console script
+def test_console_script_exit_code_2(tmp_path: Path) -> None:
+    command = [str(NAS), "search", "submit", str(tmp_path / "absent.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def test_serve_with_demo(tmp_path: Path, ray_session) -> None:
+    import ray
+
+    demo = tmp_path / "demo.yaml"
+    demo.write_text(
+        "name: demo\nspace: efficientformerv2\nspace_options: {resolution: 32, num_classes: 10}\n"
+        "objectives: [params, macs]\nstrategy: random\nbudget: {trials: 3, parallelism: 1}\n"
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        # Join the test session's Ray instead of starting a second one on this small machine.
+        "NAS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "NAS_SCHEDULER_POLL_S": "0.2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    url = f"http://127.0.0.1:{port}"
+
+    def serve() -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(NAS), "serve", "--port", str(port), "--demo", str(demo)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def stop(process: subprocess.Popen) -> str:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+        return output
+
+    process = serve()
+    try:
+        search = _wait_for_demo(url, process)
+    finally:
+        output = stop(process)
+    sid = search["id"]
+    assert search["status"] == "succeeded" and search["trials_done"] == 3
+    assert f"Submitted demo search {sid}" in output
+    assert f"curl {url}/v1/searches/{sid}" in output
+    assert f"nas search status {sid}" in output and f"nas search pareto {sid}" in output
+    assert f"{url}/docs" in output
+
+    process = serve()
+    try:
+        _wait_for_health(url, process)
+        listed = httpx.get(f"{url}/v1/searches").json()
+    finally:
+        output = stop(process)
+    assert listed["total"] == 1  # the demo is submitted only to an empty database
+    assert "already holds searches" in output
+
+
+def _wait_for_health(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            if httpx.get(f"{url}/v1/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("nas serve did not come up")
+        time.sleep(0.2)
+
+
+def _wait_for_demo(url: str, process: subprocess.Popen) -> dict:
+    _wait_for_health(url, process)
+    deadline = time.monotonic() + 240
+    while True:
+        items = httpx.get(f"{url}/v1/searches").json()["items"]
+        if items and items[0]["status"] in ("succeeded", "failed", "cancelled"):
+            return items[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the demo search did not finish: {items}")
+        time.sleep(0.2)
