@@ -1,0 +1,413 @@
+"""How well does each proxy rank subnets? Spearman's rho and Kendall's tau against trained ground truth.
+
+For each space, `--subnets` distinct subnets are sampled at small options and each is trained from
+scratch (seeded init, AdamW, a fixed number of steps and batch size) on the space's generated
+training data (`nas.training.tasks`); the truth is its held-out accuracy (EfficientFormerV2, 100
+generated classes) or held-out denoising loss (UNet, timesteps spread over the schedule). Then every
+proxy available for the space scores every subnet, timed, and so do the supernet-inherited proxies
+after the space's supernet is trained with `nas.training` for `--supernet-steps` steps.
+Correlations are signed so that +1 means "ranks better subnets higher" whatever the proxy's or the
+truth's direction.
+
+Ground truth (per subnet, written as each finishes, so an interrupted run resumes) and trained
+supernets are cached under `--cache-dir` (default benchmarks/.cache), keyed by every setting that
+changes them. Everything runs in this process with one torch thread (`--threads`).
+
+    python benchmarks/proxy_correlation.py                      # both spaces, 30 subnets (< 1 hour)
+    python benchmarks/proxy_correlation.py --spaces unet --subnets 12 --supernet-steps 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas.proxies import ProxyContext, ProxyError, available_proxies, get_proxy, kendall, spearman
+from nas.proxies.tasks import classification_output, is_classification
+from nas.training import TrainConfig, latest_checkpoint, make_task, train_supernet
+from nas.training.tasks import TrainingTask
+from search_spaces import Config, SearchSpace, config_id, get_space
+
+#: Bumped when the truth's definition changes, so stale caches are not reused.
+TRUTH_VERSION = 1
+DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+@dataclass(frozen=True)
+class SpaceSetup:
+    """A space at small options and how its subnets (and its supernet) are trained for the truth."""
+
+    space: str
+    options: dict[str, Any]
+    train_steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    held_out: int
+    supernet_steps: int
+    supernet_batch_size: int
+    supernet_lr: float
+
+    def settings(self, seed: int, init_seed: int) -> dict[str, Any]:
+        """Everything the cached truth depends on (`seed`: subnets and data; `init_seed`: weights)."""
+        keep = ("space", "options", "train_steps", "batch_size", "lr", "weight_decay", "held_out")
+        out = {"version": TRUTH_VERSION, "seed": seed, **{k: asdict(self)[k] for k in keep}}
+        return out if init_seed == seed else {**out, "init_seed": init_seed}
+
+
+SETUPS: dict[str, SpaceSetup] = {
+    "efficientformerv2": SpaceSetup(
+        space="efficientformerv2",
+        # 100 classes: with 10, every subnet reaches 100% within the budget and the truth has no ranking.
+        options={"resolution": 32, "num_classes": 100, "heads": "classifier"},
+        train_steps=60,
+        batch_size=32,
+        lr=2e-3,
+        weight_decay=0.05,
+        held_out=512,
+        supernet_steps=120,
+        supernet_batch_size=32,
+        supernet_lr=2e-3,
+    ),
+    "unet": SpaceSetup(
+        space="unet",
+        options={"latent_size": 8, "text_tokens": 8, "cross_attention_dim": 64, "width_scale": 0.0625},
+        train_steps=60,
+        batch_size=16,
+        lr=1e-3,
+        weight_decay=0.01,
+        held_out=256,
+        supernet_steps=120,
+        supernet_batch_size=16,
+        supernet_lr=1e-3,
+    ),
+}
+
+
+@dataclass
+class ProxyResult:
+    name: str
+    needs: str
+    cost: str
+    direction: str
+    values: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    failures: int = 0
+    #: Rank correlations by truth ("accuracy", "loss"), signed so that +1 is a perfect proxy.
+    spearman: dict[str, float] = field(default_factory=dict)
+    kendall: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- ground truth
+def sample_configs(space: SearchSpace, count: int, seed: int) -> list[Config]:
+    """`count` distinct canonical configs, uniformly sampled."""
+    rng = np.random.default_rng(seed)
+    configs: dict[str, Config] = {}
+    for _ in range(count * 100):
+        config = space.sample(rng)
+        configs.setdefault(config_id(config), config)
+        if len(configs) == count:
+            return list(configs.values())
+    raise ValueError(
+        f"space {space.name!r} yielded only {len(configs)} distinct subnets in {count * 100} draws"
+    )
+
+
+def train_from_scratch(
+    space: SearchSpace, task: TrainingTask, config: Config, setup: SpaceSetup, seed: int
+) -> dict[str, float]:
+    """Train a freshly initialised subnet for the setup's budget; its held-out loss (and accuracy)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = space.build(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay)
+    start = time.perf_counter()
+    for step in range(setup.train_steps):
+        loss = task.loss(model, task.train_batch(step, setup.batch_size))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    model.eval()
+    held_out = task.held_out_batch(setup.held_out)
+    with torch.no_grad():
+        result = {"loss": float(task.loss(model, held_out))}
+        if is_classification(task):
+            logits, labels = classification_output(task, model, held_out)
+            result["accuracy"] = float((logits.argmax(-1) == labels).float().mean())
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def ground_truth(
+    space: SearchSpace,
+    task: TrainingTask,
+    configs: list[Config],
+    setup: SpaceSetup,
+    init_seed: int,
+    cache: Path,
+) -> list[dict[str, float]]:
+    """The truth of every config with weights initialised from `init_seed`, from the cache where
+    present (the cache is updated after every subnet)."""
+    settings = setup.settings(task.seed, init_seed)
+    path = cache / f"proxy_truth-{space.name}-{config_id(settings)}.json"
+    stored: dict[str, Any] = {"settings": settings, "subnets": {}}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    results = []
+    for index, config in enumerate(configs):
+        key = config_id(config)
+        if key not in stored["subnets"]:
+            truth = train_from_scratch(space, task, config, setup, init_seed)
+            stored["subnets"][key] = {"config": config, **truth}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".partial").write_text(json.dumps(stored, indent=1, sort_keys=True))
+            path.with_suffix(".partial").replace(path)
+            log(f"  truth {index + 1}/{len(configs)}: {_truth_text(truth)} ({truth['seconds']:.1f}s)")
+        results.append(stored["subnets"][key])
+    return results
+
+
+def _truth_text(truth: dict[str, float]) -> str:
+    text = f"held-out loss {truth['loss']:.4f}"
+    return text + (f", accuracy {truth['accuracy']:.3f}" if "accuracy" in truth else "")
+
+
+# ---------------------------------------------------------------------------- supernet
+def trained_supernet(space: SearchSpace, setup: SpaceSetup, seed: int, cache: Path) -> Path:
+    """A checkpoint of the space's supernet after `supernet_steps` steps (trained or resumed as needed)."""
+    settings = {
+        "space": space.name,
+        "options": dict(space.options),
+        "batch_size": setup.supernet_batch_size,
+        "lr": setup.supernet_lr,
+        "seed": seed,
+    }
+    out_dir = cache / "supernets" / f"{space.name}-{config_id(settings)}"
+    latest = latest_checkpoint(out_dir)
+    done = 0 if latest is None else int(latest.stem.split("-")[1])
+    if done < setup.supernet_steps:
+        log(f"  training the supernet: steps {done} -> {setup.supernet_steps} (checkpoints in {out_dir})")
+        start = time.perf_counter()
+        config = TrainConfig(
+            space=space.name,
+            options=dict(space.options),
+            steps=setup.supernet_steps,
+            batch_size=setup.supernet_batch_size,
+            lr=setup.supernet_lr,
+            seed=seed,
+            device="cpu",
+            keep_checkpoints=1,
+            out_dir=out_dir,
+        )
+        result = train_supernet(config, resume=latest is not None)
+        log(
+            f"  supernet trained in {time.perf_counter() - start:.0f}s; held-out loss "
+            f"{result.initial_eval:.4f} -> {result.final_eval:.4f}"
+        )
+        latest = latest_checkpoint(out_dir)
+    assert latest is not None
+    return latest
+
+
+# ---------------------------------------------------------------------------- proxies
+def score_proxies(context: ProxyContext, names: list[str], configs: list[Config]) -> list[ProxyResult]:
+    results = []
+    for name in names:
+        proxy = get_proxy(name)
+        result = ProxyResult(name, proxy.needs, proxy.cost, proxy.direction)
+        for config in configs:
+            start = time.perf_counter()
+            try:
+                value = proxy.compute(context, config)
+            except ProxyError as exc:
+                log(f"  {name}: {exc}")
+                value = float("nan")
+                result.failures += 1
+            result.seconds.append(time.perf_counter() - start)
+            result.values.append(value)
+        log(f"  {name}: median {statistics.median(result.seconds):.3f}s per subnet")
+        results.append(result)
+    return results
+
+
+def correlate(results: list[ProxyResult], qualities: dict[str, list[float]]) -> None:
+    """Rho and tau against each truth (quality: larger is better), over the subnets where the proxy
+    has a value, the proxy's values signed by its direction."""
+    for result in results:
+        sign = 1.0 if result.direction == "maximize" else -1.0
+        for truth, quality in qualities.items():
+            pairs = [(sign * v, q) for v, q in zip(result.values, quality, strict=True) if math.isfinite(v)]
+            if len(pairs) >= 3:
+                scores, truths = zip(*pairs, strict=True)
+                result.spearman[truth], result.kendall[truth] = (
+                    spearman(scores, truths),
+                    kendall(scores, truths),
+                )
+
+
+def _rho(result: ProxyResult, truth: str) -> float:
+    return result.spearman.get(truth, float("nan"))
+
+
+def markdown_table(results: list[ProxyResult], truths: list[str], n: int) -> str:
+    """One row per proxy, best first by Spearman's rho against the first truth."""
+    heads = "".join(f" rho ({t}) | tau ({t}) |" for t in truths)
+    lines = [
+        f"| proxy | needs |{heads} seconds / subnet (median) | failed |",
+        "|---|---|" + "---:|---:|" * len(truths) + "---:|---:|",
+    ]
+    first = truths[0]
+    for r in sorted(results, key=lambda r: -_rho(r, first) if math.isfinite(_rho(r, first)) else math.inf):
+        cells = "".join(
+            f" {r.spearman.get(t, float('nan')):+.3f} | {r.kendall.get(t, float('nan')):+.3f} |"
+            for t in truths
+        )
+        lines.append(
+            f"| `{r.name}` | {r.needs} |{cells} {statistics.median(r.seconds):.3f} | {r.failures}/{n} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(results: list[ProxyResult], truth: str) -> str:
+    """Which proxy ranks best against `truth`, and whether a zero-cost one beats `params`."""
+    by_name = {r.name: r for r in results}
+    baseline = _rho(by_name["params"], truth)
+    ranked = [r for r in results if math.isfinite(_rho(r, truth))]
+    best = max(ranked, key=lambda r: _rho(r, truth))
+    zero_cost = [r for r in ranked if r.needs == "batch"]
+    parts = [f"against {truth}: best `{best.name}` (rho {_rho(best, truth):+.3f}), `params` {baseline:+.3f}"]
+    if zero_cost:
+        best_zero = max(zero_cost, key=lambda r: _rho(r, truth))
+        beats = "beats" if _rho(best_zero, truth) > baseline else "does not beat"
+        parts.append(f"best zero-cost `{best_zero.name}` ({_rho(best_zero, truth):+.3f}) {beats} `params`")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------- driver
+def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
+    space = get_space(setup.space, **setup.options)
+    task = make_task(space, args.seed)
+    log(f"== {space.name} at {space.options}: {args.subnets} subnets, {setup.train_steps} steps each")
+    configs = sample_configs(space, args.subnets, args.seed)
+    accuracy = is_classification(task)
+    per_seed = []
+    for k in range(args.truth_seeds):
+        log(f"  init seed {args.seed + k}")
+        per_seed.append(ground_truth(space, task, configs, setup, args.seed + k, args.cache_dir))
+    truths = [
+        {key: statistics.mean(s[i][key] for s in per_seed) for key in per_seed[0][i] if key != "config"}
+        for i in range(len(configs))
+    ]
+    # Classification is judged on accuracy (the issue's truth) and on held-out loss (finer-grained);
+    # quality is larger-is-better, so losses are negated.
+    kinds = ["accuracy", "loss"] if accuracy else ["loss"]
+
+    def quality_of(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+        return {kind: [r[kind] if kind == "accuracy" else -r[kind] for r in rows] for kind in kinds}
+
+    quality = quality_of(truths)
+    checkpoint = trained_supernet(space, setup, args.seed, args.cache_dir) if setup.supernet_steps else None
+    context = ProxyContext(space, seed=args.seed, supernet_checkpoint=checkpoint)
+    offered = available_proxies(space, supernet=checkpoint is not None)
+    names = [n for n in offered if args.proxies is None or n in args.proxies]
+    results = score_proxies(context, names, configs)
+    correlate(results, quality)
+    ranges = ", ".join(
+        f"{kind} {min(map(abs, v)):.4f}..{max(map(abs, v)):.4f}" for kind, v in quality.items()
+    )
+    summary = (
+        f"{space.name} ({json.dumps(space.options, sort_keys=True)}): {len(configs)} subnets, each trained "
+        f"from scratch for {setup.train_steps} AdamW steps of batch {setup.batch_size} "
+        f"({statistics.median(t['seconds'] for t in truths):.1f}s per subnet, median); held-out {ranges}"
+        + (f"; supernet trained {setup.supernet_steps} steps" if checkpoint else "; no supernet")
+    )
+    if len(per_seed) > 1:
+        seeds = [quality_of(rows) for rows in per_seed]
+        pairs = [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]]
+        agreement = ", ".join(
+            f"{kind} {statistics.mean(spearman(a[kind], b[kind]) for a, b in pairs):+.3f}" for kind in kinds
+        )
+        summary += (
+            f". Truth = mean over {len(per_seed)} weight inits; the inits' rankings agree with Spearman "
+            f"rho {agreement} (the truth's own noise: no proxy can be judged much beyond it)"
+        )
+    return {
+        "space": space.name,
+        "summary": summary,
+        "table": markdown_table(results, kinds, len(configs)),
+        "verdict": "\n".join(f"- {verdict(results, kind)}" for kind in kinds),
+        "configs": configs,
+        "truth": truths,
+        "proxies": [asdict(r) for r in results],
+    }
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spaces", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--subnets", type=int, default=30, help="subnets per space (default 30)")
+    parser.add_argument("--steps", type=int, help="training steps per subnet (default: per space, 60)")
+    parser.add_argument(
+        "--supernet-steps",
+        type=int,
+        help="supernet training steps; 0 skips the supernet proxies (default 120)",
+    )
+    parser.add_argument("--proxies", nargs="+", help="only these proxies (default: every available one)")
+    parser.add_argument(
+        "--truth-seeds",
+        type=int,
+        default=1,
+        help="train every subnet from this many weight inits and average (>= 2 also reports how well "
+        "the inits' rankings agree: the truth's own noise); default 1",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--json", type=Path, help="also write every value and timing to this file")
+    args = parser.parse_args(argv)
+    if args.subnets < 3:
+        parser.error("--subnets must be >= 3 (a rank correlation needs a few points)")
+    if args.truth_seeds < 1:
+        parser.error("--truth-seeds must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    reports = []
+    start = time.perf_counter()
+    for name in args.spaces:
+        setup = SETUPS[name]
+        if args.steps is not None:
+            setup = replace(setup, train_steps=args.steps)
+        if args.supernet_steps is not None:
+            setup = replace(setup, supernet_steps=args.supernet_steps)
+        reports.append(run_space(setup, args))
+    command = "python benchmarks/proxy_correlation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"Command: `{command.strip()}` ({time.perf_counter() - start:.0f}s in all)\n")
+    for report in reports:
+        print(f"### {report['space']}\n\n{report['summary']}\n\n{report['table']}\n\n{report['verdict']}\n")
+    if args.json is not None:
+        args.json.write_text(json.dumps(reports, indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
