@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Exactly this torch, installed before the project: pip takes the CPU build from this machine's disk
 # (an unpinned torch would pull a multi-GB CUDA build).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,onnx
+EXTRAS ?= dev,onnx,coreml
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile 2>/dev/null | cksum | cut -d' ' -f1)
 DEMO ?= examples/efficientformerv2_host_cpu.yaml
 

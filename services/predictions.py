@@ -33,6 +33,10 @@ _PAIRS = AccuracyPairRow.__table__
 ROLES = ("validation", "calibration")
 
 
+#: Points `accuracy(include_pairs=True)` returns at most (a plot needs no more).
+MAX_PLOTTED_PAIRS = 5000
+
+
 class PairConflictError(RuntimeError):
     """A run uploads different samples for a subnet it already uploaded."""
 
@@ -257,10 +261,17 @@ class PredictionService:
         return [r for r in rows if r["space_options"] == wanted]
 
     def accuracy(
-        self, device: str, *, space: str | None = None, run_id: str | None = None
+        self,
+        device: str,
+        *,
+        space: str | None = None,
+        run_id: str | None = None,
+        include_pairs: bool = False,
     ) -> tuple[AccuracyReport, dict[str, Any]]:
         """The report over the device's held-out validation pairs (optionally of one space or run),
-        and details: pairs left out as calibration subnets or unpriced, runs and spaces covered."""
+        and details: pairs left out as calibration subnets or unpriced, runs and spaces covered, and
+        with `include_pairs` the (predicted, measured) points themselves (at most `MAX_PLOTTED_PAIRS`,
+        the newest)."""
         self.store.device(device)
         query = sa.select(_PAIRS).where(_PAIRS.c.device == device)
         if space is not None:
@@ -287,4 +298,16 @@ class PredictionService:
             "spaces": sorted({r["space"] for r in priced}),
             "runs": list(runs.values()),
         }
+        if include_pairs:
+            details["pairs"] = [
+                {
+                    "space": r["space"],
+                    "run_id": r["run_id"],
+                    "config_id": r["config_id"],
+                    "predicted_ms": r["predicted_ms"],
+                    "measured_ms": r["measured_ms"],
+                    "estimated": bool(r["prediction"].get("estimated")),
+                }
+                for r in priced[-MAX_PLOTTED_PAIRS:]
+            ]
         return report, details

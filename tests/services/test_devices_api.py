@@ -376,6 +376,12 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
     assert report["rmspe"] == pytest.approx(abs(1 / 1.08 - 1), rel=1e-3)
     assert (report["within_5"], report["within_10"], report["within_15"]) == (0.0, 1.0, 1.0)
     assert report["rmse_ms"] == pytest.approx(measured - first["total_ms"], rel=1e-3)
+    assert report["pairs"] is None  # the points only on request (the dashboard's plot)
+    points = api.get(f"/v1/devices/{device}/accuracy", params={"pairs": "true"}).json()["pairs"]
+    expected = [(pair["config_id"], "val-1", True)]
+    assert [(p["config_id"], p["run_id"], p["estimated"]) for p in points] == expected
+    assert points[0]["predicted_ms"] == pytest.approx(pair["predicted_ms"])
+    assert points[0]["measured_ms"] == pytest.approx(measured)
     retry = api.post(f"/v1/devices/{device}/accuracy", json=pairs).json()
     assert retry["pairs"][0]["duplicate"] and api.get(f"/v1/devices/{device}/accuracy").json()["n"] == 1
     changed = {**pairs, "pairs": [{"config": s0, "samples_ms": [measured * 2]}]}

@@ -1,6 +1,10 @@
-// Devices: each latency target with its table size, and its LUT coverage of every space.
+// Devices: each latency target with its table size, its LUT coverage of every space, and how well its
+// table predicts whole subnets measured end to end (predicted vs measured).
 
 import { el, fmt, getJson } from './api.js';
+import { drawAccuracy } from './plots.js';
+
+const pct = (share) => (share === null || share === undefined ? '–' : `${(share * 100).toFixed(1)}%`);
 
 export class DevicesView {
   constructor(capabilities) {
@@ -21,7 +25,12 @@ export class DevicesView {
           'devices get them from a device farm (GET /v1/devices/{device}/work) or an import.'),
         this.coverage),
       this.capabilities.device_accuracy
-        ? null
+        ? el('section', { class: 'panel', id: 'accuracy-panel' }, el('h2', {}, 'Prediction accuracy'),
+          el('p', { class: 'muted small' },
+            'Held-out whole subnets measured end to end on the device (nas lut validate) against the latency the ' +
+            'table predicted for them: RMSE, RMSPE and the shares within \u00b15/10/15% (nn-Meter\u2019s measures). ' +
+            'Orange points were priced partly by the fallback.'),
+          this.accuracy = el('div', { id: 'accuracy' }, el('p', { class: 'muted' }, 'Loading…')))
         : el('p', { class: 'muted small', id: 'accuracy-note' },
           'Predicted-vs-measured accuracy plots appear here once the server offers GET /v1/devices/{device}/accuracy.'));
   }
@@ -35,8 +44,33 @@ export class DevicesView {
       el('td', {}, d.backend ? `this host (${d.backend})` : 'a device farm / import'),
       el('td', { class: 'num' }, fmt(d.entries)))));
     this.renderCoverage(coverage);
+    if (this.capabilities.device_accuracy) {
+      const reports = await Promise.all(devices.map((d) => getJson(`/v1/devices/${encodeURIComponent(d.name)}/accuracy`, { pairs: 'true' })));
+      this.renderAccuracy(reports.filter((r) => r.n > 0));
+    }
     this.loaded = true;
     return false;
+  }
+
+  renderAccuracy(reports) {
+    if (!reports.length) {
+      this.accuracy.replaceChildren(el('p', { class: 'muted', id: 'accuracy-empty' },
+        'No device has validation subnets yet: run `nas lut validate --device D --space S` on a device with a table.'));
+      return;
+    }
+    const head = el('tr', {}, ['device', 'subnets', 'RMSE (ms)', 'RMSPE', '±5%', '±10%', '±15%', 'spaces'].map((h) => el('th', {}, h)));
+    const rows = reports.map((r) => el('tr', { dataset: { device: r.device, n: String(r.n) } },
+      el('td', {}, el('b', {}, r.device)), el('td', { class: 'num' }, fmt(r.n)),
+      el('td', { class: 'num' }, fmt(r.rmse_ms)), el('td', { class: 'num' }, pct(r.rmspe)),
+      el('td', { class: 'num' }, pct(r.within_5)), el('td', { class: 'num' }, pct(r.within_10)),
+      el('td', { class: 'num' }, pct(r.within_15)), el('td', {}, r.spaces.join(', '))));
+    const plots = reports.map((r) => {
+      const div = el('div', { class: 'plot accuracy-plot', dataset: { device: r.device, points: String(r.pairs.length) } });
+      return { div, r, wrap: el('div', { class: 'panel' }, el('h3', {}, r.device), div) };
+    });
+    this.accuracy.replaceChildren(el('table', { class: 'grid', id: 'accuracy-table' }, el('thead', {}, head), el('tbody', {}, rows)),
+      ...plots.map((p) => p.wrap));
+    if (window.Plotly) for (const p of plots) drawAccuracy(p.div, p.r.pairs);
   }
 
   renderCoverage(rows) {

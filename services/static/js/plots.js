@@ -114,3 +114,39 @@ export function drawHypervolume(div, curve) {
   };
   return window.Plotly.react(div, traces, layout, { ...CONFIG, displayModeBar: false });
 }
+
+// Predicted vs measured latency of a device's held-out subnets, with the y = x line and a +-10% band.
+export function drawAccuracy(div, points) {
+  const predicted = points.map((p) => p.predicted_ms);
+  const measured = points.map((p) => p.measured_ms);
+  const lo = Math.min(...predicted, ...measured) * 0.9;
+  const hi = Math.max(...predicted, ...measured) * 1.1;
+  const line = (name, factor, dash) => ({
+    type: 'scatter', mode: 'lines', name, x: [lo, hi], y: [lo * factor, hi * factor],
+    line: { color: '#9d9d9d', width: 1, dash }, hoverinfo: 'skip',
+  });
+  const traces = [
+    line('measured = predicted', 1, 'solid'),
+    line('+10%', 1.1, 'dot'),
+    line('-10%', 0.9, 'dot'),
+    {
+      type: 'scattergl',
+      mode: 'markers',
+      name: 'held-out subnets',
+      x: predicted,
+      y: measured,
+      customdata: points.map((p) => `${p.space} ${p.config_id.slice(0, 10)}${p.estimated ? ' (estimated)' : ''}`),
+      marker: { color: points.map((p) => (p.estimated ? '#ff7f0e' : '#4c78a8')), size: 7, opacity: 0.85 },
+      hovertemplate: '%{customdata}<br>predicted %{x:.3f} ms<br>measured %{y:.3f} ms<extra></extra>',
+    },
+  ];
+  const layout = {
+    margin: { l: 60, r: 10, t: 10, b: 45 },
+    xaxis: { title: { text: 'predicted (ms)' }, range: [lo, hi] },
+    yaxis: { title: { text: 'measured end to end (ms)' }, range: [lo, hi] },
+    showlegend: false,
+    paper_bgcolor: 'rgba(0,0,0,0)',
+    plot_bgcolor: '#fbfbfd',
+  };
+  return window.Plotly.react(div, traces, layout, { ...CONFIG, displayModeBar: false });
+}
