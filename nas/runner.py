@@ -5,6 +5,12 @@
 updates the Pareto front incrementally and reports progress. A restarted runner resumes from the
 stored trials and never evaluates a stored config id again.
 
+Failure of an evaluation worker: a Ray actor that dies while evaluating (killed, out of memory, a crash
+in native code) is replaced by a fresh one and the same config is evaluated again, at most
+`evaluation_retries` times; after that the trial is recorded `failed` with the reason, and the search
+goes on. A store or callback that raises `RunAbandoned` (the service's scheduler lost its lease on the
+search) ends the run at once without recording anything more.
+
 Infeasible trials (a constraint violated) are stored with `feasible=False` and never join the front.
 The reported hypervolume is that of the front in minimisation form, normalised per objective by the
 space's smallest and largest subnets (evaluated once in-process, not stored) with reference point 1.1
@@ -37,6 +43,18 @@ logger = logging.getLogger(__name__)
 
 #: Reference point of the reported hypervolume, per normalised objective (see `nas.pareto`).
 HV_REFERENCE = 1.1
+
+#: Default re-runs of a config whose evaluation worker died, before its trial is recorded failed.
+EVALUATION_RETRIES = 2
+
+#: Consecutive asks that bring only configs already seen before the strategy counts as exhausted (a
+#: seeded strategy resumed from stored trials may first propose again what it proposed before).
+MAX_EMPTY_ASKS = 20
+
+
+class RunAbandoned(Exception):
+    """Raised by a `TrialStore` or a callback to end a run at once, recording nothing more (e.g. the
+    process no longer owns the search); the run ends with state `abandoned`."""
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -71,9 +89,10 @@ class RunProgress:
 
 @dataclass
 class RunResult:
-    """How a run ended. `front` lists trial numbers; `error` is set when `state == "failed"`."""
+    """How a run ended. `front` lists trial numbers; `error` is set when `state` is `failed` (and says
+    why for `abandoned`)."""
 
-    state: Literal["succeeded", "cancelled", "failed"]
+    state: Literal["succeeded", "cancelled", "failed", "abandoned"]
     n_trials: int
     front: list[int]
     hypervolume: float | None
@@ -81,7 +100,12 @@ class RunResult:
     elapsed_s: float
 
 
-@ray.remote(num_cpus=1)
+#: Builds the evaluator of an actor from (space name, space options, objectives, LUT snapshots);
+#: `SubnetEvaluator` by default. It is pickled to the workers (tests pass evaluators that crash).
+EvaluatorFactory = Callable[[str, dict[str, Any], list[str], Mapping[str, Mapping[str, float]]], Any]
+
+
+@ray.remote(num_cpus=1, max_restarts=0)
 class EvaluatorActor:
     """A Ray actor holding one `SubnetEvaluator` (space and LUT snapshots are loaded once)."""
 
@@ -91,12 +115,13 @@ class EvaluatorActor:
         space_options: dict[str, Any],
         objectives: list[str],
         luts: Mapping[str, Mapping[str, float]],
+        factory: EvaluatorFactory | None = None,
     ):
         import torch
 
         # One actor per CPU: more threads per actor would only fight over the same cores.
         torch.set_num_threads(1)
-        self._evaluator = SubnetEvaluator(space_name, space_options, objectives, luts)
+        self._evaluator = (factory or SubnetEvaluator)(space_name, space_options, objectives, luts)
 
     def ready(self) -> bool:
         return True
@@ -129,16 +154,28 @@ class _LocalPool:
 
 
 class _RayPool:
-    """`capacity` evaluator actors; each runs one evaluation at a time. A dead actor fails its trial
-    and is replaced."""
+    """`capacity` evaluator actors; each runs one evaluation at a time. An actor that dies is replaced
+    and its config evaluated again on the new one, at most `retries` times; then the trial fails with
+    the reason."""
 
     def __init__(
-        self, space_name: str, space_options: dict[str, Any], objectives: list[str], luts: Any, size: int
+        self,
+        space_name: str,
+        space_options: dict[str, Any],
+        objectives: list[str],
+        luts: Any,
+        size: int,
+        *,
+        retries: int = EVALUATION_RETRIES,
+        factory: EvaluatorFactory | None = None,
     ):
         self.capacity = size
-        self._args = (space_name, space_options, objectives, ray.put({d: dict(t) for d, t in luts.items()}))
+        self.retries = retries
+        luts_ref = ray.put({d: dict(t) for d, t in luts.items()})
+        self._args = (space_name, space_options, objectives, luts_ref, factory)
         self._idle = [self._spawn() for _ in range(size)]
-        self._running: dict[ray.ObjectRef, tuple[Any, Config]] = {}
+        # Per evaluation in flight: its actor, its config and which attempt it is (1, 2, ...).
+        self._running: dict[ray.ObjectRef, tuple[Any, Config, int]] = {}
         try:
             # Fail the run now, with the worker's error, if an actor cannot even start.
             ray.get([actor.ready.remote() for actor in self._idle])
@@ -155,28 +192,54 @@ class _RayPool:
 
     def submit(self, config: Config) -> None:
         actor = self._idle.pop()
-        self._running[actor.evaluate.remote(config)] = (actor, config)
+        self._running[actor.evaluate.remote(config)] = (actor, config, 1)
 
     def next_done(self) -> tuple[Config, EvalOutcome]:
-        ready, _ = ray.wait(list(self._running), num_returns=1)
-        actor, config = self._running.pop(ready[0])
-        try:
-            outcome = ray.get(ready[0])
-        except RayActorError as exc:
-            logger.warning("evaluation actor died; replacing it: %s", exc)
-            outcome = EvalOutcome(values={}, error=f"the evaluation worker died: {exc}")
-            ray.kill(actor)
-            actor = self._spawn()
-        except RayError as exc:
-            outcome = EvalOutcome(values={}, error=f"Ray could not run the evaluation: {exc}")
-        self._idle.append(actor)
-        return config, outcome
+        while True:
+            ready, _ = ray.wait(list(self._running), num_returns=1)
+            actor, config, attempt = self._running.pop(ready[0])
+            try:
+                outcome = ray.get(ready[0])
+            except RayActorError as exc:
+                ray.kill(actor, no_restart=True)
+                actor = self._spawn()
+                reason = _first_line(exc)
+                if attempt <= self.retries:
+                    logger.warning(
+                        "evaluation worker died (attempt %d of %d); retrying on a fresh one: %s",
+                        attempt,
+                        self.retries + 1,
+                        reason,
+                    )
+                    self._running[actor.evaluate.remote(config)] = (actor, config, attempt + 1)
+                    continue
+                logger.warning(
+                    "evaluation worker died %d times on one config; trial failed: %s", attempt, reason
+                )
+                outcome = EvalOutcome(
+                    values={},
+                    error=f"the evaluation worker died on all {attempt} attempt(s) at this config: {reason}",
+                )
+            except RayError as exc:
+                outcome = EvalOutcome(
+                    values={}, error=f"Ray could not run the evaluation: {_first_line(exc)}"
+                )
+            if attempt > 1:
+                outcome.metrics["attempts"] = attempt
+            self._idle.append(actor)
+            return config, outcome
 
     def close(self) -> None:
-        for actor in [*self._idle, *(actor for actor, _ in self._running.values())]:
-            ray.kill(actor)
+        for actor in [*self._idle, *(actor for actor, _, _ in self._running.values())]:
+            ray.kill(actor, no_restart=True)
         self._idle.clear()
         self._running.clear()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class Runner:
@@ -184,6 +247,8 @@ class Runner:
 
     `luts` maps each device of the spec to its LUT snapshot (block key -> median ms). Construction
     validates the strategy and its params (`SpecError`); `run` itself never raises.
+    `evaluator_factory` builds the evaluators of the Ray actors (default `SubnetEvaluator`);
+    `evaluation_retries` bounds the re-runs of a config whose actor died.
     """
 
     def __init__(
@@ -197,6 +262,8 @@ class Runner:
         on_progress: Callable[[RunProgress], None] | None = None,
         use_ray: bool = True,
         elapsed_before_s: float = 0.0,
+        evaluation_retries: int = EVALUATION_RETRIES,
+        evaluator_factory: EvaluatorFactory | None = None,
     ):
         self.resolved = resolved
         self.search_id = search_id
@@ -206,6 +273,8 @@ class Runner:
         self.on_progress = on_progress
         self.use_ray = use_ray
         self.elapsed_before_s = elapsed_before_s
+        self.evaluation_retries = evaluation_retries
+        self.evaluator_factory = evaluator_factory
         spec = resolved.spec
         self.budget = spec.budget
         self.objectives = resolved.objectives
@@ -255,6 +324,9 @@ class Runner:
             pool = self._make_pool(local)
             state = self._loop(pool)
             result = self._result(state, None)
+        except RunAbandoned as exc:
+            logger.warning("search %s abandoned: %s", self.search_id, exc)
+            result = self._result("abandoned", str(exc) or "abandoned")
         except Exception as exc:
             logger.exception("search %s failed", self.search_id)
             result = self._result("failed", f"{type(exc).__name__}: {exc}")
@@ -320,11 +392,20 @@ class Runner:
                 size,
             )
         space = self.resolved.space
-        return _RayPool(space.name, dict(space.options), self.eval_objectives, self.luts, size)
+        return _RayPool(
+            space.name,
+            dict(space.options),
+            self.eval_objectives,
+            self.luts,
+            size,
+            retries=self.evaluation_retries,
+            factory=self.evaluator_factory,
+        )
 
     # ------------------------------------------------------------------ loop
     def _loop(self, pool: _LocalPool | _RayPool) -> Literal["succeeded", "cancelled"]:
         cancelled = False
+        empty_asks = 0
         while True:
             if not cancelled and self.should_stop is not None and self.should_stop():
                 logger.info(
@@ -334,6 +415,7 @@ class Runner:
             if not cancelled and not self._deadline_passed():
                 free = min(pool.capacity, self.budget.trials - self._n_trials) - pool.in_flight
                 if free > 0:
+                    submitted = pool.in_flight
                     for config in self.strategy.ask(free):
                         canonical = self.resolved.space.canonicalize(config)
                         cid = config_id(canonical)
@@ -344,6 +426,12 @@ class Runner:
                             continue
                         self._seen.add(cid)
                         pool.submit(canonical)
+                    if pool.in_flight > submitted:
+                        empty_asks = 0
+                    elif pool.in_flight == 0 and empty_asks < MAX_EMPTY_ASKS:
+                        # Only repeats and nothing in flight: ask again before calling it exhausted.
+                        empty_asks += 1
+                        continue
             if pool.in_flight == 0:
                 return "cancelled" if cancelled else "succeeded"
             config, outcome = pool.next_done()
@@ -436,7 +524,9 @@ class Runner:
     def _elapsed(self) -> float:
         return self.elapsed_before_s + (time.monotonic() - self._start)
 
-    def _result(self, state: Literal["succeeded", "cancelled", "failed"], error: str | None) -> RunResult:
+    def _result(
+        self, state: Literal["succeeded", "cancelled", "failed", "abandoned"], error: str | None
+    ) -> RunResult:
         return RunResult(
             state=state,
             n_trials=self._n_trials,

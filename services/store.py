@@ -9,9 +9,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from nas import DuplicateTrialError, Trial, TrialState, TrialStore
-from services.db import TrialRow
+from services.db import SearchRow, TrialRow
+from services.search_queue import LeaseLostError, SearchQueue
 
 _T = TrialRow.__table__
+_S = SearchRow.__table__
 
 
 class UnknownSearchError(KeyError):
@@ -23,10 +25,21 @@ class SqlTrialStore(TrialStore):
 
     Each call is one short transaction, so the store is safe to share between threads (the engine's
     pool gives each call its own connection).
+
+    With `owner` (a scheduler's replica id) every write is fenced by that replica's lease on the
+    search, in the write's own transaction: once another replica has reclaimed the search, `add` and
+    `set_pareto` raise `LeaseLostError` and write nothing. The primary key (search id, number) makes a
+    duplicate trial number impossible whoever writes it.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, owner: str | None = None):
         self.engine = engine
+        self.owner = owner
+        self._queue = SearchQueue(engine)
+
+    def _fence(self, conn: sa.Connection, search_id: str) -> None:
+        if self.owner is not None and not self._queue.holds(conn, search_id, self.owner):
+            raise LeaseLostError(search_id, self.owner)
 
     def add(self, search_id: str, trial: Trial) -> None:
         row = {
@@ -45,6 +58,7 @@ class SqlTrialStore(TrialStore):
         }
         try:
             with self.engine.begin() as conn:
+                self._fence(conn, search_id)
                 conn.execute(sa.insert(_T), row)
         except IntegrityError:
             if self.get(search_id, trial.number) is not None:
@@ -88,6 +102,11 @@ class SqlTrialStore(TrialStore):
         members = sorted(set(numbers))
         of_search = _T.c.search_id == search_id
         with self.engine.begin() as conn:
+            self._fence(conn, search_id)
+            if conn.dialect.name == "postgresql":
+                # Serialise rewrites of one search's front on its row: two unfenced writers updating
+                # the same trial rows in different orders would otherwise deadlock.
+                conn.execute(sa.select(_S.c.id).where(_S.c.id == search_id).with_for_update())
             conn.execute(sa.update(_T).where(of_search, _T.c.on_front).values(on_front=False))
             if members:
                 conn.execute(sa.update(_T).where(of_search, _T.c.number.in_(members)).values(on_front=True))

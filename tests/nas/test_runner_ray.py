@@ -121,7 +121,8 @@ def test_dead_actor_fails_its_trial_and_is_replaced(
     resolved = make_resolved(effv2_space, budget={"trials": 6, "parallelism": 2}, **NSGA2)
     ray.cloudpickle.register_pickle_by_value(nas_testing)
     try:
-        result = Runner(resolved, "ray-death", store, luts).run()
+        # No retries here (tests/nas/test_runner_failures.py covers them): the death fails its trial.
+        result = Runner(resolved, "ray-death", store, luts, evaluation_retries=0).run()
     finally:
         ray.cloudpickle.unregister_pickle_by_value(nas_testing)
     assert (result.state, result.n_trials) == ("succeeded", 6)
