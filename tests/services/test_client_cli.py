@@ -1,0 +1,149 @@
+"""`NasClient` and the `nas search watch|trials|export` and `nas space evaluate|export` commands
+against a live server running a real search on Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import pytest
+import torch
+from svc_helpers import SMALL_SPEC, LiveServer, service_settings
+from typer.testing import CliRunner
+
+from search_spaces import get_space
+from services.app import create_app
+from services.cli import app
+from services.client import ClientError, NasClient, parse_sse
+
+runner = CliRunner()
+OPTIONS = ["-o", "resolution=32", "-o", "num_classes=10"]
+
+
+def nas(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, ray_session) -> Iterator[LiveServer]:
+    settings = service_settings(tmp_path_factory.mktemp("client"), auth_disabled=True)
+    with LiveServer(create_app(settings)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def finished(live: LiveServer, tmp_path_factory) -> str:
+    """A 4-trial search submitted with `nas search submit --wait` (which follows the event stream)."""
+    spec = tmp_path_factory.mktemp("spec") / "spec.json"
+    spec.write_text(json.dumps({**SMALL_SPEC, "name": "cli", "budget": {"trials": 4, "parallelism": 2}}))
+    result = nas("search", "submit", str(spec), "--server", live.url, "--wait")
+    assert result.exit_code == 0, result.output
+    assert "succeeded" in result.stdout and "time left" in result.stdout
+    return result.stdout.splitlines()[0].split()[-1]
+
+
+def test_parse_sse_skips_comments_and_joins_data_lines() -> None:
+    lines = [": keep-alive", "", "event: progress", "id: 3", 'data: {"a":', "data: 1}", "", "data: [2]", ""]
+    assert list(parse_sse(lines)) == [("progress", {"a": 1}), ("message", [2])]
+
+
+def test_watch_follows_to_the_end(live: LiveServer, finished: str) -> None:
+    watched = nas("search", "watch", finished, "--server", live.url, "--poll-s", "0.1")
+    assert watched.exit_code == 0, watched.output
+    assert "succeeded" in watched.stdout and "4 of 4" in watched.stdout
+    with NasClient(live.url) as client:
+        seen: list[dict] = []
+        final = client.watch(finished, seen.append)
+        assert final["status"] == "succeeded" and seen[-1] == final and final["progress"]["recorded"] == 4
+    unknown = nas("search", "watch", "0" * 32, "--server", live.url)
+    assert unknown.exit_code == 2 and "no search" in unknown.output
+
+
+def test_trials_to_csv_parquet_and_table(live: LiveServer, finished: str, tmp_path: Path) -> None:
+    as_csv = tmp_path / "t.csv"
+    result = nas("search", "trials", finished, "--format", "csv", "-o", str(as_csv), "--server", live.url)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(as_csv.open()))
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3"]
+    assert {"value.params", "value.latency:host-cpu-torch", "config.stage2.depth"} <= set(rows[0])
+    as_parquet = tmp_path / "t.parquet"
+    result = nas(
+        "search", "trials", finished, "--format", "parquet", "-o", str(as_parquet), "--server", live.url
+    )
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(as_parquet)
+    assert frame["config_id"].tolist() == [r["config_id"] for r in rows]
+    table = nas("search", "trials", finished, "--format", "table", "--server", live.url)
+    assert table.exit_code == 0 and "4 of 4 trials" in table.stdout
+    no_file = nas("search", "trials", finished, "--format", "parquet", "--server", live.url)
+    assert no_file.exit_code == 2 and "-o FILE" in no_file.output
+    # A refused export leaves no file behind, not even a partial one.
+    with NasClient(live.url) as client, pytest.raises(ClientError) as refused:
+        client.export_trials("0" * 32, tmp_path / "none.csv")
+    assert refused.value.status == 404
+    assert not list(tmp_path.glob("none.csv*"))
+
+
+def test_search_export_of_a_trial_and_a_front_member(live: LiveServer, finished: str, tmp_path: Path) -> None:
+    model = tmp_path / "trial0.onnx"
+    result = nas("search", "export", finished, "--trial", "0", "-o", str(model), "--server", live.url)
+    assert result.exit_code == 0, result.output
+    onnx.checker.check_model(onnx.load(model))
+    with NasClient(live.url) as client:
+        trial0 = client.trial(finished, 0)
+        member = client.pareto(finished, limit=1)["trials"][0]
+    assert trial0["config_id"] in result.stdout
+    front = tmp_path / "front.pt"
+    args = ("search", "export", finished, "--front-index", "0", "--format", "torchscript", "-o", str(front))
+    result = nas(*args, "--server", live.url)
+    assert result.exit_code == 0 and member["config_id"] in result.stdout, result.output
+    assert torch.jit.load(str(front)) is not None
+    beyond = nas("search", "export", finished, "--front-index", "99", "-o", str(front), "--server", live.url)
+    assert beyond.exit_code == 2 and "members" in beyond.output
+    neither = nas("search", "export", finished, "-o", str(front), "--server", live.url)
+    assert neither.exit_code == 2 and "--trial" in neither.output
+
+
+def test_space_evaluate_and_export(live: LiveServer, tmp_path: Path) -> None:
+    space = get_space("efficientformerv2", resolution=32, num_classes=10)
+    result = nas(
+        "space", "evaluate", "efficientformerv2", "-c", "s0", *OPTIONS, "--json", "--server", live.url
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["config_id"] == space.config_id("s0") and body["params"] > 0
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps(space.canonicalize("s0")))
+    table = nas(
+        "space", "evaluate", "efficientformerv2", "-c", str(config_file), *OPTIONS, "--server", live.url
+    )
+    assert table.exit_code == 0 and f"{body['params']:,}" in table.stdout
+    bad = nas("space", "evaluate", "efficientformerv2", "-c", '{"stage2.depth": 99}', "--server", live.url)
+    assert bad.exit_code == 2 and "config.stage2.depth" in bad.output
+    model = tmp_path / "s0.pt"
+    args = (
+        "space",
+        "export",
+        "efficientformerv2",
+        "-c",
+        "s0",
+        *OPTIONS,
+        "--format",
+        "torchscript",
+        "--output",
+        str(model),
+    )
+    result = nas(*args, "--server", live.url)
+    assert result.exit_code == 0, result.output
+    (image,) = space.example_inputs()
+    assert torch.jit.load(str(model))(image).shape == (1, 10)
+
+
+def test_client_reads_metrics(live: LiveServer, finished: str) -> None:
+    with NasClient(live.url) as client:
+        text = client.metrics()
+    assert 'nas_searches{status="succeeded"} 1' in text and "nas_scheduler_up 1" in text
