@@ -14,6 +14,7 @@ from services.api import ROUTERS, install_error_handlers
 from services.api.health import service_version
 from services.dashboard import install_dashboard
 from services.db import init_db, make_engine
+from services.middleware import AccessLog, BodySizeLimit, RequestStats, configure_logging
 from services.scheduler import Scheduler
 from services.search_queue import SearchQueue
 from services.settings import Settings
@@ -60,6 +61,12 @@ def create_app(settings: Settings | None = None, *, start_scheduler: bool = True
     app.state.store = SqlTrialStore(engine)
     app.state.lut = lut
     app.state.scheduler = None
+    app.state.request_stats = RequestStats()
+    if settings.log_format == "json":
+        configure_logging("json", settings.log_level)
+    # Added last, so outermost: a too-large body is refused before anything else reads it.
+    app.add_middleware(AccessLog, stats=app.state.request_stats)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services import cli_farm, cli_supernet
+from services import cli_db, cli_farm, cli_keys, cli_supernet
 from services.client import ClientError, NasClient, ServerUnreachableError, format_detail
 from services.settings import Settings
 
@@ -37,11 +37,30 @@ app.add_typer(lut_app, name="lut")
 app.add_typer(cli_supernet.app, name="supernet")
 app.add_typer(cli_farm.farm_app, name="farm")
 app.add_typer(cli_farm.devices_app, name="devices")
+app.add_typer(cli_keys.keys_app, name="keys")
+app.add_typer(cli_db.db_app, name="db")
 lut_app.command("validate")(cli_farm.lut_validate)
 lut_app.command("accuracy")(cli_farm.lut_accuracy)
 
 out = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def _global_options(
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="NAS_API_KEY",
+            show_envvar=True,
+            help="API key sent to the server by every command that talks to one (`nas keys create`)",
+        ),
+    ] = None,
+) -> None:
+    # Every sub-command's client reads the key from here (`cli_keys.cli_api_key`).
+    cli_keys.set_cli_api_key(api_key)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,7 +104,7 @@ def friendly_errors(command: F) -> F:
 
 
 def _client(server: str | None) -> NasClient:
-    return NasClient(server or Settings().server_url)
+    return NasClient(server or Settings().server_url, api_key=cli_keys.cli_api_key())
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
@@ -128,21 +147,41 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default NAS_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default NAS_PORT)")] = None,
     demo: Annotated[
-        Path | None, typer.Option(help="spec file to submit at start-up when the database has no search")
+        Path | None,
+        typer.Option(
+            help="spec file to submit at start-up when the database has no search; also creates and "
+            "prints an admin API key when the database has none"
+        ),
     ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth", help="development only: serve without API keys (refused unless bound to loopback)"
+        ),
+    ] = False,
 ) -> None:
     """Run the API server with its scheduler (searches run in this process, on Ray)."""
     import uvicorn
 
     from services.app import create_app
 
-    overrides = {"host": host, "port": port}
+    overrides = {"host": host, "port": port, "auth_disabled": True if no_auth else None}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     demo_spec = load_spec_file(demo) if demo is not None else None
     api = create_app(settings)
+    if settings.auth_disabled:
+        out.print(
+            "[bold yellow]Auth is disabled[/bold yellow] (development, loopback only): no API key needed."
+        )
+    elif demo_spec is not None:
+        cli_keys.bootstrap_demo_key(api.state.engine, out)
+    elif not cli_keys.list_keys(api.state.engine):
+        out.print("Auth is on and the database has no API key: `nas keys create --name me --scope admin`.")
     if demo_spec is not None:
         _submit_demo(api, settings, demo_spec)
-    uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+    # With NAS_LOG_FORMAT=json the app has routed uvicorn's loggers to its JSON handler already.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    uvicorn.run(api, host=settings.host, port=settings.port, log_level="info", log_config=log_config)
 
 
 def _submit_demo(api: Any, settings: Settings, spec_data: dict[str, Any]) -> None:
@@ -158,7 +197,8 @@ def _submit_demo(api: Any, settings: Settings, spec_data: dict[str, Any]) -> Non
     search_id = queue.submit(spec).id
     base = f"http://{settings.host}:{settings.port}"
     out.print(f"Submitted demo search [bold]{search_id}[/bold] ({spec.name or spec.space}). Follow it with:")
-    out.print(f"  curl {base}/v1/searches/{search_id}", markup=False)
+    auth = "" if settings.auth_disabled else '-H "Authorization: Bearer $NAS_API_KEY" '
+    out.print(f"  curl {auth}{base}/v1/searches/{search_id}", markup=False)
     out.print(f"  nas search status {search_id}", markup=False)
     out.print(f"  nas search pareto {search_id}", markup=False)
     out.print(f"  API docs: {base}/docs", markup=False)
@@ -184,17 +224,23 @@ def search_submit(
                 raise typer.Exit(1)
 
 
-def _follow(client: NasClient, search_id: str) -> dict[str, Any]:
+def _follow(client: NasClient, search_id: str, *, poll_s: float = 1.0) -> dict[str, Any]:
+    """Follow the search's server-sent events with a progress bar (trials, failures, time left)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=False) as bar:
         task = bar.add_task("queued", total=None)
 
         def on_progress(search: dict[str, Any]) -> None:
             description = f"[{search['status']}] {search['status_message']}"
+            progress = search.get("progress") or {}
+            if progress.get("failed"):
+                description += f", {progress['failed']} failed"
+            if progress.get("eta_s") and search["status"] == "running":
+                description += f", ~{progress['eta_s']:.0f}s left"
             bar.update(task, total=search["budget_trials"], completed=search["trials_done"])
             bar.update(task, description=description)
 
-        return client.wait(search_id, on_progress)
+        return client.watch(search_id, on_progress, poll_s=poll_s)
 
 
 @search_app.command("status")
@@ -222,11 +268,17 @@ def _print_search(search: dict[str, Any]) -> None:
         ("front size", str(search["front_size"])),
         ("hypervolume", "-" if hv is None else f"{hv:.4f}"),
         ("elapsed", f"{search['elapsed_s']:.1f}s"),
+        ("time left", _eta_text(search)),
         ("error", search["error"] or "-"),
     ]
     for key, value in rows:
         table.add_row(key, str(value))
     out.print(table)
+
+
+def _eta_text(search: dict[str, Any]) -> str:
+    eta = (search.get("progress") or {}).get("eta_s")
+    return "-" if eta is None else f"~{eta:.0f}s"
 
 
 @search_app.command("list")
@@ -283,6 +335,164 @@ def search_cancel(search_id: str, server: ServerOpt = None) -> None:
     with _client(server) as client:
         search = client.cancel(search_id)
     out.print(f"search {search_id}: {search['status']} ({search['status_message']})")
+
+
+@search_app.command("watch")
+@friendly_errors
+def search_watch(
+    search_id: str,
+    server: ServerOpt = None,
+    poll_s: Annotated[float, typer.Option(help="seconds between the server's reads of the search")] = 1.0,
+) -> None:
+    """Follow a search's event stream with a progress bar until it ends (exit 1 unless it succeeded)."""
+    with _client(server) as client:
+        final = _follow(client, search_id, poll_s=poll_s)
+    _print_search(final)
+    if final["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@search_app.command("trials")
+@friendly_errors
+def search_trials(
+    search_id: str,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="file to write (csv or parquet)")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="csv, parquet or table (a page on the terminal)")
+    ] = "csv",
+    state: Annotated[str | None, typer.Option(help="only trials in this state (complete, failed)")] = None,
+    limit: Annotated[int, typer.Option(help="rows of the table format")] = 20,
+    server: ServerOpt = None,
+) -> None:
+    """Every trial of a search as a CSV or Parquet file (flat columns: value.*, config.*, metric.*),
+    or the first rows as a table."""
+    if fmt not in ("csv", "parquet", "table"):
+        raise ValueError(f"--format must be csv, parquet or table, got {fmt!r}")
+    with _client(server) as client:
+        if fmt == "table":
+            page = client.trials(search_id, limit=limit, state=state)
+            table = Table("trial", "state", "values", "config id")
+            for t in page["items"]:
+                values = ", ".join(f"{k}={v:.6g}" for k, v in t["values"].items()) or (t["error"] or "-")
+                table.add_row(str(t["number"]), t["state"], values, t["config_id"])
+            out.print(table)
+            out.print(f"{len(page['items'])} of {page['total']} trials")
+            return
+        if output is None:
+            raise ValueError(f"--format {fmt} writes a file: give it with -o FILE")
+        size = client.export_trials(search_id, output, fmt, state=state)
+    out.print(f"wrote {output} ({size:,} bytes, {fmt})")
+
+
+@search_app.command("export")
+@friendly_errors
+def search_export(
+    search_id: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="model file to write")],
+    trial: Annotated[int | None, typer.Option(help="the trial's number")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="torchscript, onnx or coreml")] = "onnx",
+    front_index: Annotated[
+        int | None, typer.Option(help="instead of --trial: the front's member at this index (0 = first)")
+    ] = None,
+    server: ServerOpt = None,
+) -> None:
+    """Export the subnet of one trial of a search (or of a front member) as a model file."""
+    with _client(server) as client:
+        if trial is None:
+            if front_index is None:
+                raise ValueError("give --trial N or --front-index N")
+            front = client.pareto(search_id, offset=front_index, limit=1)
+            if not front["trials"]:
+                raise ValueError(f"the front of search {search_id} has {front['total']} members")
+            chosen = front["trials"][0]
+        else:
+            chosen = client.trial(search_id, trial)
+        spec = client.get(search_id)["spec"]
+        size = client.export_subnet(
+            spec["space"], chosen["config"], output, fmt, options=spec.get("space_options") or {}
+        )
+    out.print(f"wrote {output} ({size:,} bytes, {fmt}) of trial {chosen['number']} ({chosen['config_id']})")
+
+
+# --------------------------------------------------------------------------------------- space
+space_app = typer.Typer(no_args_is_help=True, help="Score or export one subnet of a space on a NAS server.")
+app.add_typer(space_app, name="space")
+
+ConfigArg = Annotated[
+    str,
+    typer.Option(
+        "--config", "-c", help="a reference name (s0, sd15, ...), a JSON object, or a .json/.yaml file"
+    ),
+]
+
+
+def load_config(text: str) -> dict[str, Any] | str:
+    """`--config`: a file, inline JSON, or else a reference name for the server to resolve."""
+    path = Path(text)
+    if text.endswith((".json", ".yaml", ".yml")):
+        if not path.is_file():
+            raise ValueError(f"config file {text!r} does not exist")
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    elif text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--config is not valid JSON: {exc}") from None
+    else:
+        return text
+    if not isinstance(data, dict):
+        raise ValueError("a config must be a mapping of choice names to values")
+    return data
+
+
+@space_app.command("evaluate")
+@friendly_errors
+def space_evaluate(
+    name: str,
+    config: ConfigArg,
+    option: OptionsOpt = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", "-d", help="price on this device, repeatable")
+    ] = None,
+    server: ServerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A subnet's objectives now: parameters, MACs and latency per device (with the covered share)."""
+    with _client(server) as client:
+        result = client.evaluate(
+            name, load_config(config), options=parse_options(option), devices=device or []
+        )
+    if as_json:
+        out.print_json(data=result)
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("config id", result["config_id"])
+    table.add_row("blocks", str(result["n_blocks"]))
+    table.add_row("params", f"{result['params']:,}")
+    table.add_row("macs", "-" if result["macs"] is None else f"{result['macs']:,}")
+    for dev, lat in result["latency"].items():
+        total = "-" if lat["total_ms"] is None else f"{lat['total_ms']:.3f} ms"
+        note = " (partly estimated)" if lat["estimated"] else ""
+        table.add_row(f"latency:{dev}", f"{total}, {lat['covered_share']:.0%} of blocks measured{note}")
+    out.print(table)
+
+
+@space_app.command("export")
+@friendly_errors
+def space_export(
+    name: str,
+    config: ConfigArg,
+    output: Annotated[Path, typer.Option("--output", "-O", help="model file to write (-o is --option here)")],
+    fmt: Annotated[str, typer.Option("--format", help="torchscript, onnx or coreml")] = "onnx",
+    option: OptionsOpt = None,
+    server: ServerOpt = None,
+) -> None:
+    """A subnet as a TorchScript, ONNX or zipped Core ML (.mlpackage) file, built by the server."""
+    with _client(server) as client:
+        size = client.export_subnet(name, load_config(config), output, fmt, options=parse_options(option))
+    out.print(f"wrote {output} ({size:,} bytes, {fmt})")
 
 
 # --------------------------------------------------------------------------------------- spaces

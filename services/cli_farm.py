@@ -79,7 +79,9 @@ def friendly(command: F) -> F:
 
 
 def _client(server: str | None) -> NasClient:
-    return NasClient(server or Settings().server_url)
+    from services.cli_keys import cli_api_key
+
+    return NasClient(server or Settings().server_url, api_key=cli_api_key())
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:

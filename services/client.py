@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 
@@ -55,12 +58,38 @@ def format_detail(detail: Any) -> str:
     return "; ".join(lines)
 
 
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Server-sent events from a stream's lines: `(event, JSON data)` per event; comments (keep-alives)
+    and events without data are skipped."""
+    event, data = "message", []
+    for line in lines:
+        line = line.rstrip("\r")
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
 class NasClient:
     """Talks to one NAS server at `base_url` (e.g. `http://127.0.0.1:8000`)."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0):
+    def __init__(self, base_url: str, *, timeout: float = 30.0, api_key: str | None = None):
+        """`api_key` (default: the `NAS_API_KEY` environment variable) is sent as a bearer token."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        api_key = api_key or os.environ.get("NAS_API_KEY") or None
+        headers = {"Authorization": f"Bearer {api_key.strip()}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> NasClient:
         return self
@@ -77,12 +106,15 @@ class NasClient:
         except httpx.TransportError as exc:
             raise ServerUnreachableError(self.base_url, str(exc) or type(exc).__name__) from None
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text or response.reason_phrase
-            raise ClientError(response.status_code, detail, f"{method} {self.base_url}{path}")
+            self._raise(response, method, path)
         return response.content if raw else response.json()
+
+    def _raise(self, response: httpx.Response, method: str, path: str) -> NoReturn:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text or response.reason_phrase
+        raise ClientError(response.status_code, detail, f"{method} {self.base_url}{path}")
 
     # ----------------------------------------------------------------- resources
     def health(self) -> dict[str, Any]:
@@ -195,8 +227,118 @@ class NasClient:
             params["state"] = state
         return self._request("GET", f"/v1/searches/{search_id}/trials", params=params)
 
-    def pareto(self, search_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/searches/{search_id}/pareto")
+    def pareto(self, search_id: str, *, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"offset": offset}
+        if limit is not None:
+            params["limit"] = limit
+        return self._request("GET", f"/v1/searches/{search_id}/pareto", params=params)
+
+    def trial(self, search_id: str, number: int) -> dict[str, Any]:
+        return self._request("GET", f"/v1/searches/{search_id}/trials/{number}")
+
+    def export_trials(
+        self, search_id: str, path: str | Path, fmt: str = "csv", *, state: str | None = None
+    ) -> int:
+        """Write every trial of a search to `path` as CSV or Parquet (streamed); returns the bytes
+        written. The file appears only once complete (written to a temporary name first)."""
+        params: dict[str, Any] = {"format": fmt}
+        if state:
+            params["state"] = state
+        path = Path(path)
+        partial = path.with_name(path.name + ".part")
+        written = 0
+        try:
+            path_ = f"/v1/searches/{search_id}/trials/export"
+            with self._stream("GET", path_, params=params) as response, partial.open("wb") as out:
+                for block in response.iter_bytes():
+                    out.write(block)
+                    written += len(block)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return written
+
+    def events(self, search_id: str, *, poll_s: float = 1.0) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Follow `GET /v1/searches/{id}/events`: yields `(event, data)` pairs (`progress`, then
+        `end`) until the server closes the stream."""
+        path = f"/v1/searches/{search_id}/events"
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        with self._stream("GET", path, params={"poll_s": poll_s}, timeout=timeout) as response:
+            yield from parse_sse(response.iter_lines())
+
+    def watch(
+        self,
+        search_id: str,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        poll_s: float = 1.0,
+    ) -> dict[str, Any]:
+        """Follow a search's event stream to its end; `on_progress` sees every event's search.
+        Returns the search as the final event gives it."""
+        last: dict[str, Any] | None = None
+        try:
+            for _event, data in self.events(search_id, poll_s=poll_s):
+                last = data
+                if on_progress is not None:
+                    on_progress(data)
+        except ServerUnreachableError:
+            last = None  # the stream broke off (a restarting server): poll instead
+        if last is None or last.get("status") not in FINISHED:
+            return self.wait(search_id, on_progress, poll_s=poll_s)
+        return last
+
+    def evaluate(
+        self,
+        space: str,
+        config: Mapping[str, Any] | str,
+        *,
+        options: Mapping[str, Any] | None = None,
+        devices: list[str] | None = None,
+        macs: bool = True,
+    ) -> dict[str, Any]:
+        """A subnet's objectives now: params, MACs, latency per device with the covered share."""
+        body = {
+            "config": config if isinstance(config, str) else dict(config),
+            "space_options": dict(options or {}),
+            "devices": list(devices or []),
+            "macs": macs,
+        }
+        return self._request("POST", f"/v1/spaces/{space}/evaluate", json=body)
+
+    def export_subnet(
+        self,
+        space: str,
+        config: Mapping[str, Any] | str,
+        path: str | Path,
+        fmt: str = "onnx",
+        *,
+        options: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Write a subnet as a TorchScript, ONNX or zipped Core ML file to `path`; returns its size."""
+        body = {
+            "config": config if isinstance(config, str) else dict(config),
+            "space_options": dict(options or {}),
+            "format": fmt,
+        }
+        timeout = httpx.Timeout(self._http.timeout.connect, read=600.0)
+        content = self._request("POST", f"/v1/spaces/{space}/export", json=body, raw=True, timeout=timeout)
+        Path(path).write_bytes(content)
+        return len(content)
+
+    def metrics(self) -> str:
+        """The Prometheus text of `GET /metrics`."""
+        return self._request("GET", "/metrics", raw=True).decode()
+
+    @contextlib.contextmanager
+    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise(response, method, path)
+                yield response
+        except httpx.TransportError as exc:
+            raise ServerUnreachableError(self.base_url, str(exc) or type(exc).__name__) from None
 
     def cancel(self, search_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/searches/{search_id}/cancel")

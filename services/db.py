@@ -1,5 +1,5 @@
 """Database: engine factory and the service's tables (`searches`, `trials`, and for device farms
-`devices`, `lut_samples`, `lut_accuracy`).
+`devices`, `lut_samples`, `lut_accuracy`; `api_keys` for auth).
 
 SQLite (the default, one file under `var/`) and PostgreSQL (`postgresql+psycopg://...`) are both
 first-class: every query here is plain SQLAlchemy Core/ORM that both understand.
@@ -8,8 +8,9 @@ first-class: every query here is plain SQLAlchemy Core/ORM that both understand.
 from __future__ import annotations
 
 import enum
+import sqlite3
+import threading
 import uuid
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -104,13 +105,28 @@ class SearchRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The lease of a running search: the scheduler replica that claimed it and when it last said it is
+    # alive. A running search whose heartbeat is older than the lease (or that has no claimant) may be
+    # reclaimed by any replica; see `services.search_queue`.
+    # Kept on a finished search: the replica that ran it last.
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(200))
+    heartbeat_at: Mapped[datetime | None]
+    # How many times a scheduler claimed the search (1 plus one per resume after a stop or a lost lease).
+    claims: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class TrialRow(Base):
     """One trial of a search, keyed by (search id, number) like `nas.Trial`."""
 
     __tablename__ = "trials"
-    __table_args__ = (sa.Index("ix_trials_search_config", "search_id", "config_id"),)
+    __table_args__ = (
+        # Not unique: the runner never stores a config twice in one search, but synthetic data sets
+        # (services/dashboard/demo.py) reuse configs across trials.
+        sa.Index("ix_trials_search_config", "search_id", "config_id"),
+        # The front is read by flag (`WHERE search_id = ? AND on_front`): with this index the read
+        # touches only the members, at 100 trials as at 100,000.
+        sa.Index("ix_trials_search_front", "search_id", "on_front", "number"),
+    )
 
     search_id: Mapped[str] = mapped_column(
         sa.String(32), sa.ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True
@@ -207,12 +223,28 @@ class AccuracyPairRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ApiKeyRow(Base):
+    """An API key: only the SHA-256 of the token is stored (see `services.auth`); `id` is the visible
+    prefix of the token, so a key can be named in `nas keys revoke` without its secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    token_sha256: Mapped[str] = mapped_column(sa.String(64))
+    scopes: Mapped[list[str]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url` set up for this service's access pattern (many threads, short transactions).
 
-    SQLite gets WAL journaling (readers never block the writer), a busy timeout (writers queue instead
-    of failing) and enforced foreign keys; its connections may cross threads because the pool hands
-    them out one thread at a time.
+    SQLite gets WAL journaling (readers never block the writer), a busy timeout, enforced foreign keys
+    and the single-writer discipline of `SqliteWriteGate`; its connections may cross threads because
+    the pool hands them out one thread at a time. PostgreSQL gets pre-ping (a server restart costs
+    no request).
     """
     backend = sa.make_url(url).get_backend_name()
     if backend == "sqlite":
@@ -224,6 +256,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         connect_args.update(kwargs.pop("connect_args", {}))
         engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        SqliteWriteGate.install(engine, path)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(url, **kwargs)
@@ -238,6 +271,10 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling (a deferred BEGIN before INSERT/UPDATE/DELETE only, none
+    # before DDL) is off: `SqliteWriteGate` emits BEGIN IMMEDIATE itself, so a write transaction holds
+    # the lock from its first statement and DDL (migrations) is transactional.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -250,17 +287,190 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def init_db(engine: Engine) -> None:
-    """Create the service's tables and the latency tables if they do not exist (idempotent)."""
-    from latency_lut._sql import metadata as lut_metadata
+# ------------------------------------------------------------------ SQLite: one writer at a time
+# Statements that only read; anything else (INSERT, UPDATE, DELETE, DDL, WITH ..., SAVEPOINT) is taken
+# for a write.
+_READ_VERBS = frozenset({"SELECT", "PRAGMA", "EXPLAIN", "VALUES"})
+# `Connection.info` keys: the state of the connection's transaction ("explicit" or "lazy" until its
+# BEGIN, then "write"), and "the next BEGIN is an autobegin" (set by `before_execute` when a statement
+# runs on a connection with no transaction).
+_TXN = "nas.sqlite.txn"
+_AUTOBEGIN = "nas.sqlite.autobegin"
 
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Two processes starting at once would both find no table and both CREATE it; the
-            # transaction-scoped advisory lock makes the second wait and then find the tables.
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(b"services.init_db"))))
-        Base.metadata.create_all(conn)
-        lut_metadata.create_all(conn)
+
+def _is_write(statement: str) -> bool:
+    verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+    return verb not in _READ_VERBS
+
+
+class SqliteWriteGate:
+    """The single-writer discipline of a SQLite database within this process.
+
+    SQLite has one writer at a time. A writer that finds the lock taken waits up to the busy timeout,
+    but two cases fail at once with "database is locked", whatever the timeout: a transaction that
+    read first (a deferred BEGIN) and then writes after another connection committed (its snapshot is
+    stale and cannot be upgraded), and waiters that lose SQLite's polling race for longer than the
+    timeout. So:
+
+    - a transaction opened with `engine.begin()` / `conn.begin()` (the service's way of saying "this
+      writes") starts with `BEGIN IMMEDIATE`: it takes the write lock before its first statement, so
+      what it reads and what it writes are one atomic step, and it never has to upgrade;
+    - any other transaction (`engine.connect()`, ORM sessions, which open theirs even to query) runs
+      its reads without a transaction, each statement on the latest snapshot, as the driver does by
+      default; at its first write it begins with `BEGIN IMMEDIATE` too. Reads never wait and never
+      block the writer (WAL): they stay concurrent;
+    - a write transaction first takes this process's lock for the database file (one per file,
+      shared by every engine on it), so the threads of one process queue in order on a Python lock
+      instead of polling SQLite's; the lock is released when the transaction commits or rolls back.
+      Other processes (a CLI next to the server) still meet SQLite's own lock and busy timeout.
+
+    A thread that opens a second write transaction while it holds one would wait for itself; that
+    fails at once with a clear error instead of after the busy timeout.
+    """
+
+    _by_file: ClassVar[dict[str, SqliteWriteGate]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._holder: Any = None
+        self._holder_thread: int | None = None
+        #: how many write transactions had to wait for another one of this process (for tests/metrics)
+        self.waits = 0
+
+    @classmethod
+    def for_file(cls, path: Path | None) -> SqliteWriteGate:
+        if path is None:  # in-memory: one database per engine
+            return cls(":memory:")
+        key = str(path.resolve())
+        with cls._registry_lock:
+            gate = cls._by_file.get(key)
+            if gate is None:
+                gate = cls._by_file[key] = cls(key)
+            return gate
+
+    @classmethod
+    def install(cls, engine: Engine, path: Path | None) -> SqliteWriteGate:
+        gate = cls.for_file(path)
+        engine.sqlite_write_gate = gate  # type: ignore[attr-defined]
+        event.listen(engine, "before_execute", _note_autobegin)
+        event.listen(engine, "begin", _on_begin)
+        event.listen(engine, "commit", _on_end)
+        event.listen(engine, "rollback", _on_end)
+        event.listen(engine, "before_cursor_execute", gate._before_cursor_execute)
+        event.listen(engine, "checkin", gate._on_checkin)
+        event.listen(engine, "invalidate", gate._on_invalidate)
+        dialect = engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection: Any) -> None:
+            try:
+                commit(dbapi_connection)
+            finally:
+                gate.release(dbapi_connection)
+
+        def do_rollback(dbapi_connection: Any) -> None:
+            try:
+                rollback(dbapi_connection)
+            finally:
+                gate.release(dbapi_connection)
+
+        # Released after the COMMIT/ROLLBACK itself (the `commit`/`rollback` events run before it).
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
+        dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+        return gate
+
+    # ----------------------------------------------------------------- the lock
+    def acquire(self, dbapi_connection: Any) -> None:
+        raw = _raw(dbapi_connection)
+        if self._holder is raw:
+            return
+        if self._holder_thread == threading.get_ident():
+            raise sqlite3.OperationalError(
+                f"database is locked: this thread already has a write transaction open on {self.name} "
+                "on another connection and would wait for itself; finish it before writing elsewhere"
+            )
+        if not self._lock.acquire(blocking=False):
+            self.waits += 1
+            if not self._lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+                raise sqlite3.OperationalError(
+                    f"database is locked: another write transaction of this process held {self.name} for "
+                    f"more than {SQLITE_BUSY_TIMEOUT_MS / 1000:g} s"
+                )
+        self._holder = raw
+        self._holder_thread = threading.get_ident()
+
+    def release(self, dbapi_connection: Any) -> None:
+        raw = _raw(dbapi_connection)
+        if raw is not None and self._holder is raw:
+            self._holder = None
+            self._holder_thread = None
+            self._lock.release()
+
+    @property
+    def held(self) -> bool:
+        return self._lock.locked()
+
+    # ----------------------------------------------------------------- events
+    def _before_cursor_execute(self, conn: sa.Connection, cursor: Any, statement: str, *_args: Any) -> None:
+        state = conn.info.get(_TXN)
+        if state is None:
+            return
+        if state == "explicit" or (state == "lazy" and _is_write(statement)):
+            self.acquire(cursor.connection)
+            try:
+                if not cursor.connection.in_transaction:
+                    cursor.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.release(cursor.connection)
+                raise
+            conn.info[_TXN] = "write"
+
+    def _on_checkin(self, dbapi_connection: Any, _record: Any) -> None:
+        if dbapi_connection is not None:
+            self.release(dbapi_connection)
+
+    def _on_invalidate(self, dbapi_connection: Any, _record: Any, _exc: Any) -> None:
+        if dbapi_connection is not None:
+            self.release(dbapi_connection)
+
+
+def _raw(dbapi_connection: Any) -> Any:
+    """The driver's connection behind a pool proxy (or the connection itself)."""
+    return getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+
+
+def _note_autobegin(conn: sa.Connection, *_args: Any) -> None:
+    if not conn.in_transaction():
+        conn.info[_AUTOBEGIN] = True
+
+
+def _on_begin(conn: sa.Connection) -> None:
+    # The BEGIN itself waits for the transaction's first statement (explicit) or write (lazy).
+    conn.info[_TXN] = "lazy" if conn.info.pop(_AUTOBEGIN, False) else "explicit"
+
+
+def _on_end(conn: sa.Connection) -> None:
+    conn.info.pop(_TXN, None)
+
+
+@event.listens_for(Session, "after_begin")
+def _orm_transactions_begin_lazily(_session: Session, _transaction: Any, connection: sa.Connection) -> None:
+    # A Session opens its connection's transaction explicitly even to read: whether it writes is told by
+    # its first statement (a query, or the INSERT/UPDATE of a flush).
+    if connection.info.get(_TXN) == "explicit":
+        connection.info[_TXN] = "lazy"
+
+
+def init_db(engine: Engine) -> None:
+    """Bring the database to the newest schema with the Alembic migrations of `services.migrations`
+    (idempotent; safe from several processes at once). A database created by `create_all` before
+    migrations existed is adopted when its tables match the models, and refused with the list of
+    differences (`services.migrations.MigrationError`) when they do not."""
+    from services import migrations
+
+    migrations.upgrade(engine)
 
 
 def check_db(engine: Engine) -> str | None:

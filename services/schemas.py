@@ -243,6 +243,15 @@ class PairOut(BaseModel):
     duplicate: bool
 
 
+class AccuracyPoint(BaseModel):
+    space: str
+    run_id: str
+    config_id: str
+    predicted_ms: float
+    measured_ms: float
+    estimated: bool
+
+
 class AccuracyOut(BaseModel):
     """nn-Meter's measures over held-out subnets: RMSE (ms), RMSPE and mean error (fractions), and
     the shares of subnets predicted within +-5%, +-10%, +-15%."""
@@ -263,6 +272,9 @@ class AccuracyOut(BaseModel):
     calibrated: int
     spaces: list[str]
     runs: list[dict[str, Any]]
+    pairs: list[AccuracyPoint] | None = Field(
+        None, description="with ?pairs=true: the held-out (predicted, measured) points, newest 5,000"
+    )
 
 
 class AccuracyUploadOut(BaseModel):
@@ -291,6 +303,59 @@ class SearchCreated(BaseModel):
     links: SearchLinks
 
 
+class SearchProgress(BaseModel):
+    """Where a search stands: counts of its trials, time spent, and an estimate of the time left."""
+
+    completed: int = Field(description="trials recorded as completed")
+    failed: int = Field(description="trials recorded as failed (evaluation errors)")
+    recorded: int = Field(description="completed + failed")
+    in_flight: int = Field(description="evaluations running now (the parallelism while the search runs)")
+    remaining: int = Field(description="trials of the budget not yet recorded")
+    fraction: float = Field(description="recorded / budget, 0..1")
+    elapsed_s: float = Field(description="seconds the search has run (live while it runs)")
+    trials_per_s: float | None = Field(description="recorded trials per second of run time; null before one")
+    eta_s: float | None = Field(
+        description="estimated seconds left (trial rate and budget, capped by budget.seconds); null when "
+        "unknown (queued, or no trial yet); 0 once finished"
+    )
+
+    @classmethod
+    def of(cls, row: SearchRow, now: datetime | None = None) -> SearchProgress:
+        status = SearchStatus(row.status)
+        spec_budget = (row.spec or {}).get("budget") or {}
+        parallelism = int(spec_budget.get("parallelism") or 1)
+        budget_seconds = spec_budget.get("seconds")
+        recorded = max(0, int(row.trials_done))
+        failed = max(0, int(row.trials_failed))
+        remaining = max(0, int(row.budget_trials) - recorded)
+        elapsed = float(row.elapsed_s)
+        if status == SearchStatus.RUNNING and row.started_at is not None:
+            # The row's elapsed time is written with each trial; between trials it runs on.
+            now = now or datetime.now(row.started_at.tzinfo)
+            elapsed = max(elapsed, (now - row.started_at).total_seconds())
+        rate = recorded / row.elapsed_s if recorded and row.elapsed_s > 0 else None
+        eta: float | None
+        if status.finished:
+            eta = 0.0
+        elif status != SearchStatus.RUNNING or rate is None:
+            eta = None
+        else:
+            eta = remaining / rate
+            if budget_seconds is not None:
+                eta = max(0.0, min(eta, float(budget_seconds) - elapsed))
+        return cls(
+            completed=max(0, recorded - failed),
+            failed=failed,
+            recorded=recorded,
+            in_flight=min(parallelism, remaining) if status == SearchStatus.RUNNING else 0,
+            remaining=remaining,
+            fraction=min(1.0, recorded / row.budget_trials) if row.budget_trials else 0.0,
+            elapsed_s=elapsed,
+            trials_per_s=rate,
+            eta_s=eta,
+        )
+
+
 class SearchOut(BaseModel):
     id: str
     name: str
@@ -310,6 +375,7 @@ class SearchOut(BaseModel):
     updated_at: datetime
     spec: dict[str, Any]
     links: SearchLinks
+    progress: SearchProgress
 
     @classmethod
     def of(cls, row: SearchRow) -> SearchOut:
@@ -332,6 +398,7 @@ class SearchOut(BaseModel):
             updated_at=row.updated_at,
             spec=row.spec,
             links=SearchLinks.of(row.id),
+            progress=SearchProgress.of(row),
         )
 
 
@@ -388,4 +455,63 @@ class ParetoOut(BaseModel):
     objectives: list[ObjectiveOut]
     constraints: list[str]
     hypervolume: float | None
-    trials: list[TrialOut] = Field(description="the front's members ordered by trial number")
+    total: int = Field(0, description="members on the front (all pages)")
+    offset: int = 0
+    limit: int = 0
+    trials: list[TrialOut] = Field(description="the front's members ordered by trial number (one page)")
+
+
+#: Subnets one export may build, in parameters (bounds the memory and time of an export request).
+MAX_EXPORT_PARAMS = 100_000_000
+#: Devices one evaluate request may price.
+MAX_EVALUATE_DEVICES = 16
+
+
+class EvaluateIn(BaseModel):
+    """A subnet to score now: a config (or a reference name) at the space's options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] | str = Field(..., description="a config, or a reference name such as 's0'")
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    devices: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_EVALUATE_DEVICES,
+        description="devices to price the subnet on (their latency tables, with the fallback)",
+    )
+    macs: bool = Field(True, description="count MACs (traces each distinct block once, cached)")
+    calibrate: bool = True
+
+
+class LatencyOut(BaseModel):
+    total_ms: float | None = Field(description="null when blocks are missing and no fallback covers them")
+    table_ms: float
+    covered_share: float = Field(description="share of the subnet's blocks the table measured")
+    complete: bool
+    estimated: bool
+    estimated_ms: float
+    calibrated: bool
+    missing_keys: int
+    missing_examples: list[str]
+
+
+class EvaluateOut(BaseModel):
+    space: str
+    options: dict[str, Any]
+    config_id: str
+    config: dict[str, Any] = Field(description="the canonical config")
+    n_blocks: int
+    params: int
+    macs: int | None
+    latency: dict[str, LatencyOut] = Field(description="per device")
+
+
+class ExportIn(BaseModel):
+    """A subnet to export as a model file (random weights: the architecture, for deployment tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] | str
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    format: Literal["torchscript", "onnx", "coreml"] = "onnx"
+    coreml_precision: Literal["fp16", "fp32"] = "fp16"

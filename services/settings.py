@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/nas.db"
@@ -26,6 +29,62 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     max_concurrent_searches: int = Field(1, ge=1, le=64)
     scheduler_poll_s: float = Field(1.0, gt=0, le=60)
+    replica_id: str | None = Field(
+        None,
+        max_length=200,
+        description="this scheduler's name in search claims; stable across restarts (e.g. the pod name) "
+        "lets a restarted replica take its running searches back at once (None: host:pid:random)",
+    )
+    heartbeat_s: float = Field(5.0, gt=0, le=600, description="how often a scheduler renews its leases")
+    lease_s: float = Field(
+        30.0, gt=0, le=3600, description="a running search not heartbeated for this long is reclaimed"
+    )
+    evaluation_retries: int = Field(
+        2, ge=0, le=10, description="re-runs of a trial whose evaluation worker died, before it is failed"
+    )
     lut_warmup: int = Field(10, ge=0)
     lut_repeats: int = Field(30, ge=1)
     server_url: str = Field("http://127.0.0.1:8000", description="where the CLI client finds the API")
+    max_body_bytes: int = Field(
+        32 << 20, ge=1024, description="request bodies above this many bytes are refused with 413"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="server logs as text lines or one JSON object per line (json)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    auth_disabled: bool = Field(
+        False,
+        description="development only: serve without API keys; refused unless `host` is a loopback address",
+    )
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        if self.auth_disabled and not is_loopback(self.host):
+            raise ValueError(
+                f"auth_disabled (NAS_AUTH_DISABLED / --no-auth) is only allowed when the server binds to a "
+                f"loopback address such as 127.0.0.1, ::1 or localhost; host is {self.host!r}. Create an "
+                f"API key with `nas keys create` instead."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> Settings:
+        if self.lease_s <= self.heartbeat_s:
+            raise ValueError(
+                f"lease_s ({self.lease_s}) must be longer than heartbeat_s ({self.heartbeat_s}), or live "
+                "searches would be reclaimed between two heartbeats (3x or more is advisable)"
+            )
+        return self
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` (an address or `localhost`) can only be reached from this machine."""
+    if host is None:
+        return False
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

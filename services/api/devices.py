@@ -14,23 +14,29 @@ from services.api import measurements
 from services.api.deps import QueueDep
 from services.api.errors import error_response
 from services.api.measurements import DeviceDep, MeasurementsDep, conflict, space_at
+from services.auth import Scope, require_scope
 from services.measurements import DeviceConflictError, DeviceInfo
 from services.schemas import DeviceIn, DeviceOut, WorkItem, WorkPage
 
+# Each route declares its scope: farms write with lut:write, reading (and predicting) needs searches:read.
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
+READ = [require_scope(Scope.SEARCHES_READ)]
+WRITE = [require_scope(Scope.LUT_WRITE)]
 
 
 def device_out(info: DeviceInfo) -> DeviceOut:
     return DeviceOut(**info.__dict__)
 
 
-@router.get("", response_model=list[DeviceOut])
+@router.get("", response_model=list[DeviceOut], dependencies=READ)
 def list_all(store: MeasurementsDep) -> list[DeviceOut]:
     """Every device: built in, registered, or known by its table; with its table size."""
     return [device_out(info) for info in store.devices()]
 
 
-@router.post("", response_model=DeviceOut, status_code=201, responses={200: {"model": DeviceOut}})
+@router.post(
+    "", response_model=DeviceOut, status_code=201, responses={200: {"model": DeviceOut}}, dependencies=WRITE
+)
 def register(body: DeviceIn, store: MeasurementsDep, response: Response) -> DeviceOut:
     """Register a device (201), or update the description and metadata of one registered with the
     same runtime and hardware (200). Another runtime or hardware under a taken name: 409."""
@@ -49,7 +55,7 @@ def register(body: DeviceIn, store: MeasurementsDep, response: Response) -> Devi
     return device_out(info)
 
 
-@router.get("/{device}", response_model=DeviceOut)
+@router.get("/{device}", response_model=DeviceOut, dependencies=READ)
 def describe(device: DeviceDep, store: MeasurementsDep) -> DeviceOut:
     return device_out(store.device(device))
 
@@ -73,7 +79,7 @@ class _QueryError(Exception):
         self.field, self.message, self.allowed = field, message, allowed
 
 
-@router.get("/{device}/work", response_model=WorkPage)
+@router.get("/{device}/work", response_model=WorkPage, dependencies=READ)
 def work(
     device: DeviceDep,
     store: MeasurementsDep,
@@ -87,7 +93,7 @@ def work(
         Query(description="JSON list of configs or reference names, or comma-separated reference names"),
     ] = None,
     search: Annotated[str | None, Query(description="a search id: its space and options")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """The blocks a space needs (at its options: all of its blocks, or those of `configs`; or the

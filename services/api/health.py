@@ -7,6 +7,7 @@ from importlib import metadata
 from fastapi import APIRouter, Request
 
 from services.api.deps import EngineDep, SettingsDep
+from services.auth import public
 from services.db import check_db
 from services.schemas import DatabaseHealth, Health, RayInfo
 
@@ -20,7 +21,7 @@ def service_version() -> str:
         return "0+unknown"
 
 
-@router.get("", response_model=Health)
+@router.get("", response_model=Health, dependencies=[public()])
 def health(request: Request, settings: SettingsDep, engine: EngineDep) -> Health:
     error = check_db(engine)
     return Health(

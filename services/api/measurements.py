@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from latency_lut.io import SUFFIXES, export_table, import_table
 from search_spaces import OptionError, SearchSpace, SpaceError, UnknownSpaceError, get_space
 from services.api.errors import ResourceNotFoundError, error_response
+from services.auth import Scope, require_scope
 from services.measurements import (
     MeasurementConflictError,
     MeasurementRow,
@@ -39,6 +40,9 @@ from services.schemas import (
 )
 
 router = APIRouter()
+# Each route declares its scope: farms write with lut:write; reading and predicting need searches:read.
+READ = [require_scope(Scope.SEARCHES_READ)]
+WRITE = [require_scope(Scope.LUT_WRITE)]
 
 _STATE_LOCK = threading.Lock()
 _MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
@@ -92,7 +96,7 @@ def space_at(name: str, options: dict[str, Any], *, field: str = "space_options"
 
 
 # --------------------------------------------------------------------------------- uploads
-@router.post("/{device}/measurements", response_model=IngestOut, status_code=201)
+@router.post("/{device}/measurements", response_model=IngestOut, status_code=201, dependencies=WRITE)
 def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: MeasurementsDep) -> IngestOut:
     """Store one batch of raw samples of one agent run and re-aggregate the entries it touches.
 
@@ -114,7 +118,7 @@ def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: Measu
     return IngestOut(device=device, run_id=batch.run_id, **result.__dict__)
 
 
-@router.get("/{device}/samples")
+@router.get("/{device}/samples", dependencies=READ)
 def samples(
     device: DeviceDep, store: MeasurementsDep, key: Annotated[str, Query(min_length=1, max_length=1024)]
 ) -> list[dict[str, Any]]:
@@ -128,7 +132,7 @@ def samples(
 
 
 # --------------------------------------------------------------------------------- table files
-@router.get("/{device}/table")
+@router.get("/{device}/table", dependencies=READ)
 def export(device: DeviceDep, store: MeasurementsDep, format: Literal["csv", "parquet"] = "csv") -> Response:
     """The device's whole table as a CSV or Parquet file (`latency_lut.io`'s columns)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -139,7 +143,7 @@ def export(device: DeviceDep, store: MeasurementsDep, format: Literal["csv", "pa
     return Response(content, media_type=_MEDIA_TYPES[format], headers=headers)
 
 
-@router.put("/{device}/table")
+@router.put("/{device}/table", dependencies=WRITE)
 def import_file(
     device: Annotated[str, PathParam(pattern=DEVICE_NAME_PATTERN)],
     store: MeasurementsDep,
@@ -162,7 +166,7 @@ def import_file(
 
 
 # --------------------------------------------------------------------------------- predictions
-@router.post("/{device}/predict", response_model=PredictOut)
+@router.post("/{device}/predict", response_model=PredictOut, dependencies=READ)
 def predict_configs(device: DeviceDep, body: PredictIn, predictions: PredictionsDep) -> PredictOut:
     """Predict subnets (configs or reference names) from the device's table, with the fallback for
     missing keys (marked estimated) and the device's subnet calibration for the space."""
@@ -190,7 +194,7 @@ def predict_configs(device: DeviceDep, body: PredictIn, predictions: Predictions
 
 
 # --------------------------------------------------------------------------------- accuracy
-@router.post("/{device}/accuracy", response_model=AccuracyUploadOut, status_code=201)
+@router.post("/{device}/accuracy", response_model=AccuracyUploadOut, status_code=201, dependencies=WRITE)
 def upload_pairs(device: DeviceDep, batch: AccuracyBatch, predictions: PredictionsDep) -> AccuracyUploadOut:
     """Store whole subnets one run measured end to end: `validation` pairs get the prediction the
     device's table makes now; `calibration` subnets feed the device's subnet calibration.
@@ -237,14 +241,15 @@ def upload_pairs(device: DeviceDep, batch: AccuracyBatch, predictions: Predictio
     )
 
 
-@router.get("/{device}/accuracy", response_model=AccuracyOut)
+@router.get("/{device}/accuracy", response_model=AccuracyOut, dependencies=READ)
 def accuracy(
     device: DeviceDep,
     predictions: PredictionsDep,
     space: Annotated[str | None, Query(description="only subnets of this space")] = None,
     run_id: Annotated[str | None, Query(description="only this validation run")] = None,
+    pairs: Annotated[bool, Query(description="also return the (predicted, measured) points")] = False,
 ) -> AccuracyOut:
     """RMSE, RMSPE and the shares within +-5/10/15% of the device's predictions of held-out subnets
-    measured end to end (`nas lut validate`)."""
-    report, details = predictions.accuracy(device, space=space, run_id=run_id)
+    measured end to end (`nas lut validate`); with `pairs=true` the points themselves."""
+    report, details = predictions.accuracy(device, space=space, run_id=run_id, include_pairs=pairs)
     return AccuracyOut(device=device, space=space, run_id=run_id, **report.to_dict(), **details)

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session
 
@@ -23,6 +22,7 @@ from nas.objectives import objective_direction
 from search_spaces import get_space
 from services.api.deps import EngineDep, LutDep, QueueDep, StoreDep
 from services.api.errors import ResourceNotFoundError
+from services.auth import Scope, public, require_scope
 from services.dashboard import coverage as lut_coverage
 from services.dashboard.data import (
     BASE_SORT_KEYS,
@@ -54,13 +54,17 @@ EXPORT_ROUTE = "/v1/searches/{search_id}/trials/{number}/export"
 ACCURACY_ROUTE = "/v1/devices/{device}/accuracy"
 MAX_PLOT_POINTS = 200_000
 MAX_TABLE_PAGE = 500
+#: Largest offset a request may name (larger ones overflowed SQLite's integers: a 500 found by fuzzing).
+MAX_OFFSET = 2**31 - 1
 
 api = APIRouter(
     prefix="/v1/dashboard",
     tags=["dashboard"],
     responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    dependencies=[require_scope(Scope.SEARCHES_READ)],
 )
-pages = APIRouter(include_in_schema=False)
+# The page and its scripts are public: they hold no data, and the page sends the user's key.
+pages = APIRouter(include_in_schema=False, dependencies=[public()])
 
 
 def install_dashboard(app: FastAPI) -> None:
@@ -106,7 +110,9 @@ def vendor_plotly() -> FileResponse:
 # ----------------------------------------------------------------------------- JSON
 @api.get("/capabilities", response_model=Capabilities)
 def capabilities(request: Request) -> Capabilities:
-    paths = {route.path for route in request.app.routes if isinstance(route, APIRoute)}
+    # From the OpenAPI schema (generated once, then cached by FastAPI): since FastAPI 0.16x, included
+    # routers stay nested in `app.routes` and are not flattened into APIRoutes there.
+    paths = set(request.app.openapi().get("paths", {}))
     has_export = EXPORT_ROUTE in paths
     return Capabilities(
         plotting_library=plotly_js() is not None,
@@ -121,7 +127,7 @@ def searches(
     engine: EngineDep,
     status: Annotated[list[SearchStatus] | None, Query(description="only these statuses")] = None,
     q: Annotated[str, Query(max_length=200, description="text in the name or id")] = "",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SearchSummaryPage:
     """Searches newest first with their progress and the best value of each objective on the front."""
@@ -195,7 +201,7 @@ def trials(
     engine: EngineDep,
     sort: Annotated[str, Query(description="number, state, feasible or an objective")] = "number",
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_TABLE_PAGE)] = 25,
     state: Annotated[TrialState | None, Query(description="only trials in this state")] = None,
     feasible: Annotated[bool | None, Query(description="only (in)feasible trials")] = None,

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 
 from nas.pareto import non_dominated
+from search_spaces import get_space
 
 FRONT_TRACE = "Pareto front"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "_artifacts"
@@ -119,7 +120,10 @@ def test_hover_and_click_show_that_trials_config(page, live, http, plot_search):
         card = page.locator(f".stage[data-stage='stage{stage}']")
         assert card.locator(".block:not(.inactive)").count() == config[f"stage{stage}.depth"]
     assert page.locator("#export-json").is_visible()
-    assert page.locator("#export-onnx").count() == 0  # no export endpoint on this server: hidden
+    # The server exports a trial's subnet (GET .../trials/{number}/export): the buttons link there.
+    onnx = page.locator("#export-onnx")
+    assert onnx.is_visible()
+    assert onnx.get_attribute("href") == f"/v1/searches/{search_id}/trials/{target}/export?format=onnx"
     screenshot(page, "trial-selected")
 
 
@@ -202,6 +206,36 @@ def test_devices_page_shows_lut_coverage(page, live, plot_search):
     assert any(covered == blocks and int(blocks) > 0 for covered, blocks in rows), rows
     assert page.locator("#devices-table tr[data-device='host-cpu-torch']").count() == 1
     screenshot(page, "devices")
+
+
+def test_devices_page_plots_predicted_against_measured(page, live, http, plot_search):
+    # Three held-out subnets of the space the search measured, "measured" 10% slower than predicted.
+    options = {"resolution": 32, "num_classes": 10}  # those of the plot search (conftest.PLOT_SPEC)
+    predicted = http.post(
+        "/v1/devices/host-cpu-torch/predict",
+        json={"space": "efficientformerv2", "space_options": options, "configs": ["s0", "s1", "s2"]},
+    ).json()["items"]
+    space = get_space("efficientformerv2", **options)
+    pairs = [
+        {"config": space.reference_config(name), "samples_ms": [item["total_ms"] * 1.1]}
+        for name, item in zip(("s0", "s1", "s2"), predicted, strict=True)
+    ]
+    body = {"run_id": "browser-val", "space": "efficientformerv2", "space_options": options, "pairs": pairs}
+    assert http.post("/v1/devices/host-cpu-torch/accuracy", json=body).status_code == 201
+    page.goto(f"{live.url}/#/devices")
+    page.wait_for_selector("#accuracy-table tr[data-device='host-cpu-torch']")
+    row = page.locator("#accuracy-table tr[data-device='host-cpu-torch']")
+    assert row.get_attribute("data-n") == "3"
+    # Relative error 1/1.1 - 1 = -9.1%: within +-10% and +-15%, not within +-5%.
+    cells = row.locator("td").all_inner_texts()
+    assert cells[4] == "0.0%" and cells[6] == "100.0%", cells
+    plot = page.locator(".accuracy-plot[data-device='host-cpu-torch']")
+    assert plot.get_attribute("data-points") == "3"
+    page.wait_for_function(
+        "() => { const d = document.querySelector(\".accuracy-plot[data-device='host-cpu-torch']\");"
+        " return d && d.data && d.data[3].x.length === 3; }"
+    )
+    screenshot(page, "devices-accuracy")
 
 
 def test_search_list_filters_by_status_and_text(page, live, plot_search, big_search):

@@ -89,3 +89,27 @@ def finished_search(http: httpx.Client) -> dict:
     created = http.post("/v1/searches", json=SMALL_SPEC)
     assert created.status_code == 202, created.text
     return wait_for(http, created.json()["id"], {"succeeded", "failed", "cancelled"})
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database (dropped afterwards), for tests that need the whole
+    database to themselves: migrations from nothing, a live server whose scheduler must meet no rows
+    of other runs. Skips when no server answers."""
+    admin = sa.create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}, poolclass=sa.NullPool
+    )
+    name = f"nas_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        reason = str(exc.orig or exc).splitlines()[0]
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} (env NAS_TEST_POSTGRES_URL) is not reachable: {reason}")
+    try:
+        yield sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -41,8 +41,12 @@ class LiveServer:
 
 
 def service_settings(tmp_path: Path, **overrides) -> Settings:
-    """Settings for a throw-away service: its own SQLite file, quick LUT measurements, fast polling."""
+    """Settings for a throw-away service: its own SQLite file, quick LUT measurements, fast polling.
+
+    Auth is off (these servers bind to 127.0.0.1); tests of auth pass `auth_disabled=False`.
+    """
     values = {
+        "auth_disabled": True,
         "database_url": f"sqlite:///{tmp_path / 'nas.db'}",
         "lut_warmup": 1,
         "lut_repeats": 2,

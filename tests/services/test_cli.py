@@ -192,6 +192,8 @@ def test_serve_with_demo(tmp_path: Path, ray_session) -> None:
         "NAS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
         "NAS_SCHEDULER_POLL_S": "0.2",
         "PYTHONUNBUFFERED": "1",
+        # The demo with auth on (a printed admin key) is tested in test_auth.py.
+        "NAS_AUTH_DISABLED": "1",
     }
     url = f"http://127.0.0.1:{port}"
 

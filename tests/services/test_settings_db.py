@@ -64,7 +64,8 @@ def test_sqlite_engine_pragmas_and_schema(tmp_path: Path) -> None:
     assert {"searches", "trials", "lut_entries"} <= set(inspector.get_table_names())
     assert inspector.get_pk_constraint("trials")["constrained_columns"] == ["search_id", "number"]
     indexes = {tuple(ix["column_names"]) for ix in inspector.get_indexes("trials")}
-    assert ("search_id", "config_id") in indexes
+    indexes |= {tuple(uc["column_names"]) for uc in inspector.get_unique_constraints("trials")}
+    assert ("search_id", "config_id") in indexes  # look-ups by config id (an index or a unique key)
     engine.dispose()
 
 

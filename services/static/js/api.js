@@ -10,16 +10,53 @@ export class ApiError extends Error {
   }
 }
 
+// The API key the user pasted into the key box (localStorage), sent as a bearer token with every call.
+const API_KEY_ITEM = 'nas.apiKey';
+
+export function apiKey() {
+  try {
+    return window.localStorage.getItem(API_KEY_ITEM) || '';
+  } catch {
+    return '';
+  }
+}
+
+export function setApiKey(value) {
+  const key = String(value || '').trim();
+  if (key) window.localStorage.setItem(API_KEY_ITEM, key);
+  else window.localStorage.removeItem(API_KEY_ITEM);
+}
+
+export function authHeaders() {
+  const key = apiKey();
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
 export async function getJson(path, params = {}) {
   const url = new URL(path, window.location.origin);
   for (const [key, value] of Object.entries(params)) {
     if (value === undefined || value === null || value === '') continue;
     for (const v of Array.isArray(value) ? value : [value]) url.searchParams.append(key, v);
   }
-  const response = await fetch(url, { headers: { accept: 'application/json' } });
+  const response = await fetch(url, { headers: { accept: 'application/json', ...authHeaders() } });
   const body = await response.json().catch(() => ({ detail: response.statusText }));
-  if (!response.ok) throw new ApiError(response.status, body.detail ?? body);
+  if (!response.ok) {
+    if (response.status === 401 || response.status === 403) throw new AuthError(response.status, body.detail ?? body);
+    throw new ApiError(response.status, body.detail ?? body);
+  }
   return body;
+}
+
+// 401 (no, unknown or revoked key) and 403 (a key without the scope): say what to do about it.
+export class AuthError extends ApiError {
+  constructor(status, detail) {
+    super(status, detail);
+    const what = status === 401
+      ? (apiKey() ? 'the server refused the API key in the key box' : 'this server needs an API key')
+      : 'the API key in the key box lacks the scope this page needs';
+    this.message = `${what}: paste a key with scope searches:read (or admin) into the box at the top right `
+      + `(create one with \`nas keys create --name me --scope searches:read\`). ${this.message}`;
+  }
 }
 
 export function showError(error) {

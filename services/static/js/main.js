@@ -1,6 +1,6 @@
 // Hash routes (#/, #/search/ID, #/devices), one view at a time, refreshed by one polling loop.
 
-import { getJson, pollMs, showError, showNotice } from './api.js';
+import { apiKey, getJson, pollMs, setApiKey, showError, showNotice } from './api.js';
 import { DevicesView } from './devices.js';
 import { SearchView } from './search.js';
 import { SearchesView } from './searches.js';
@@ -44,7 +44,19 @@ async function refresh() {
   }
 }
 
+// The key box: a key saved there is sent with every request from then on (the page reloads with it).
+function setUpKeyBox() {
+  const input = document.getElementById('api-key');
+  input.value = apiKey();
+  document.getElementById('api-key-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    setApiKey(input.value);
+    window.location.reload();
+  });
+}
+
 async function start() {
+  setUpKeyBox();
   try {
     state.capabilities = await getJson('/v1/dashboard/capabilities');
   } catch (error) {

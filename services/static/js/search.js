@@ -2,7 +2,8 @@
 // trial with its config, subnet drawing and exports, and the trial table. Live while it runs.
 
 import {
-  el, fmt, getJson, progressBar, searchObjectives, shortId, showNotice, statusBadge,
+  ApiError, apiKey, authHeaders, el, fmt, getJson, progressBar, searchObjectives, shortId, showError, showNotice,
+  statusBadge,
 } from './api.js';
 import { drawHypervolume, drawPareto } from './plots.js';
 import { drawStructure } from './structure.js';
@@ -219,7 +220,31 @@ export class SearchView {
     if (template) {
       for (const format of this.capabilities.export_formats.filter((f) => f !== 'json')) {
         const href = template.replace('{search_id}', detail.search_id).replace('{number}', t.number) + `?format=${format}`;
-        buttons.push(el('a', { class: 'button', id: `export-${format}`, href }, `Export ${format === 'coreml' ? 'Core ML' : format.toUpperCase()}`));
+        // A plain link where the server needs no key; with a key, fetched with its header (a link
+        // cannot send one) and handed to the browser as a download.
+        const onclick = async (event) => {
+          if (!apiKey()) return;
+          event.preventDefault();
+          showNotice(`Exporting trial ${t.number} as ${format}…`);
+          const response = await fetch(href, { headers: authHeaders() });
+          if (!response.ok) {
+            const body = await response.json().catch(() => ({ detail: response.statusText }));
+            showNotice(null);
+            showError(new ApiError(response.status, body.detail ?? body));
+            return;
+          }
+          const disposition = response.headers.get('content-disposition') || '';
+          const name = (disposition.match(/filename="?([^";]+)"?/) || [])[1] || `trial${t.number}.${format}`;
+          const url = URL.createObjectURL(await response.blob());
+          const a = el('a', { href: url, download: name });
+          document.body.append(a);
+          a.click();
+          a.remove();
+          window.setTimeout(() => URL.revokeObjectURL(url), 1000);
+          showNotice(null);
+        };
+        const label = `Export ${format === 'coreml' ? 'Core ML' : format.toUpperCase()}`;
+        buttons.push(el('a', { class: 'button', id: `export-${format}`, href, onclick }, label));
       }
     }
     return buttons;

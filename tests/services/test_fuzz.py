@@ -1,0 +1,124 @@
+"""Property-based requests generated from the app's own OpenAPI document (schemathesis, valid and invalid
+data) against a live server with an admin key: no answer may be a 5xx.
+
+Bounded: a few examples per operation, so the whole file takes well under a minute. Left out, because
+each request would start real work rather than answer: `POST /v1/spaces/{name}/export` (builds and
+serialises a whole subnet). The scheduler is off, so submitted searches only queue.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation.modes import GenerationMode
+from svc_helpers import LiveServer, service_settings
+
+from services.app import create_app
+from services.auth import create_key
+from services.settings import Settings
+
+#: Examples per (operation, mode); NAS_FUZZ_EXAMPLES=200 for a longer hunt.
+EXAMPLES_PER_OPERATION = int(os.environ.get("NAS_FUZZ_EXAMPLES", "6"))
+LEFT_OUT = {"POST /v1/spaces/{name}/export"}
+
+
+def _cases() -> list[tuple[str, GenerationMode]]:
+    """(operation, mode) from the app's OpenAPI document, built at collection time on in-memory SQLite.
+
+    Valid data for every operation; invalid data where an operation has input that can be invalid (a
+    query, a body, or a typed path parameter: free-text path parameters accept anything)."""
+    app = create_app(Settings(database_url="sqlite://"), start_scheduler=False)
+    document = app.openapi()
+    app.state.engine.dispose()
+    cases = []
+    for result in schemathesis.openapi.from_dict(document).get_all_operations():
+        operation = result.ok()
+        if operation.label in LEFT_OUT:
+            continue
+        cases.append((operation.label, GenerationMode.POSITIVE))
+        if len(operation.query) or len(operation.body) or "{number}" in operation.label:
+            cases.append((operation.label, GenerationMode.NEGATIVE))
+    return sorted(cases)
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory) -> Iterator[LiveServer]:
+    settings_ = service_settings(tmp_path_factory.mktemp("fuzz"), auth_disabled=False)
+    with LiveServer(create_app(settings_, start_scheduler=False)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def admin_headers(fuzz_server: LiveServer) -> dict[str, str]:
+    token = create_key(fuzz_server.app.state.engine, "fuzz", ["admin"])[1]
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_server: LiveServer):
+    return schemathesis.openapi.from_dict(fuzz_server.app.openapi())
+
+
+def test_operations_are_collected() -> None:
+    labels = {label for label, _ in CASES}
+    assert len(labels) >= 25
+    assert ("POST /v1/searches", GenerationMode.NEGATIVE) in CASES
+    assert ("POST /v1/devices/{device}/measurements", GenerationMode.POSITIVE) in CASES
+
+
+@pytest.mark.parametrize(("label", "mode"), CASES, ids=[f"{mode.value}-{label}" for label, mode in CASES])
+def test_no_server_errors(
+    api_schema, fuzz_server: LiveServer, admin_headers: dict[str, str], label: str, mode: GenerationMode
+) -> None:
+    operation = api_schema.find_operation_by_label(label)
+    assert operation is not None, label
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case) -> None:
+        response = case.call(base_url=fuzz_server.url, headers=admin_headers, timeout=60)
+        assert response.status_code < 500, (
+            f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:2000]}\n"
+            f"query={case.query} body={case.body!r:.2000}"
+        )
+        # Every refusal is JSON that names what was wrong.
+        if response.status_code >= 400 and "json" in response.headers.get("content-type", ""):
+            assert "detail" in response.json(), response.text[:500]
+
+    try:
+        check()
+    except Unsatisfiable:
+        # Schemathesis found no way to make this operation's input invalid.
+        assert mode is GenerationMode.NEGATIVE, label
+        pytest.skip(f"{label}: no invalid input to generate")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/dashboard/searches?offset=100000000000000000000",  # overflowed SQLite: was a 500
+        "/v1/dashboard/searches/x/trials?offset=100000000000000000000",
+        "/v1/devices/host-cpu-torch/work?space=efficientformerv2&offset=100000000000000000000",
+    ],
+)
+def test_found_by_fuzzing(fuzz_server: LiveServer, admin_headers: dict[str, str], path: str) -> None:
+    """Requests the fuzzer once answered with a 5xx: now a 422 naming the parameter and its range."""
+    response = httpx.get(fuzz_server.url + path, headers=admin_headers, timeout=60)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["field"] == "offset"
