@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +59,33 @@ class ResolvedSpec:
         return sorted({d for d in names if d})
 
 
+#: Written in an objective or constraint, the space's measured best proxy (`nas.proxies.default_proxy`).
+DEFAULT_PROXY_OBJECTIVE = "proxy:default"
+_DEFAULT_PROXY_TOKEN = re.compile(r"(?<![\w:])proxy:default(?![\w])")
+
+
+def with_default_proxy(spec: SearchSpec, proxy: str) -> SearchSpec:
+    """`spec` with every `proxy:default` replaced by `proxy:<proxy>` (the spec as stored and run)."""
+
+    def expand(text: str) -> str:
+        return _DEFAULT_PROXY_TOKEN.sub(f"proxy:{proxy}", text)
+
+    if not any(_DEFAULT_PROXY_TOKEN.search(t) for t in [*spec.objectives, *spec.constraints]):
+        return spec
+    return spec.model_copy(
+        update={
+            "objectives": [expand(t) for t in spec.objectives],
+            "constraints": [expand(t) for t in spec.constraints],
+        }
+    )
+
+
 def resolve(spec: SearchSpec, known_devices: Iterable[str]) -> ResolvedSpec:
-    """Check every name in `spec` against what exists; raise `SpecError`/`SpaceError` naming the field."""
-    from nas.proxies import available_proxies
+    """Check every name in `spec` against what exists; raise `SpecError`/`SpaceError` naming the field.
+
+    `proxy:default` becomes the space's default proxy (`params` where the space offers no better one);
+    the resolved `spec` is the one to store."""
+    from nas.proxies import available_proxies, default_proxy
     from nas.strategies import list_strategies
 
     devices = sorted(known_devices)
@@ -70,6 +95,8 @@ def resolve(spec: SearchSpec, known_devices: Iterable[str]) -> ResolvedSpec:
         field = "space" if exc.field == "space" else f"space_options.{exc.field}"
         raise SpecError(str(exc), field=field, allowed=exc.allowed) from None
     proxies = available_proxies(space)
+    preferred = default_proxy(space.name)
+    spec = with_default_proxy(spec, preferred if preferred in proxies else "params")
     objectives = [
         parse_objective(text, devices, field=f"objectives[{i}]", proxies=proxies, space=space.name)
         for i, text in enumerate(spec.objectives)

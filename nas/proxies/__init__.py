@@ -27,7 +27,11 @@ from nas.proxies import supernet  # noqa: F401  isort: skip
 
 #: The proxy each space's searches should use for quality, chosen from the correlation benchmark
 #: (docs/proxies.md); spaces not listed fall back to `params`.
-DEFAULT_PROXY: dict[str, str] = {}
+#: Measured by `benchmarks/proxy_correlation.py` on 30 subnets per space (docs/proxies.md, 2026-11-23):
+#: EfficientFormerV2: synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13), tied with
+#: jacob_cov, snip and grad_norm on the mean of both and the cheapest of them; UNet: naswot rho +0.51
+#: vs denoising loss (params +0.39; the `macs` baseline, +0.57, is a cost and not offered as quality).
+DEFAULT_PROXY: dict[str, str] = {"efficientformerv2": "synflow", "unet": "naswot"}
 
 
 def default_proxy(space_name: str) -> str:

@@ -65,8 +65,7 @@ router = APIRouter(
 @router.post("", status_code=202, response_model=SearchCreated)
 def submit(spec: SearchSpec, queue: QueueDep, lut: LutDep) -> SearchCreated:
     """Validate a search spec and queue it; the scheduler picks it up."""
-    check_spec(spec, lut)
-    row = queue.submit(spec)
+    row = queue.submit(check_spec(spec, lut).spec)  # the resolved spec: `proxy:default` expanded
     return SearchCreated(id=row.id, status=SearchStatus(row.status), links=SearchLinks.of(row.id))
 
 

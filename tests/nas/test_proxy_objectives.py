@@ -11,7 +11,7 @@ from nas_testing import DEVICE, TinySpace, make_resolved
 from nas import MemoryTrialStore, SearchSpec, SpecError, TrialState, parse_objective, resolve
 from nas.evaluate import SubnetEvaluator
 from nas.objectives import objective_direction, parse_constraint
-from nas.proxies import ProxyContext, available_proxies, get_proxy
+from nas.proxies import ProxyContext, available_proxies, default_proxy, get_proxy
 from nas.runner import Runner
 from search_spaces import SearchSpace
 
@@ -41,6 +41,22 @@ def test_resolve_accepts_proxies_with_their_directions() -> None:
     constrained = resolve(spec(objectives=["params"], constraints=["proxy:naswot >= 10"]), [DEVICE])
     assert constrained.constraints[0].objective.name == "proxy:naswot"
     assert constrained.constraints[0].satisfied({"proxy:naswot": 11.0})
+
+
+def test_default_proxy_is_the_spaces_measured_best_and_is_stored_expanded() -> None:
+    resolved = resolve(
+        spec(objectives=["params", "proxy:default"], constraints=["proxy:default >= 1"]), [DEVICE]
+    )
+    assert default_proxy("efficientformerv2") == "synflow"
+    assert [o.name for o in resolved.objectives] == ["params", "proxy:synflow"]
+    assert resolved.spec.objectives == ["params", "proxy:synflow"]
+    assert resolved.spec.constraints == ["proxy:synflow >= 1"]
+    unet = SearchSpec(space="unet", space_options={"latent_size": 8, "width_scale": 0.0625},
+                      objectives=["proxy:default"])  # fmt: skip
+    assert resolve(unet, []).spec.objectives == ["proxy:naswot"]
+    # A space with no measured default falls back to the parameter count.
+    temporal = SearchSpec(space="temporal", objectives=["proxy:default"])
+    assert resolve(temporal, []).spec.objectives == ["proxy:params"]
 
 
 def test_unknown_proxy_names_the_available_ones() -> None:

@@ -255,3 +255,11 @@ def test_cancel_running_search(http: httpx.Client, finished_search: dict) -> Non
     stored = http.get(f"/v1/searches/{sid}/trials", params={"limit": 1000}).json()
     assert [t["number"] for t in stored["items"]] == list(range(stored["total"]))
     assert only_error(http.post(f"/v1/searches/{sid}/cancel"), 409)["field"] == "status"
+
+
+def test_default_proxy_objective_is_stored_as_the_spaces_proxy(idle: httpx.Client) -> None:
+    created = idle.post("/v1/searches", json=spec(objectives=["params", "proxy:default"]))
+    assert created.status_code == 202, created.text
+    stored = idle.get(f"/v1/searches/{created.json()['id']}").json()
+    assert stored["spec"]["objectives"] == ["params", "proxy:synflow"]
+    assert idle.post(f"/v1/searches/{created.json()['id']}/cancel").status_code == 200
