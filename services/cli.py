@@ -42,8 +42,8 @@ app.add_typer(cli_db.db_app, name="db")
 lut_app.command("validate")(cli_farm.lut_validate)
 lut_app.command("accuracy")(cli_farm.lut_accuracy)
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()

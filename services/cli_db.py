@@ -23,8 +23,8 @@ db_app = typer.Typer(
     no_args_is_help=True,
     help="Database schema (NAS_DATABASE_URL or --url): upgrade to this version, show the revision.",
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 UrlOpt = Annotated[
     str | None,

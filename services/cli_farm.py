@@ -27,7 +27,7 @@ devices_app = typer.Typer(no_args_is_help=True, help="Latency targets known to a
 
 # Reports are single lines that scripts read: never wrapped.
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -18,8 +18,8 @@ keys_app = typer.Typer(
     no_args_is_help=True,
     help="API keys of the server's database (NAS_DATABASE_URL): create (printed once), list, revoke.",
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 _DURATION = re.compile(r"^(\d+)\s*([hdw])$")
 _UNITS = {"h": "hours", "d": "days", "w": "weeks"}

@@ -20,8 +20,8 @@ from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
