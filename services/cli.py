@@ -9,11 +9,10 @@ file, an unknown name, a request the server refused).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
@@ -22,7 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services import cli_db, cli_farm, cli_keys, cli_supernet
-from services.client import ClientError, NasClient, ServerUnreachableError, format_detail
+from services.cli_errors import user_errors
+from services.client import NasClient
 from services.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Hardware-aware neural architecture search.")
@@ -73,34 +73,13 @@ OptionsOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(message, markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def friendly_errors(command: F) -> F:
     """Turn the errors a user can cause into one paragraph on stderr and exit code 2 (1 when the
     server is unreachable); anything else is a bug and keeps its traceback."""
     from latency_lut import NoLocalBackendError
-    from search_spaces import SpaceError
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ServerUnreachableError as exc:
-            _fail(f"{exc}. Start a server with `nas serve` or point --server / NAS_SERVER_URL at one.", 1)
-        except ClientError as exc:
-            if exc.status >= 500:
-                _fail(f"the server failed: {format_detail(exc.detail)}", 1)
-            _fail(f"the server refused the request ({exc.status}): {format_detail(exc.detail)}", 2)
-        except SpaceError as exc:
-            allowed = f" (allowed: {exc.allowed})" if exc.allowed not in (None, "", []) else ""
-            _fail(f"{exc}{allowed}", 2)
-        except (ValueError, NoLocalBackendError, FileNotFoundError, PermissionError) as exc:
-            _fail(str(exc), 2)
-
-    return wrapper  # type: ignore[return-value]
+    errors = (ValueError, NoLocalBackendError, FileNotFoundError, PermissionError)
+    return user_errors(errors)(command)
 
 
 def _client(server: str | None) -> NasClient:

@@ -8,18 +8,18 @@ again with the same arguments).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.client import ClientError, NasClient, ServerUnreachableError, format_detail
+from services.cli_errors import user_errors
+from services.client import NasClient
 from services.settings import Settings
 
 farm_app = typer.Typer(no_args_is_help=True, help="Fill latency tables from the machine this runs on.")
@@ -46,36 +46,14 @@ ClockOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(message, markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def friendly(command: F) -> F:
     """The errors a user can cause become one paragraph on stderr and an exit code (see the module)."""
     from latency_lut.backends import BackendUnavailableError
-    from search_spaces import SpaceError
     from services.farm import FarmError
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ServerUnreachableError as exc:
-            _fail(f"{exc}. Start a server with `nas serve` or point --server / NAS_SERVER_URL at one.", 1)
-        except ClientError as exc:
-            if exc.status >= 500:
-                _fail(f"the server failed: {format_detail(exc.detail)}", 1)
-            _fail(f"the server refused the request ({exc.status}): {format_detail(exc.detail)}", 2)
-        except SpaceError as exc:
-            allowed = f" (allowed: {exc.allowed})" if exc.allowed not in (None, "", []) else ""
-            _fail(f"{exc}{allowed}", 2)
-        except (ValueError, FarmError, BackendUnavailableError, FileNotFoundError) as exc:
-            _fail(str(exc), 2)
-        except KeyboardInterrupt:
-            _fail("interrupted; start the same command again to resume (measured blocks are kept)", 130)
-
-    return wrapper  # type: ignore[return-value]
+    errors = (ValueError, FarmError, BackendUnavailableError, FileNotFoundError)
+    interrupted = "interrupted; start the same command again to resume (measured blocks are kept)"
+    return user_errors(errors, interrupted=interrupted)(command)
 
 
 def _client(server: str | None) -> NasClient:
