@@ -11,7 +11,10 @@ truth's direction.
 
 Ground truth (per subnet, written as each finishes, so an interrupted run resumes) and trained
 supernets are cached under `--cache-dir` (default benchmarks/.cache), keyed by every setting that
-changes them. Everything runs in this process with one torch thread (`--threads`).
+changes them. The subnets of the truth train in `--jobs` worker processes (default: one per CPU),
+each with one torch thread; a subnet's result does not depend on the process it trained in. The
+supernets train in this process with `--jobs` torch threads. The proxies are scored and timed here,
+one after another, with one torch thread (`--threads`), so their seconds are comparable.
 
     python benchmarks/proxy_correlation.py                      # both spaces, 30 subnets (< 1 hour)
     python benchmarks/proxy_correlation.py --spaces unet --subnets 12 --supernet-steps 0
@@ -20,11 +23,16 @@ changes them. Everything runs in this process with one torch thread (`--threads`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
+import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -156,26 +164,88 @@ def ground_truth(
     setup: SpaceSetup,
     init_seed: int,
     cache: Path,
+    jobs: int = 1,
 ) -> list[dict[str, float]]:
     """The truth of every config with weights initialised from `init_seed`, from the cache where
-    present (the cache is updated after every subnet)."""
+    present; the missing ones are trained in `jobs` processes and the cache is updated as each one
+    finishes, so an interrupted run loses at most the subnets in training."""
     settings = setup.settings(task.seed, init_seed)
     path = cache / f"proxy_truth-{space.name}-{config_id(settings)}.json"
     stored: dict[str, Any] = {"settings": settings, "subnets": {}}
     if path.exists():
         stored = json.loads(path.read_text())
-    results = []
-    for index, config in enumerate(configs):
-        key = config_id(config)
-        if key not in stored["subnets"]:
-            truth = train_from_scratch(space, task, config, setup, init_seed)
-            stored["subnets"][key] = {"config": config, **truth}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.with_suffix(".partial").write_text(json.dumps(stored, indent=1, sort_keys=True))
-            path.with_suffix(".partial").replace(path)
-            log(f"  truth {index + 1}/{len(configs)}: {_truth_text(truth)} ({truth['seconds']:.1f}s)")
-        results.append(stored["subnets"][key])
-    return results
+    missing = [config for config in configs if config_id(config) not in stored["subnets"]]
+    if missing:
+        log(f"  training {len(missing)} of {len(configs)} subnets ({min(jobs, len(missing))} processes)")
+    start = time.perf_counter()
+    for done, (config, truth) in enumerate(_train_all(space, task, missing, setup, init_seed, jobs), 1):
+        stored["subnets"][config_id(config)] = {"config": config, **truth}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".partial").write_text(json.dumps(stored, indent=1, sort_keys=True))
+        path.with_suffix(".partial").replace(path)
+        log(
+            f"  truth {done}/{len(missing)}: {_truth_text(truth)} ({truth['seconds']:.1f}s; "
+            f"{time.perf_counter() - start:.0f}s elapsed)"
+        )
+    return [stored["subnets"][config_id(config)] for config in configs]
+
+
+def _train_all(
+    space: SearchSpace,
+    task: TrainingTask,
+    configs: list[Config],
+    setup: SpaceSetup,
+    init_seed: int,
+    jobs: int,
+) -> Iterator[tuple[Config, dict[str, float]]]:
+    """`(config, truth)` for every config, in the order they finish."""
+    if jobs <= 1 or len(configs) <= 1:
+        for config in configs:
+            yield config, train_from_scratch(space, task, config, setup, init_seed)
+        return
+    # Spawned workers import this file by its module name: make its folder importable (the children
+    # inherit sys.path), whether it runs as a script or was loaded from elsewhere.
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(configs)), mp_context=context, initializer=_worker_init) as pool:
+        futures = {
+            pool.submit(_train_in_worker, setup, task.seed, init_seed, config): config for config in configs
+        }
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+_WORKER_TASKS: dict[str, tuple[SearchSpace, TrainingTask]] = {}
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _train_in_worker(setup: SpaceSetup, seed: int, init_seed: int, config: Config) -> dict[str, float]:
+    """`train_from_scratch` in a worker process, its space and task built once per process."""
+    key = json.dumps([setup.space, setup.options, seed], sort_keys=True)
+    if key not in _WORKER_TASKS:
+        space = get_space(setup.space, **setup.options)
+        _WORKER_TASKS[key] = (space, make_task(space, seed))
+    space, task = _WORKER_TASKS[key]
+    return train_from_scratch(space, task, config, setup, init_seed)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _truth_text(truth: dict[str, float]) -> str:
@@ -304,7 +374,7 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
     per_seed = []
     for k in range(args.truth_seeds):
         log(f"  init seed {args.seed + k}")
-        per_seed.append(ground_truth(space, task, configs, setup, args.seed + k, args.cache_dir))
+        per_seed.append(ground_truth(space, task, configs, setup, args.seed + k, args.cache_dir, args.jobs))
     truths = [
         {key: statistics.mean(s[i][key] for s in per_seed) for key in per_seed[0][i] if key != "config"}
         for i in range(len(configs))
@@ -317,7 +387,10 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
         return {kind: [r[kind] if kind == "accuracy" else -r[kind] for r in rows] for kind in kinds}
 
     quality = quality_of(truths)
-    checkpoint = trained_supernet(space, setup, args.seed, args.cache_dir) if setup.supernet_steps else None
+    checkpoint = None
+    if setup.supernet_steps:
+        with torch_threads(max(args.jobs, args.threads)):
+            checkpoint = trained_supernet(space, setup, args.seed, args.cache_dir)
     context = ProxyContext(space, seed=args.seed, supernet_checkpoint=checkpoint)
     offered = available_proxies(space, supernet=checkpoint is not None)
     names = [n for n in offered if args.proxies is None or n in args.proxies]
@@ -378,7 +451,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the inits' rankings agree: the truth's own noise); default 1",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        help="processes training the truth's subnets, and torch threads training the supernets "
+        "(default: one per CPU of this process)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads scoring the proxies (default 1)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--json", type=Path, help="also write every value and timing to this file")
     args = parser.parse_args(argv)
@@ -386,6 +468,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--subnets must be >= 3 (a rank correlation needs a few points)")
     if args.truth_seeds < 1:
         parser.error("--truth-seeds must be >= 1")
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be >= 1")
     return args
 
 

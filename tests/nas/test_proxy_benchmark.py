@@ -5,23 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "proxy_correlation.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, torch's thread pool mostly waits on itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +53,21 @@ def test_toy_run_caches_the_truth_and_reports_every_proxy(
     second = json.loads((tmp_path / "second.json").read_text())[0]
     assert truth_file.stat().st_mtime_ns == written
     assert second["truth"] == first["truth"] and second["configs"] == first["configs"]
+
+
+def test_truth_trained_in_worker_processes_equals_the_truth_trained_here(
+    benchmark: ModuleType, tmp_path: Path
+) -> None:
+    """The subnets of the truth may train in spawned processes: each subnet's result must not depend
+    on where it trained (same init, same batches, one torch thread), and every one reaches the cache."""
+    setup = benchmark.replace(benchmark.SETUPS["unet"], train_steps=2, held_out=16)
+    space = benchmark.get_space(setup.space, **setup.options)
+    task = benchmark.make_task(space, 0)
+    configs = benchmark.sample_configs(space, 3, seed=0)
+    here = benchmark.ground_truth(space, task, configs, setup, 0, tmp_path / "here", jobs=1)
+    pooled = benchmark.ground_truth(space, task, configs, setup, 0, tmp_path / "pool", jobs=2)
+    assert [t["config"] for t in pooled] == configs
+    assert [t["loss"] for t in pooled] == [t["loss"] for t in here]
+    assert len({t["loss"] for t in here}) == 3  # distinct subnets, distinct truths
+    (cached,) = (tmp_path / "pool").glob("proxy_truth-unet-*.json")
+    assert len(json.loads(cached.read_text())["subnets"]) == 3
