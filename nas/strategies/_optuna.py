@@ -12,10 +12,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState as OptunaTrialState
 
 from nas._trial import Trial, TrialState
-from nas.objectives import Constraint, Objective
-from nas.strategies._base import Strategy
-from nas.strategies.random_search import ParamCheck, check_strategy_params, int_at_least
-from search_spaces import Config, ConfigError, SearchSpace, config_id
+from nas.strategies._base import ParamCheck, Strategy, int_at_least
+from search_spaces import Config, ConfigError, config_id
 
 _Known = tuple[list[float] | None, dict[str, float]]
 
@@ -23,11 +21,11 @@ _Known = tuple[list[float] | None, dict[str, float]]
 class OptunaStrategy(Strategy):
     """An Optuna sampler over the space's choices, each a categorical distribution.
 
-    Subclasses name their params (`param_checks`) and build the sampler (`make_sampler`). Every
-    subclass accepts `max_attempts` (default 32): how many Optuna proposals in a row may name known
-    subnets before `ask` falls back to a uniformly random unseen config. A proposal naming a subnet
-    already told is told at once with the known values, so the sampler sees it as evaluated; one
-    naming a subnet still in flight is told as failed.
+    Subclasses name their sampler's params (`sampler_param_checks`) and build the sampler
+    (`make_sampler`). Every subclass accepts `max_attempts` (default 32): how many Optuna proposals
+    in a row may name known subnets before `ask` falls back to a uniformly random unseen config. A
+    proposal naming a subnet already told is told at once with the known values, so the sampler sees
+    it as evaluated; one naming a subnet still in flight is told as failed.
 
     Constraint violations go to Optuna as trial constraints (`Trial.set_constraint`, stored in
     system attrs under `constraints:<constraint>`), which Optuna's NSGA-II, NSGA-III and TPE read for
@@ -36,34 +34,27 @@ class OptunaStrategy(Strategy):
     the evolution continues from them instead of starting over.
     """
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        *,
-        seed: int = 0,
-        **params: Any,
-    ):
-        checked = check_strategy_params(
-            self.name, params, {**self.param_checks(), "max_attempts": int_at_least(1)}
-        )
-        super().__init__(space, objectives, constraints, seed=seed, **checked)
+    @classmethod
+    def param_checks(cls) -> Mapping[str, ParamCheck]:
+        return {**cls.sampler_param_checks(), "max_attempts": int_at_least(1)}
+
+    def setup(self, params: Mapping[str, Any]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.max_attempts: int = checked.get("max_attempts", 32)
-        self._sampler = self.make_sampler(checked, seed)
+        self.max_attempts: int = params.get("max_attempts", 32)
+        self._sampler = self.make_sampler(params, self.seed)
         self.study = optuna.create_study(
             directions=[o.direction for o in self.objectives], sampler=self._sampler
         )
-        self._distributions = {c.name: CategoricalDistribution(c.options) for c in space.choice_map.values()}
-        self._rng = np.random.default_rng(seed)
+        choices = self.space.choice_map.values()
+        self._distributions = {c.name: CategoricalDistribution(c.options) for c in choices}
+        self._rng = np.random.default_rng(self.seed)
         self._pending: dict[str, optuna.Trial] = {}
         self._known: dict[str, _Known] = {}
         self._n_resumed_complete = 0
 
     @classmethod
     @abc.abstractmethod
-    def param_checks(cls) -> Mapping[str, ParamCheck]:
+    def sampler_param_checks(cls) -> Mapping[str, ParamCheck]:
         """The strategy's own params (besides `max_attempts`) and their checks."""
 
     @abc.abstractmethod

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas._trial import Trial, TrialState
-from nas.objectives import Constraint, Objective, SpecError
+from nas.objectives import Objective, SpecError
 from nas.strategies._base import Strategy
-from search_spaces import Config, ConfigError, SearchSpace, config_id
+from search_spaces import Config, ConfigError, config_id
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,7 @@ class Action:
 class StepwiseStrategy(Strategy):
     """Base of greedy stepwise strategies; see the module docstring."""
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        *,
-        seed: int = 0,
-        **params: Any,
-    ):
-        super().__init__(space, objectives, constraints, seed=seed, **params)
+    def setup(self, params: Mapping[str, Any]) -> None:
         self.current: Config | None = None
         self.done = False
         #: One dict per decided step: what was probed, what was taken, and where it led.

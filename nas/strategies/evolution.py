@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from nas._trial import Trial, TrialState
-from nas.objectives import Constraint, Objective, SpecError
+from nas.objectives import SpecError
 from nas.strategies import register_strategy
-from nas.strategies._base import Strategy
-from nas.strategies.random_search import check_strategy_params, int_at_least, probability
-from search_spaces import Config, SearchSpace, config_id
+from nas.strategies._base import ParamCheck, Strategy, int_at_least, probability
+from search_spaces import Config, config_id
 
 
 class InfeasibleConstraintError(SpecError):
@@ -55,35 +54,25 @@ class EvolutionStrategy(Strategy):
 
     name = "evolution"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        *,
-        seed: int = 0,
-        **params: Any,
-    ):
-        checked = check_strategy_params(
-            self.name,
-            params,
-            {
-                "population_size": int_at_least(2),
-                "sample_size": int_at_least(1),
-                "crossover_prob": probability,
-                "mutation_prob": probability,
-                "max_attempts": int_at_least(1),
-                "infeasible_patience": int_at_least(1),
-            },
-        )
-        super().__init__(space, objectives, constraints, seed=seed, **checked)
-        self.population_size: int = checked.get("population_size", 32)
-        self.sample_size: int = min(checked.get("sample_size", 8), self.population_size)
-        self.crossover_prob: float = checked.get("crossover_prob", 0.5)
-        self.mutation_prob: float = checked.get("mutation_prob", 0.1)
-        self.max_attempts: int = checked.get("max_attempts", 32)
-        self.infeasible_patience: int = checked.get("infeasible_patience", 100)
-        self._rng = np.random.default_rng(seed)
+    @classmethod
+    def param_checks(cls) -> Mapping[str, ParamCheck]:
+        return {
+            "population_size": int_at_least(2),
+            "sample_size": int_at_least(1),
+            "crossover_prob": probability,
+            "mutation_prob": probability,
+            "max_attempts": int_at_least(1),
+            "infeasible_patience": int_at_least(1),
+        }
+
+    def setup(self, params: Mapping[str, Any]) -> None:
+        self.population_size: int = params.get("population_size", 32)
+        self.sample_size: int = min(params.get("sample_size", 8), self.population_size)
+        self.crossover_prob: float = params.get("crossover_prob", 0.5)
+        self.mutation_prob: float = params.get("mutation_prob", 0.1)
+        self.max_attempts: int = params.get("max_attempts", 32)
+        self.infeasible_patience: int = params.get("infeasible_patience", 100)
+        self._rng = np.random.default_rng(self.seed)
         self.population: deque[_Member] = deque(maxlen=self.population_size)
         self._seen: set[str] = set()
         self._n_complete = 0

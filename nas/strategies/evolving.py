@@ -3,14 +3,14 @@ met, then add copies of the most valuable blocks while they fit."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from nas.objectives import Constraint, Objective, SpecError
+from nas.objectives import SpecError
 from nas.strategies import register_strategy
+from nas.strategies._base import ParamCheck, int_at_least
 from nas.strategies._stepwise import Action, StepwiseStrategy
-from nas.strategies.random_search import ParamCheck, check_strategy_params, int_at_least
-from search_spaces import Config, SearchSpace
+from search_spaces import Config
 
 #: Choices whose value counts blocks (the last part of the choice name): the removable blocks.
 BLOCK_COUNT_SUFFIXES = ("resnets", "transformers", "transformer_depth", "depth", "vit", "temporal_count")
@@ -60,16 +60,9 @@ class EvolvingStrategy(StepwiseStrategy):
 
     name = "evolving"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        *,
-        seed: int = 0,
-        **params: Any,
-    ):
-        allowed: dict[str, ParamCheck] = {
+    @classmethod
+    def param_checks(cls) -> Mapping[str, ParamCheck]:
+        return {
             "quality": str,
             "latency": str,
             "target_ms": _number,
@@ -77,19 +70,21 @@ class EvolvingStrategy(StepwiseStrategy):
             "group_size": int_at_least(1),
             "choices": _names,
         }
-        checked = check_strategy_params(self.name, params, allowed)
-        super().__init__(space, objectives, constraints, seed=seed, **checked)
-        self.quality = self.objective_param(checked, "quality", "proxy")
-        self.latency = self.objective_param(checked, "latency", "latency")
+
+    def setup(self, params: Mapping[str, Any]) -> None:
+        super().setup(params)
+        space = self.space
+        self.quality = self.objective_param(params, "quality", "proxy")
+        self.latency = self.objective_param(params, "latency", "latency")
         self.target_ms: float = (
-            checked["target_ms"] if "target_ms" in checked else self._target_from_constraints()
+            params["target_ms"] if "target_ms" in params else self._target_from_constraints()
         )
-        self.group_size: int = checked.get("group_size", 2)
+        self.group_size: int = params.get("group_size", 2)
         refs = space.reference_configs()
         self._base = self.start_param(
-            checked.get("base"), "base", refs["sd15"] if "sd15" in refs else space.largest()
+            params.get("base"), "base", refs["sd15"] if "sd15" in refs else space.largest()
         )
-        self.choices = checked.get("choices") or [
+        self.choices = params.get("choices") or [
             name for name in space.choice_map if name.rsplit(".", 1)[-1] in BLOCK_COUNT_SUFFIXES
         ]
         unknown = [c for c in self.choices if c not in space.choice_map]

@@ -9,8 +9,8 @@ from typing import Any
 import optuna
 
 from nas.strategies import register_strategy
+from nas.strategies._base import ParamCheck, int_at_least, probability
 from nas.strategies._optuna import OptunaStrategy
-from nas.strategies.random_search import ParamCheck, int_at_least, probability
 
 
 @register_strategy
@@ -26,7 +26,7 @@ class NSGA3Strategy(OptunaStrategy):
     name = "nsga3"
 
     @classmethod
-    def param_checks(cls) -> Mapping[str, ParamCheck]:
+    def sampler_param_checks(cls) -> Mapping[str, ParamCheck]:
         return {
             "population_size": int_at_least(2),
             "crossover_prob": probability,
@@ -67,7 +67,7 @@ class TPEStrategy(OptunaStrategy):
     name = "tpe"
 
     @classmethod
-    def param_checks(cls) -> Mapping[str, ParamCheck]:
+    def sampler_param_checks(cls) -> Mapping[str, ParamCheck]:
         return {
             "n_startup_trials": int_at_least(1),
             "n_ei_candidates": int_at_least(1),

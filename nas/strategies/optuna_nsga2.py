@@ -8,8 +8,8 @@ from typing import Any
 import optuna
 
 from nas.strategies import register_strategy
+from nas.strategies._base import ParamCheck, int_at_least, probability
 from nas.strategies._optuna import OptunaStrategy
-from nas.strategies.random_search import ParamCheck, int_at_least, probability
 
 
 @register_strategy
@@ -24,7 +24,7 @@ class NSGA2Strategy(OptunaStrategy):
     name = "nsga2"
 
     @classmethod
-    def param_checks(cls) -> Mapping[str, ParamCheck]:
+    def sampler_param_checks(cls) -> Mapping[str, ParamCheck]:
         return {
             "population_size": int_at_least(2),
             "crossover_prob": probability,

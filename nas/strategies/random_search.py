@@ -2,59 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from nas._trial import Trial
-from nas.objectives import Constraint, Objective, SpecError
 from nas.strategies import register_strategy
-from nas.strategies._base import Strategy
-from search_spaces import Config, SearchSpace, config_id
-
-#: A strategy parameter's check: returns the (possibly converted) value or raises ValueError with a
-#: description of what is allowed.
-ParamCheck = Callable[[Any], Any]
-
-
-def int_at_least(minimum: int) -> ParamCheck:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"an int >= {minimum}")
-        return value
-
-    return check
-
-
-def probability(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError("a number in [0, 1]")
-    return float(value)
-
-
-def check_strategy_params(
-    strategy: str, params: Mapping[str, Any], allowed: Mapping[str, ParamCheck]
-) -> dict[str, Any]:
-    """Validate `strategy_params`: unknown names and bad values raise `SpecError` naming the field."""
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise SpecError(
-            f"unknown parameter {unknown[0]!r} for strategy {strategy!r}; allowed: {sorted(allowed)}",
-            field=f"strategy_params.{unknown[0]}",
-            allowed=sorted(allowed),
-        )
-    checked = {}
-    for name, value in params.items():
-        try:
-            checked[name] = allowed[name](value)
-        except ValueError as exc:
-            raise SpecError(
-                f"strategy parameter {name!r} of {strategy!r} must be {exc}, got {value!r}",
-                field=f"strategy_params.{name}",
-                allowed=str(exc),
-            ) from None
-    return checked
+from nas.strategies._base import ParamCheck, Strategy, int_at_least
+from search_spaces import Config, config_id
 
 
 @register_strategy
@@ -67,19 +23,13 @@ class RandomStrategy(Strategy):
 
     name = "random"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        *,
-        seed: int = 0,
-        **params: Any,
-    ):
-        checked = check_strategy_params(self.name, params, {"max_attempts": int_at_least(1)})
-        super().__init__(space, objectives, constraints, seed=seed, **checked)
-        self.max_attempts: int = checked.get("max_attempts", 1000)
-        self._rng = np.random.default_rng(seed)
+    @classmethod
+    def param_checks(cls) -> Mapping[str, ParamCheck]:
+        return {"max_attempts": int_at_least(1)}
+
+    def setup(self, params: Mapping[str, Any]) -> None:
+        self.max_attempts: int = params.get("max_attempts", 1000)
+        self._rng = np.random.default_rng(self.seed)
         self._seen: set[str] = set()
 
     def ask(self, n: int) -> list[Config]:

@@ -4,15 +4,15 @@ quality for the most Mobile Efficiency Score."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from nas.objectives import Constraint, Objective, SpecError
+from nas.objectives import SpecError
 from nas.strategies import register_strategy
+from nas.strategies._base import ParamCheck
 from nas.strategies._stepwise import Action, StepwiseStrategy
 from nas.strategies.evolving import _number, _start
-from nas.strategies.random_search import ParamCheck, check_strategy_params
-from search_spaces import Config, SearchSpace
+from search_spaces import Config
 
 #: Choices an action may reduce, by the last part of their name: a stage's depth, a stage's width,
 #: a block's expansion ratio.
@@ -59,16 +59,9 @@ class SlimmingStrategy(StepwiseStrategy):
 
     name = "slimming"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        *,
-        seed: int = 0,
-        **params: Any,
-    ):
-        allowed: dict[str, ParamCheck] = {
+    @classmethod
+    def param_checks(cls) -> Mapping[str, ParamCheck]:
+        return {
             "quality": str,
             "latency": str,
             "alpha": _weights,
@@ -76,16 +69,18 @@ class SlimmingStrategy(StepwiseStrategy):
             "start": _start,
             "target_ms": _number,
         }
-        checked = check_strategy_params(self.name, params, allowed)
-        super().__init__(space, objectives, constraints, seed=seed, **checked)
-        self.quality = self.objective_param(checked, "quality", "proxy")
-        self.alpha = {**DEFAULT_ALPHA, **checked.get("alpha", {})}
-        self.units = {**DEFAULT_UNITS, **checked.get("units", {})}
+
+    def setup(self, params: Mapping[str, Any]) -> None:
+        super().setup(params)
+        space = self.space
+        self.quality = self.objective_param(params, "quality", "proxy")
+        self.alpha = {**DEFAULT_ALPHA, **params.get("alpha", {})}
+        self.units = {**DEFAULT_UNITS, **params.get("units", {})}
         if any(u <= 0 for u in self.units.values()):
             raise SpecError("MES units must be > 0", field="strategy_params.units", allowed="numbers > 0")
         self.measures: dict[str, str] = {}
         if self.alpha["latency"]:
-            self.measures["latency"] = self.objective_param(checked, "latency", "latency").name
+            self.measures["latency"] = self.objective_param(params, "latency", "latency").name
         if self.alpha["params"]:
             searched = {o.name for o in self.objectives} | {c.objective.name for c in self.constraints}
             if "params" not in searched:
@@ -96,8 +91,8 @@ class SlimmingStrategy(StepwiseStrategy):
                     allowed=sorted(searched),
                 )
             self.measures["params"] = "params"
-        self.target_ms: float | None = checked.get("target_ms")
-        self._start = self.start_param(checked.get("start"), "start", space.largest())
+        self.target_ms: float | None = params.get("target_ms")
+        self._start = self.start_param(params.get("start"), "start", space.largest())
         self.choices = [n for n in space.choice_map if n.rsplit(".", 1)[-1] in SLIMMABLE_SUFFIXES]
         if not self.choices:
             raise SpecError(

@@ -1,4 +1,5 @@
-"""Helpers of the nas tests: a tiny (unregistered) search space, synthetic LUTs, resolved specs.
+"""Helpers of the nas tests: a tiny (unregistered) search space, synthetic LUTs, resolved specs, and
+strategies driven by real evaluations of the tiny space.
 
 A module of its own (not conftest.py) so that test files import it by a name no other test folder uses.
 """
@@ -13,8 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas import ResolvedSpec, SearchSpec, parse_constraint, parse_objective, resolve
-from search_spaces import BlockSpec, Choice, OptionSpec, SearchSpace, Supernet, list_spaces
+from nas import ResolvedSpec, SearchSpec, Trial, TrialState, parse_constraint, parse_objective, resolve
+from nas.evaluate import SubnetEvaluator
+from nas.strategies import Strategy, make_strategy
+from search_spaces import BlockSpec, Choice, OptionSpec, SearchSpace, Supernet, config_id, list_spaces
 
 DEVICE = "synthetic-cpu"
 
@@ -156,3 +159,53 @@ class ExitOnce(float):
                 os.close(fd)
                 os._exit(1)
         return float(other) + float(self)
+
+
+# ----------------------------------------------------------------------------- strategies
+#: What the strategy tests optimise on the tiny space.
+STRATEGY_OBJECTIVES = [f"latency:{DEVICE}", "params"]
+#: Strategy params sized for the tiny space (28 distinct subnets).
+SMALL_STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
+    "nsga2": {"population_size": 4},
+    "nsga3": {"population_size": 4},
+    "tpe": {"n_startup_trials": 4},
+    "evolution": {"population_size": 4},
+}
+
+
+def make_tiny_strategy(
+    name: str, space: TinySpace, *, seed: int = 0, constraints: list[str] = (), **params: Any
+) -> Strategy:
+    """Strategy `name` on the tiny space for `STRATEGY_OBJECTIVES`, with `SMALL_STRATEGY_PARAMS`."""
+    objectives = [parse_objective(o, [DEVICE]) for o in STRATEGY_OBJECTIVES]
+    parsed = [parse_constraint(c, [DEVICE]) for c in constraints]
+    merged = {**SMALL_STRATEGY_PARAMS.get(name, {}), **params}
+    return make_strategy(name, space, objectives, parsed, seed=seed, **merged)
+
+
+class Evaluations:
+    """Turns configs into trials with real evaluator values, numbered in order; every `fail_every`-th
+    one fails."""
+
+    def __init__(self, space: TinySpace, luts: dict[str, dict[str, float]], fail_every: int = 0):
+        self.evaluator = SubnetEvaluator(space.name, space.options, STRATEGY_OBJECTIVES, luts, space=space)
+        self.fail_every = fail_every
+        self.number = 0
+
+    def __call__(self, config: dict[str, Any]) -> Trial:
+        outcome = self.evaluator.evaluate(config)
+        assert outcome.error is None
+        number, self.number = self.number, self.number + 1
+        if self.fail_every and number % self.fail_every == self.fail_every - 1:
+            return Trial(number, config, config_id(config), state=TrialState.FAILED, error="boom")
+        return Trial(number, config, config_id(config), values=outcome.values)
+
+
+def drive(strategy: Strategy, evaluate: Evaluations, rounds: int, batch: int = 3) -> list[dict[str, Any]]:
+    """Ask `batch`, tell their trials, `rounds` times; returns every asked config in order."""
+    asked: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        configs = strategy.ask(batch)
+        asked.extend(configs)
+        strategy.tell([evaluate(c) for c in configs])
+    return asked

@@ -2,59 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import optuna
 import pytest
-from nas_testing import DEVICE, TinySpace
+from nas_testing import STRATEGY_OBJECTIVES, Evaluations, TinySpace, drive
+from nas_testing import make_tiny_strategy as make
 
-from nas import SpecError, Trial, TrialState, parse_constraint, parse_objective
-from nas.evaluate import SubnetEvaluator
-from nas.strategies import Strategy, list_strategies, make_strategy
+from nas import SpecError, Trial, TrialState
+from nas.strategies import list_strategies
 from nas.strategies.optuna_nsga2 import NSGA2Strategy
 from search_spaces import config_id
 
 STRATEGIES = ["random", "nsga2"]
-OBJECTIVES = [f"latency:{DEVICE}", "params"]
 DISTINCT_TINY_SUBNETS = 28
-
-
-def make(
-    name: str, space: TinySpace, *, seed: int = 0, constraints: list[str] = (), **params: Any
-) -> Strategy:
-    objectives = [parse_objective(o, [DEVICE]) for o in OBJECTIVES]
-    parsed = [parse_constraint(c, [DEVICE]) for c in constraints]
-    if name == "nsga2":
-        params.setdefault("population_size", 4)
-    return make_strategy(name, space, objectives, parsed, seed=seed, **params)
-
-
-class Evaluations:
-    """Turns configs into trials with real evaluator values, numbered in order."""
-
-    def __init__(self, space: TinySpace, luts: dict[str, dict[str, float]], fail_every: int = 0):
-        self.evaluator = SubnetEvaluator(space.name, space.options, OBJECTIVES, luts, space=space)
-        self.fail_every = fail_every
-        self.number = 0
-
-    def __call__(self, config: dict[str, Any]) -> Trial:
-        outcome = self.evaluator.evaluate(config)
-        assert outcome.error is None
-        number, self.number = self.number, self.number + 1
-        if self.fail_every and number % self.fail_every == self.fail_every - 1:
-            return Trial(number, config, config_id(config), state=TrialState.FAILED, error="boom")
-        return Trial(number, config, config_id(config), values=outcome.values)
-
-
-def drive(strategy: Strategy, evaluate: Evaluations, rounds: int, batch: int = 3) -> list[dict[str, Any]]:
-    """Ask `batch`, tell their trials, `rounds` times; returns every asked config in order."""
-    asked: list[dict[str, Any]] = []
-    for _ in range(rounds):
-        configs = strategy.ask(batch)
-        asked.extend(configs)
-        strategy.tell([evaluate(c) for c in configs])
-    return asked
 
 
 def test_both_strategies_are_registered() -> None:
@@ -140,7 +100,7 @@ def test_nsga2_tells_optuna_values_failures_and_known_duplicates(tiny_space: Tin
         if trial is None or trial.state == TrialState.FAILED:
             assert frozen.state == optuna.trial.TrialState.FAIL
         elif frozen.state == optuna.trial.TrialState.COMPLETE:
-            assert frozen.values == [trial.values[o] for o in OBJECTIVES]
+            assert frozen.values == [trial.values[o] for o in STRATEGY_OBJECTIVES]
     failed = [t for t in told.values() if t.state == TrialState.FAILED]
     assert failed and all(
         f.state == optuna.trial.TrialState.FAIL

@@ -3,59 +3,28 @@ reaching Optuna, and evolution's end on a constraint no subnet can meet."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import optuna
 import pytest
-from nas_testing import DEVICE, TinySpace, make_resolved
+from nas_testing import (
+    Evaluations,
+    TinySpace,
+    drive,
+    make_resolved,
+)
+from nas_testing import (
+    make_tiny_strategy as make,
+)
 
-from nas import MemoryTrialStore, SpecError, Trial, TrialState, parse_constraint, parse_objective
-from nas.evaluate import SubnetEvaluator
+from nas import MemoryTrialStore, SpecError, Trial
 from nas.runner import Runner
-from nas.strategies import Strategy, list_strategies, make_strategy
+from nas.strategies import list_strategies
 from nas.strategies.evolution import EvolutionStrategy, InfeasibleConstraintError
 from nas.strategies.optuna_extra import NSGA3Strategy
 from search_spaces import config_id
 
 STRATEGIES = ["nsga3", "tpe", "evolution"]
-OBJECTIVES = [f"latency:{DEVICE}", "params"]
 DISTINCT_TINY_SUBNETS = 28
-SMALL = {"nsga3": {"population_size": 4}, "tpe": {"n_startup_trials": 4}, "evolution": {"population_size": 4}}
-
-
-def make(
-    name: str, space: TinySpace, *, seed: int = 0, constraints: list[str] = (), **params: Any
-) -> Strategy:
-    objectives = [parse_objective(o, [DEVICE]) for o in OBJECTIVES]
-    parsed = [parse_constraint(c, [DEVICE]) for c in constraints]
-    return make_strategy(name, space, objectives, parsed, seed=seed, **{**SMALL[name], **params})
-
-
-class Evaluations:
-    """Configs to trials with real evaluator values, numbered in order; every `fail_every`-th fails."""
-
-    def __init__(self, space: TinySpace, luts: dict[str, dict[str, float]], fail_every: int = 0):
-        self.evaluator = SubnetEvaluator(space.name, space.options, OBJECTIVES, luts, space=space)
-        self.fail_every = fail_every
-        self.number = 0
-
-    def __call__(self, config: dict[str, Any]) -> Trial:
-        outcome = self.evaluator.evaluate(config)
-        assert outcome.error is None
-        number, self.number = self.number, self.number + 1
-        if self.fail_every and number % self.fail_every == self.fail_every - 1:
-            return Trial(number, config, config_id(config), state=TrialState.FAILED, error="boom")
-        return Trial(number, config, config_id(config), values=outcome.values)
-
-
-def drive(strategy: Strategy, evaluate: Evaluations, rounds: int, batch: int = 3) -> list[dict[str, Any]]:
-    asked: list[dict[str, Any]] = []
-    for _ in range(rounds):
-        configs = strategy.ask(batch)
-        asked.extend(configs)
-        strategy.tell([evaluate(c) for c in configs])
-    return asked
 
 
 def test_all_strategies_are_registered() -> None:
