@@ -69,6 +69,16 @@ def check_spec(spec: SearchSpec, table: LatencyTable) -> ResolvedSpec:
     return resolved
 
 
+def _transition(status: SearchStatus, message: str, now: datetime, **values: Any) -> dict[str, Any]:
+    """The column values of a move to `status`: its message and `updated_at`, `finished_at` for a
+    final status, and (unless `values` say otherwise) no claimant and no heartbeat."""
+    out: dict[str, Any] = {"claimed_by": None, "heartbeat_at": None, **values}
+    out.update(status=status.value, status_message=message, updated_at=now)
+    if status.finished:
+        out["finished_at"] = now
+    return out
+
+
 class SearchQueue:
     """Create, read, claim and update rows of `searches`; see the module docstring."""
 
@@ -130,11 +140,9 @@ class SearchQueue:
                 sa.update(_S)
                 .where(_S.c.id == search_id, _S.c.status == SearchStatus.QUEUED.value)
                 .values(
-                    status=SearchStatus.CANCELLED.value,
-                    status_message="cancelled before it started",
-                    cancel_requested=True,
-                    finished_at=now,
-                    updated_at=now,
+                    _transition(
+                        SearchStatus.CANCELLED, "cancelled before it started", now, cancel_requested=True
+                    )
                 )
             ).rowcount
             if not done:
@@ -192,12 +200,11 @@ class SearchQueue:
                 sa.update(_S)
                 .where(still)
                 .values(
-                    status=SearchStatus.CANCELLED.value,
-                    status_message="cancelled (its scheduler stopped while the cancel was pending)",
-                    claimed_by=None,
-                    heartbeat_at=None,
-                    finished_at=now,
-                    updated_at=now,
+                    _transition(
+                        SearchStatus.CANCELLED,
+                        "cancelled (its scheduler stopped while the cancel was pending)",
+                        now,
+                    )
                 )
             )
             return False
@@ -206,13 +213,15 @@ class SearchQueue:
             sa.update(_S)
             .where(still)
             .values(
-                status=SearchStatus.RUNNING.value,
-                status_message=message,
-                claimed_by=replica_id,
-                heartbeat_at=now,
-                claims=_S.c.claims + 1,
-                started_at=sa.func.coalesce(_S.c.started_at, now),
-                updated_at=now,
+                _transition(
+                    SearchStatus.RUNNING,
+                    message,
+                    now,
+                    claimed_by=replica_id,
+                    heartbeat_at=now,
+                    claims=_S.c.claims + 1,
+                    started_at=sa.func.coalesce(_S.c.started_at, now),
+                )
             )
         ).rowcount
         return bool(won)
@@ -289,23 +298,22 @@ class SearchQueue:
                 sa.update(_S)
                 .where(mine, _S.c.cancel_requested)
                 .values(
-                    status=SearchStatus.CANCELLED.value,
-                    status_message="cancelled (the service stopped while the cancel was pending)",
-                    claimed_by=None,
-                    heartbeat_at=None,
-                    finished_at=now,
-                    updated_at=now,
+                    _transition(
+                        SearchStatus.CANCELLED,
+                        "cancelled (the service stopped while the cancel was pending)",
+                        now,
+                    )
                 )
             )
             conn.execute(
                 sa.update(_S)
                 .where(mine)
                 .values(
-                    status=SearchStatus.QUEUED.value,
-                    status_message="queued again after its scheduler stopped; resumes from its stored trials",
-                    claimed_by=None,
-                    heartbeat_at=None,
-                    updated_at=now,
+                    _transition(
+                        SearchStatus.QUEUED,
+                        "queued again after its scheduler stopped; resumes from its stored trials",
+                        now,
+                    )
                 )
             )
         return ids
