@@ -6,17 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from svc_helpers import LiveServer, service_settings
+from svc_helpers import LiveServer, server_without_scheduler
 
 from services.auth import create_key
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[LiveServer]:
-    from services.app import create_app
 
-    settings = service_settings(tmp_path_factory.mktemp("browser-auth"), auth_disabled=False)
-    with LiveServer(create_app(settings, start_scheduler=False)) as server:
+    with server_without_scheduler(tmp_path_factory.mktemp("browser-auth"), auth_disabled=False) as server:
         yield server
 
 

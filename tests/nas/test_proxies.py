@@ -8,7 +8,7 @@ Jacobians have closed forms, written out below without autograd.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,13 +23,7 @@ from search_spaces import BlockSpec, Choice, OptionSpec, SearchSpace, Supernet
 INPUTS, CLASSES = 4, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, torch's thread pool mostly waits on itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class HandSpace(SearchSpace):

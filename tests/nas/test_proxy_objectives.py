@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 from nas_testing import DEVICE, TinySpace, make_resolved
 
 from nas import MemoryTrialStore, SearchSpec, SpecError, TrialState, parse_objective, resolve
@@ -19,13 +16,7 @@ BATCH_PROXIES = ["grad_norm", "jacob_cov", "naswot", "snip", "synflow", "zico"]
 SMALL = {"resolution": 32, "num_classes": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, torch's thread pool mostly waits on itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec(**fields) -> SearchSpec:

@@ -4,11 +4,9 @@ subnet at small options (the registry is the test matrix: a new space is covered
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from nas.proxies import ProxyContext, available_proxies, get_proxy
 from search_spaces import get_space, list_spaces
@@ -26,13 +24,7 @@ SMALL_OPTIONS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, torch's thread pool mostly waits on itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("space_name", list_spaces())

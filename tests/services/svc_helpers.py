@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 import uvicorn
+from sqlalchemy.engine import Engine
 
 from services.settings import Settings
 
@@ -38,6 +44,76 @@ class LiveServer:
         self.server.should_exit = True
         self._thread.join(120)
         self._sock.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def demo_spec(path: Path, objectives: str, trials: int) -> Path:
+    """A tiny demo spec file for `nas serve --demo`: EfficientFormerV2 at 32 px, random strategy."""
+    path.write_text(
+        "name: demo\nspace: efficientformerv2\nspace_options: {resolution: 32, num_classes: 10}\n"
+        f"objectives: [{objectives}]\nstrategy: random\nbudget: {{trials: {trials}, parallelism: 1}}\n"
+    )
+    return path
+
+
+def serve_env(database: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `nas serve` subprocess: its own SQLite file, joined to this test session's
+    Ray (not a second one on a small machine), unbuffered output, plus `extra`."""
+    import ray
+
+    return {
+        **os.environ,
+        "NAS_DATABASE_URL": f"sqlite:///{database}",
+        "NAS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+def server_without_scheduler(tmp_path: Path, **overrides) -> LiveServer:
+    """A live server on throw-away settings (`service_settings(tmp_path, **overrides)`) that runs no
+    scheduler, so searches stay queued; use it as a context manager."""
+    from services.app import create_app
+
+    return LiveServer(create_app(service_settings(tmp_path, **overrides), start_scheduler=False))
+
+
+@contextlib.contextmanager
+def empty_service_database(tmp_path: Path, postgres: Engine | None = None) -> Iterator[tuple[str, Engine]]:
+    """(URL, engine) of an empty service database that other processes can open by its URL: a SQLite
+    file under `tmp_path`, or with `postgres` (an engine on the test database) a PostgreSQL schema of
+    its own, dropped afterwards."""
+    from services.db import init_db, make_engine
+
+    if postgres is None:
+        url = f"sqlite:///{tmp_path / 'nas.db'}"
+        engine = make_engine(url)
+        try:
+            init_db(engine)
+            yield url, engine
+        finally:
+            engine.dispose()
+        return
+    schema = f"nas_test_{uuid.uuid4().hex[:12]}"
+    with postgres.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    # libpq's `options` sets the search path of every connection, the server's included.
+    base = postgres.url.render_as_string(hide_password=False)
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    try:
+        init_db(engine)
+        yield url, engine
+    finally:
+        engine.dispose()
+        with postgres.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 def service_settings(tmp_path: Path, **overrides) -> Settings:

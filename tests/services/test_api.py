@@ -7,10 +7,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from svc_helpers import SMALL_SPEC, LiveServer, service_settings, wait_for
+from svc_helpers import SMALL_SPEC, LiveServer, server_without_scheduler, wait_for
 
 from latency_lut import LatencyEntry
-from services.app import create_app
 
 
 def spec(**changes) -> dict:
@@ -27,8 +26,7 @@ def spec(**changes) -> dict:
 @pytest.fixture(scope="module")
 def idle_server(tmp_path_factory) -> Iterator[LiveServer]:
     """A server without a scheduler: searches stay queued (validation and cancel-while-queued tests)."""
-    settings = service_settings(tmp_path_factory.mktemp("idle"))
-    with LiveServer(create_app(settings, start_scheduler=False)) as live:
+    with server_without_scheduler(tmp_path_factory.mktemp("idle")) as live:
         yield live
 
 

@@ -5,10 +5,8 @@ Real parts throughout: keys in SQLite and PostgreSQL, requests through uvicorn, 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,14 @@ import sqlalchemy as sa
 from fastapi import HTTPException
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
-from svc_helpers import LiveServer, service_settings
+from svc_helpers import (
+    LiveServer,
+    demo_spec,
+    free_port,
+    serve_env,
+    server_without_scheduler,
+    service_settings,
+)
 from typer.testing import CliRunner
 
 from services.app import create_app
@@ -129,8 +134,7 @@ def test_parse_expiry() -> None:
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[LiveServer]:
     """A live server with auth on (no scheduler: these tests only ask)."""
-    settings = service_settings(tmp_path_factory.mktemp("auth"), auth_disabled=False)
-    with LiveServer(create_app(settings, start_scheduler=False)) as live:
+    with server_without_scheduler(tmp_path_factory.mktemp("auth"), auth_disabled=False) as live:
         yield live
 
 
@@ -290,22 +294,9 @@ def test_every_scope_is_known() -> None:
 def test_demo_prints_an_admin_key_once(tmp_path, ray_session) -> None:
     """`nas serve --demo` (what `make run` runs) with auth on: an admin key is created and printed on
     the first start only, and it works as printed."""
-    import ray
-
-    demo = tmp_path / "demo.yaml"
-    demo.write_text(
-        "name: demo\nspace: efficientformerv2\nspace_options: {resolution: 32, num_classes: 10}\n"
-        "objectives: [params]\nstrategy: random\nbudget: {trials: 2, parallelism: 1}\n"
-    )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-        "NAS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "PYTHONUNBUFFERED": "1",
-    }
+    demo = demo_spec(tmp_path / "demo.yaml", "params", trials=2)
+    port = free_port()
+    env = serve_env(tmp_path / "demo.db")
     env.pop("NAS_API_KEY", None)
     env.pop("NAS_AUTH_DISABLED", None)
     url = f"http://127.0.0.1:{port}"

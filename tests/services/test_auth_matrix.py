@@ -12,9 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from fastapi.routing import APIRoute
-from svc_helpers import LiveServer, service_settings
+from svc_helpers import LiveServer, server_without_scheduler
 
-from services.app import create_app
 from services.auth import ALL_SCOPES, api_routes, create_key
 
 R, W, LUT, PUBLIC = "searches:read", "searches:write", "lut:write", None
@@ -73,8 +72,7 @@ WRONG_KEY = "nas_0123456789ab_" + "x" * 43
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[LiveServer]:
-    settings = service_settings(tmp_path_factory.mktemp("matrix"), auth_disabled=False)
-    with LiveServer(create_app(settings, start_scheduler=False)) as live:
+    with server_without_scheduler(tmp_path_factory.mktemp("matrix"), auth_disabled=False) as live:
         yield live
 
 

@@ -4,9 +4,7 @@ installed console script in a subprocess (`nas serve --demo`, exit codes)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_helpers import SMALL_SPEC, LiveServer
+from svc_helpers import SMALL_SPEC, LiveServer, demo_spec, free_port, serve_env
 from typer.testing import CliRunner
 
 from services.cli import app
@@ -110,9 +108,7 @@ def test_bad_spec_file_is_exit_2(tmp_path: Path, content: str | None, name: str,
 
 
 def test_unreachable_server_is_exit_1_naming_url(spec_file: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     result = nas("search", "submit", str(spec_file), "--server", f"http://127.0.0.1:{port}")
     assert result.exit_code == 1
     assert f"http://127.0.0.1:{port}" in result.stderr and "nas serve" in result.stderr
@@ -175,26 +171,14 @@ def test_console_script_exit_code_2(tmp_path: Path) -> None:
 
 
 def test_serve_with_demo(tmp_path: Path, ray_session) -> None:
-    import ray
-
-    demo = tmp_path / "demo.yaml"
-    demo.write_text(
-        "name: demo\nspace: efficientformerv2\nspace_options: {resolution: 32, num_classes: 10}\n"
-        "objectives: [params, macs]\nstrategy: random\nbudget: {trials: 3, parallelism: 1}\n"
-    )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        # Join the test session's Ray instead of starting a second one on this small machine.
-        "NAS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        "NAS_SCHEDULER_POLL_S": "0.2",
-        "PYTHONUNBUFFERED": "1",
+    demo = demo_spec(tmp_path / "demo.yaml", "params, macs", trials=3)
+    port = free_port()
+    env = serve_env(
+        tmp_path / "serve.db",
+        NAS_SCHEDULER_POLL_S="0.2",
         # The demo with auth on (a printed admin key) is tested in test_auth.py.
-        "NAS_AUTH_DISABLED": "1",
-    }
+        NAS_AUTH_DISABLED="1",
+    )
     url = f"http://127.0.0.1:{port}"
 
     def serve() -> subprocess.Popen:

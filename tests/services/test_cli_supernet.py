@@ -3,7 +3,6 @@ training at a tiny size, resume, and exit code 2 with the offending field for ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,7 @@ runner = CliRunner()
 EFFV2 = ["--space", "efficientformerv2", "-o", "resolution=32", "-o", "num_classes=4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a few shared cores, extra threads mostly wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(*args: str):

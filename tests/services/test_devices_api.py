@@ -13,12 +13,11 @@ from collections.abc import Iterator
 import httpx
 import pandas as pd
 import pytest
-from svc_helpers import SMALL_SPEC, LiveServer, service_settings
+from svc_helpers import SMALL_SPEC, LiveServer, server_without_scheduler
 
 from latency_lut import SqlLatencyTable
 from latency_lut.features import block_features
 from search_spaces import get_space
-from services.app import create_app
 from services.measurements import MeasurementConflictError, MeasurementRow, MeasurementStore
 from services.schemas import MAX_BATCH_ROWS
 
@@ -29,8 +28,7 @@ PROVENANCE = {"backend": "onnxruntime-cpu", "runtime": "onnxruntime", "onnxrunti
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[LiveServer]:
-    settings = service_settings(tmp_path_factory.mktemp("devices"))
-    with LiveServer(create_app(settings, start_scheduler=False)) as server:
+    with server_without_scheduler(tmp_path_factory.mktemp("devices")) as server:
         yield server
 
 

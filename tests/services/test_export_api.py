@@ -14,10 +14,9 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from svc_helpers import LiveServer, service_settings
+from svc_helpers import LiveServer, server_without_scheduler
 
 from search_spaces import get_space
-from services.app import create_app
 
 SPACE = "efficientformerv2"
 OPTIONS = {"resolution": 32, "num_classes": 10}
@@ -25,8 +24,7 @@ OPTIONS = {"resolution": 32, "num_classes": 10}
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[LiveServer]:
-    settings = service_settings(tmp_path_factory.mktemp("export"), auth_disabled=True)
-    with LiveServer(create_app(settings, start_scheduler=False)) as server:
+    with server_without_scheduler(tmp_path_factory.mktemp("export"), auth_disabled=True) as server:
         yield server
 
 

@@ -17,11 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from svc_helpers import LiveServer, service_settings
+from svc_helpers import LiveServer, server_without_scheduler
 from typer.testing import CliRunner
 
 from search_spaces import get_space
-from services.app import create_app
 from services.cli import app as cli_app
 from services.client import ClientError, NasClient, ServerUnreachableError
 from services.farm import FarmAgent, FarmConfig, FarmEvent, with_retries
@@ -37,8 +36,7 @@ ENV = {**os.environ, "COLUMNS": "200"}
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Any:
-    settings = service_settings(tmp_path_factory.mktemp("farm"))
-    with LiveServer(create_app(settings, start_scheduler=False)) as server:
+    with server_without_scheduler(tmp_path_factory.mktemp("farm")) as server:
         yield server
 
 
@@ -224,7 +222,7 @@ def test_requests_are_retried_with_growing_backoff_and_refusals_are_not(live: Li
 
 
 def test_the_agent_waits_for_a_server_that_starts_late(tmp_path: Path) -> None:
-    late = LiveServer(create_app(service_settings(tmp_path), start_scheduler=False))
+    late = server_without_scheduler(tmp_path)
     waited: list[float] = []
 
     def start_server_while_waiting(seconds: float) -> None:

@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import sqlalchemy as sa
-from svc_helpers import SMALL_SPEC, LiveServer, service_settings
+from svc_helpers import SMALL_SPEC, LiveServer, server_without_scheduler
 
-from services.app import create_app
 from services.db import SearchRow
 from services.middleware import JsonFormatter, configure_logging
 
@@ -21,8 +20,8 @@ LIMIT = 64 * 1024
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[LiveServer]:
-    settings = service_settings(tmp_path_factory.mktemp("metrics"), auth_disabled=True, max_body_bytes=LIMIT)
-    with LiveServer(create_app(settings, start_scheduler=False)) as server:
+    path = tmp_path_factory.mktemp("metrics")
+    with server_without_scheduler(path, auth_disabled=True, max_body_bytes=LIMIT) as server:
         yield server
 
 

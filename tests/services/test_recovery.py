@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,13 @@ from typing import Any
 import httpx
 import pytest
 import ray.cloudpickle
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from svc_helpers import service_settings
+from svc_helpers import empty_service_database, free_port, service_settings
 
 from latency_lut import SqlLatencyTable
 from nas import SearchSpec, TrialState
 from nas.evaluate import EvalOutcome, SubnetEvaluator
 from search_spaces import Config, config_id
-from services.db import init_db, make_engine
 from services.scheduler import Scheduler
 from services.search_queue import SearchQueue
 from services.store import SqlTrialStore
@@ -62,34 +59,9 @@ class Database:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request, tmp_path: Path) -> Iterator[Database]:
     """An empty service database: a SQLite file, or a PostgreSQL schema of its own (dropped after)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'nas.db'}"
-        engine = make_engine(url)
-        init_db(engine)
+    postgres = request.getfixturevalue("postgres_engine") if request.param == "postgres" else None
+    with empty_service_database(tmp_path, postgres) as (url, engine):
         yield Database(url, engine)
-        engine.dispose()
-        return
-    admin: Engine = request.getfixturevalue("postgres_engine")
-    schema = f"nas_recovery_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    # libpq's `options` sets the search path of every connection, the server's included.
-    base = admin.url.render_as_string(hide_password=False)
-    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    engine = make_engine(url)
-    try:
-        init_db(engine)
-        yield Database(url, engine)
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,11 +17,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from svc_helpers import service_settings
+from svc_helpers import empty_service_database, service_settings
 
 from latency_lut import SqlLatencyTable
 from nas import DuplicateTrialError, SearchSpec, Trial
-from services.db import SearchRow, init_db, make_engine, utcnow
+from services.db import SearchRow, utcnow
 from services.scheduler import Scheduler
 from services.search_queue import LeaseLostError, SearchQueue
 from services.store import SqlTrialStore
@@ -41,27 +40,9 @@ FAST_SPEC = {
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path: Path) -> Iterator[tuple[str, Engine]]:
     """(URL, engine) of an empty service database: a SQLite file or a PostgreSQL schema of its own."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'nas.db'}"
-        engine = make_engine(url)
-        init_db(engine)
-        yield url, engine
-        engine.dispose()
-        return
-    admin: Engine = request.getfixturevalue("postgres_engine")
-    schema = f"nas_replicas_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    base = admin.url.render_as_string(hide_password=False)
-    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    engine = make_engine(url)
-    try:
-        init_db(engine)
-        yield url, engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    postgres = request.getfixturevalue("postgres_engine") if request.param == "postgres" else None
+    with empty_service_database(tmp_path, postgres) as database:
+        yield database
 
 
 @pytest.fixture
