@@ -91,29 +91,24 @@ def empty_service_database(tmp_path: Path, postgres: Engine | None = None) -> It
     its own, dropped afterwards."""
     from services.db import init_db, make_engine
 
+    schema = None if postgres is None else f"nas_test_{uuid.uuid4().hex[:12]}"
     if postgres is None:
         url = f"sqlite:///{tmp_path / 'nas.db'}"
-        engine = make_engine(url)
-        try:
-            init_db(engine)
-            yield url, engine
-        finally:
-            engine.dispose()
-        return
-    schema = f"nas_test_{uuid.uuid4().hex[:12]}"
-    with postgres.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    # libpq's `options` sets the search path of every connection, the server's included.
-    base = postgres.url.render_as_string(hide_password=False)
-    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    else:
+        with postgres.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        # libpq's `options` sets the search path of every connection, the server's included.
+        base = postgres.url.render_as_string(hide_password=False)
+        url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
     engine = make_engine(url)
     try:
         init_db(engine)
         yield url, engine
     finally:
         engine.dispose()
-        with postgres.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        if postgres is not None:
+            with postgres.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 def service_settings(tmp_path: Path, **overrides) -> Settings:
