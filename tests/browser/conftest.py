@@ -19,7 +19,7 @@ import pytest
 
 # The live-server helpers of the service tests (tests/services is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))
-from svc_helpers import LiveServer, service_settings, wait_for
+from svc_helpers import LiveServer, throwaway_server, wait_for
 
 CHROMIUM = os.environ.get("NAS_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -84,12 +84,10 @@ def live(tmp_path_factory) -> Iterator[LiveServer]:
     import ray
 
     from nas.runner import init_ray
-    from services.app import create_app
 
     started_here = not ray.is_initialized()
     init_ray(None, num_cpus=2)
-    settings = service_settings(tmp_path_factory.mktemp("browser"))
-    with LiveServer(create_app(settings)) as server:
+    with throwaway_server(tmp_path_factory.mktemp("browser"), scheduler=True) as server:
         yield server
     if started_here:
         ray.shutdown()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from svc_helpers import LiveServer, server_without_scheduler
+from svc_helpers import LiveServer, throwaway_server
 
 from services.auth import create_key
 
@@ -14,7 +14,7 @@ from services.auth import create_key
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[LiveServer]:
 
-    with server_without_scheduler(tmp_path_factory.mktemp("browser-auth"), auth_disabled=False) as server:
+    with throwaway_server(tmp_path_factory.mktemp("browser-auth"), auth_disabled=False) as server:
         yield server
 
 

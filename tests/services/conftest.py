@@ -10,7 +10,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from svc_helpers import SMALL_SPEC, LiveServer, service_settings, wait_for
+from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server, wait_for
 
 from services.db import init_db, make_engine
 
@@ -70,10 +70,7 @@ def ray_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, ray_session) -> Iterator[LiveServer]:
     """One live server with its scheduler for the session's API and CLI tests."""
-    from services.app import create_app
-
-    settings = service_settings(tmp_path_factory.mktemp("live"))
-    with LiveServer(create_app(settings)) as live:
+    with throwaway_server(tmp_path_factory.mktemp("live"), scheduler=True) as live:
         yield live
 
 

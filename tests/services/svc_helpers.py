@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -76,12 +76,29 @@ def serve_env(database: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def server_without_scheduler(tmp_path: Path, **overrides) -> LiveServer:
-    """A live server on throw-away settings (`service_settings(tmp_path, **overrides)`) that runs no
-    scheduler, so searches stay queued; use it as a context manager."""
+def throwaway_server(tmp_path: Path, *, scheduler: bool = False, **overrides) -> LiveServer:
+    """A live server on throw-away settings (`service_settings(tmp_path, **overrides)`); without a
+    `scheduler` (the default) searches stay queued. Use it as a context manager."""
     from services.app import create_app
 
-    return LiveServer(create_app(service_settings(tmp_path, **overrides), start_scheduler=False))
+    return LiveServer(create_app(service_settings(tmp_path, **overrides), start_scheduler=scheduler))
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    what: str,
+    timeout_s: float = 300,
+    *,
+    on_timeout: Callable[[], str] | None = None,
+) -> None:
+    """Poll `condition`; the bound only guards against hangs (no timing is asserted). `on_timeout`
+    adds context (a server's log) to the failure."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            context = f"\n{on_timeout()}" if on_timeout is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{context}")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from svc_helpers import SMALL_SPEC, LiveServer, server_without_scheduler, wait_for
+from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server, wait_for
 
 from latency_lut import LatencyEntry
 
@@ -26,7 +26,7 @@ def spec(**changes) -> dict:
 @pytest.fixture(scope="module")
 def idle_server(tmp_path_factory) -> Iterator[LiveServer]:
     """A server without a scheduler: searches stay queued (validation and cancel-while-queued tests)."""
-    with server_without_scheduler(tmp_path_factory.mktemp("idle")) as live:
+    with throwaway_server(tmp_path_factory.mktemp("idle")) as live:
         yield live
 
 

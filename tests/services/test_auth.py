@@ -25,8 +25,8 @@ from svc_helpers import (
     demo_spec,
     free_port,
     serve_env,
-    server_without_scheduler,
     service_settings,
+    throwaway_server,
 )
 from typer.testing import CliRunner
 
@@ -134,7 +134,7 @@ def test_parse_expiry() -> None:
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[LiveServer]:
     """A live server with auth on (no scheduler: these tests only ask)."""
-    with server_without_scheduler(tmp_path_factory.mktemp("auth"), auth_disabled=False) as live:
+    with throwaway_server(tmp_path_factory.mktemp("auth"), auth_disabled=False) as live:
         yield live
 
 

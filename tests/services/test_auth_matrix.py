@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from fastapi.routing import APIRoute
-from svc_helpers import LiveServer, server_without_scheduler
+from svc_helpers import LiveServer, throwaway_server
 
 from services.auth import ALL_SCOPES, api_routes, create_key
 
@@ -72,7 +72,7 @@ WRONG_KEY = "nas_0123456789ab_" + "x" * 43
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory) -> Iterator[LiveServer]:
-    with server_without_scheduler(tmp_path_factory.mktemp("matrix"), auth_disabled=False) as live:
+    with throwaway_server(tmp_path_factory.mktemp("matrix"), auth_disabled=False) as live:
         yield live
 
 

@@ -12,11 +12,10 @@ import onnx
 import pandas as pd
 import pytest
 import torch
-from svc_helpers import SMALL_SPEC, LiveServer, service_settings
+from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server
 from typer.testing import CliRunner
 
 from search_spaces import get_space
-from services.app import create_app
 from services.cli import app
 from services.client import ClientError, NasClient, parse_sse
 
@@ -30,8 +29,7 @@ def nas(*args: str):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, ray_session) -> Iterator[LiveServer]:
-    settings = service_settings(tmp_path_factory.mktemp("client"), auth_disabled=True)
-    with LiveServer(create_app(settings)) as server:
+    with throwaway_server(tmp_path_factory.mktemp("client"), scheduler=True, auth_disabled=True) as server:
         yield server
 
 

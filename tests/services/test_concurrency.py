@@ -19,7 +19,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from svc_helpers import LiveServer, service_settings
+from svc_helpers import LiveServer, throwaway_server
 
 from services.db import SearchRow, SqliteWriteGate, init_db, make_engine
 
@@ -41,13 +41,12 @@ TINY_SPEC = {
 def live(request, tmp_path: Path, ray_session) -> Iterator[LiveServer]:
     """A live server with its scheduler on a database of its own: 2 searches at once with one Ray
     actor each (the session's Ray has 2 CPUs)."""
-    from services.app import create_app
 
     url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
     overrides: dict[str, Any] = {"max_concurrent_searches": 2, "scheduler_poll_s": 0.05}
     if url is not None:
         overrides["database_url"] = url
-    with LiveServer(create_app(service_settings(tmp_path, **overrides))) as server:
+    with throwaway_server(tmp_path, scheduler=True, **overrides) as server:
         yield server
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pandas as pd
 import pytest
-from svc_helpers import SMALL_SPEC, LiveServer, server_without_scheduler
+from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server
 
 from latency_lut import SqlLatencyTable
 from latency_lut.features import block_features
@@ -28,7 +28,7 @@ PROVENANCE = {"backend": "onnxruntime-cpu", "runtime": "onnxruntime", "onnxrunti
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[LiveServer]:
-    with server_without_scheduler(tmp_path_factory.mktemp("devices")) as server:
+    with throwaway_server(tmp_path_factory.mktemp("devices")) as server:
         yield server
 
 

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from svc_helpers import LiveServer, server_without_scheduler
+from svc_helpers import LiveServer, throwaway_server
 
 from search_spaces import get_space
 
@@ -24,7 +24,7 @@ OPTIONS = {"resolution": 32, "num_classes": 10}
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[LiveServer]:
-    with server_without_scheduler(tmp_path_factory.mktemp("export"), auth_disabled=True) as server:
+    with throwaway_server(tmp_path_factory.mktemp("export"), auth_disabled=True) as server:
         yield server
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from svc_helpers import LiveServer, server_without_scheduler
+from svc_helpers import LiveServer, throwaway_server
 from typer.testing import CliRunner
 
 from search_spaces import get_space
@@ -36,7 +36,7 @@ ENV = {**os.environ, "COLUMNS": "200"}
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Any:
-    with server_without_scheduler(tmp_path_factory.mktemp("farm")) as server:
+    with throwaway_server(tmp_path_factory.mktemp("farm")) as server:
         yield server
 
 
@@ -222,7 +222,7 @@ def test_requests_are_retried_with_growing_backoff_and_refusals_are_not(live: Li
 
 
 def test_the_agent_waits_for_a_server_that_starts_late(tmp_path: Path) -> None:
-    late = server_without_scheduler(tmp_path)
+    late = throwaway_server(tmp_path)
     waited: list[float] = []
 
     def start_server_while_waiting(seconds: float) -> None:

@@ -17,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
-from svc_helpers import LiveServer, server_without_scheduler
+from svc_helpers import LiveServer, throwaway_server
 
 from services.app import create_app
 from services.auth import create_key
@@ -52,7 +52,7 @@ CASES = _cases()
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory) -> Iterator[LiveServer]:
-    with server_without_scheduler(tmp_path_factory.mktemp("fuzz"), auth_disabled=False) as live:
+    with throwaway_server(tmp_path_factory.mktemp("fuzz"), auth_disabled=False) as live:
         yield live
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import sqlalchemy as sa
-from svc_helpers import SMALL_SPEC, LiveServer, server_without_scheduler
+from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server
 
 from services.db import SearchRow
 from services.middleware import JsonFormatter, configure_logging
@@ -21,7 +21,7 @@ LIMIT = 64 * 1024
 @pytest.fixture(scope="module")
 def live(tmp_path_factory) -> Iterator[LiveServer]:
     path = tmp_path_factory.mktemp("metrics")
-    with server_without_scheduler(path, auth_disabled=True, max_body_bytes=LIMIT) as server:
+    with throwaway_server(path, auth_disabled=True, max_body_bytes=LIMIT) as server:
         yield server
 
 

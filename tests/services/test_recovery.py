@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import httpx
 import pytest
 import ray.cloudpickle
 from sqlalchemy.engine import Engine
-from svc_helpers import empty_service_database, free_port, service_settings
+from svc_helpers import empty_service_database, free_port, service_settings, wait_until
 
 from latency_lut import SqlLatencyTable
 from nas import SearchSpec, TrialState
@@ -118,17 +118,6 @@ class ServerProcess:
         self.process.wait(30)
 
 
-def wait_until(
-    condition: Callable[[], bool], what: str, on_timeout: Callable[[], str] = str, timeout_s=300
-) -> None:
-    """Poll `condition`; the bound only guards against hangs (no timing is asserted)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{on_timeout()}")
-        time.sleep(0.05)
-
-
 def test_sigkill_and_restart_resumes_exactly(database: Database, tmp_path: Path) -> None:
     queue, store = SearchQueue(database.engine), SqlTrialStore(database.engine)
     budget = FAST_SPEC["budget"]["trials"]
@@ -141,7 +130,7 @@ def test_sigkill_and_restart_resumes_exactly(database: Database, tmp_path: Path)
         created = httpx.post(f"{first.url}/v1/searches", json=FAST_SPEC, timeout=30)
         assert created.status_code == 202, created.text
         sid = created.json()["id"]
-        wait_until(lambda: store.count(sid) >= 4, "the first trials", first.tail)
+        wait_until(lambda: store.count(sid) >= 4, "the first trials", on_timeout=first.tail)
         first.sigkill()
     finally:
         first.cleanup()
@@ -156,7 +145,9 @@ def test_sigkill_and_restart_resumes_exactly(database: Database, tmp_path: Path)
     try:
         second.wait_ready()
         wait_until(
-            lambda: queue.get(sid).status not in ("queued", "running"), "the resumed search", second.tail
+            lambda: queue.get(sid).status not in ("queued", "running"),
+            "the resumed search",
+            on_timeout=second.tail,
         )
     finally:
         second.cleanup()

@@ -9,15 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from svc_helpers import empty_service_database, service_settings
+from svc_helpers import empty_service_database, service_settings, wait_until
 
 from latency_lut import SqlLatencyTable
 from nas import DuplicateTrialError, SearchSpec, Trial
@@ -65,15 +64,6 @@ def age_heartbeat(engine: Engine, search_id: str, seconds: float) -> None:
             .where(_S.c.id == search_id)
             .values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
         )
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 240) -> None:
-    """Poll `condition`; the bound only guards against hangs (no timing is asserted)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- leases, no Ray

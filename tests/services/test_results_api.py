@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from svc_helpers import SMALL_SPEC, LiveServer, service_settings, wait_for
+from svc_helpers import SMALL_SPEC, LiveServer, service_settings, throwaway_server, wait_for
 
 from nas import SearchSpec
 from nas.pareto import non_dominated
@@ -29,8 +29,7 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, ray_session) -> Iterator[LiveServer]:
-    settings = service_settings(tmp_path_factory.mktemp("results"), auth_disabled=True)
-    with LiveServer(create_app(settings)) as server:
+    with throwaway_server(tmp_path_factory.mktemp("results"), scheduler=True, auth_disabled=True) as server:
         yield server
 
 
@@ -105,9 +104,8 @@ def test_events_of_a_finished_search_end_at_once(http: httpx.Client, followed: d
 
 
 def test_queued_search_has_no_estimate(tmp_path) -> None:
-    settings = service_settings(tmp_path, auth_disabled=True)
     with (
-        LiveServer(create_app(settings, start_scheduler=False)) as idle,
+        throwaway_server(tmp_path, auth_disabled=True) as idle,
         httpx.Client(base_url=idle.url) as c,
     ):
         sid = c.post("/v1/searches", json=SMALL_SPEC).json()["id"]

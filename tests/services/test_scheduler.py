@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from svc_helpers import SMALL_SPEC, service_settings
+from svc_helpers import SMALL_SPEC, service_settings, wait_until
 
 from latency_lut import SqlLatencyTable, measure_missing
 from nas import SearchSpec
@@ -43,15 +42,6 @@ def service(request, tmp_path) -> Service:
         init_db(engine)
         request.addfinalizer(engine.dispose)
     return Service(settings, SearchQueue(engine), SqlTrialStore(engine), SqlLatencyTable(engine))
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 240) -> None:
-    """Poll `condition`; the bound only guards against hangs (no timing is asserted)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def status_of(service: Service, search_id: str) -> SearchRow:
