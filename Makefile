@@ -41,9 +41,13 @@ browser-deps:
 test: install browser-deps
 	$(BIN)/python -m pytest -q
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]): the layering of the packages,
+# the rules between the programs of services/ and what a router may import, no cycles, no private
+# module used outside its package.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo --no-cache
 
 bench: install
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -45,10 +45,11 @@ import sqlalchemy as sa
 from nas import SearchSpec
 from nas.pareto import ParetoFront
 from search_spaces import config_id, get_space
-from services.app import create_app
-from services.db import TrialRow, init_db, make_engine
-from services.search_queue import SearchQueue
-from services.store import SqlTrialStore
+from services.core.db import TrialRow, make_engine
+from services.core.migrations import init_db
+from services.core.search_queue import SearchQueue
+from services.core.trial_store import SqlTrialStore
+from services.server.app import create_app
 
 POSTGRES_URL = os.environ.get("NAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 OPTIONS = {"resolution": 32, "num_classes": 10}

@@ -4,7 +4,7 @@ The evaluation is trivial on purpose (parameters and MACs of an EfficientFormerV
 summed over its blocks, MACs cached per block key after a warm-up run), so the numbers measure the
 loop: ask the strategy, evaluate, record the trial through the store, tell, update the front and
 hypervolume. Rows:
-- the runner with in-process evaluation (`use_ray=False`) and `services.store.SqlTrialStore` on a
+- the runner with in-process evaluation (`use_ray=False`) and `services.core.trial_store.SqlTrialStore` on a
   SQLite file (WAL, the service's pragmas), per strategy; the same with `PRAGMA synchronous=NORMAL`
   (the usual setting with WAL: a commit no longer waits for fsync; a power cut may lose the last
   commits but never corrupts the file); and with the in-memory store;
@@ -35,9 +35,10 @@ from nas import MemoryTrialStore, SearchSpec, resolve
 from nas.evaluate import SubnetEvaluator
 from nas.runner import Runner, init_ray
 from nas.store import TrialStore
-from services.db import SearchRow, init_db, make_engine
-from services.search_queue import SearchQueue
-from services.store import SqlTrialStore
+from services.core.db import SearchRow, make_engine
+from services.core.migrations import init_db
+from services.core.search_queue import SearchQueue
+from services.core.trial_store import SqlTrialStore
 
 SPACE = {"space": "efficientformerv2", "space_options": {"resolution": 32, "num_classes": 10}}
 OBJECTIVES = ["params", "macs"]

@@ -1,9 +1,17 @@
-"""Service settings, read from the environment (prefix `NAS_`, e.g. `NAS_DATABASE_URL`)."""
+"""Service settings, read from the environment (prefix `NAS_`, e.g. `NAS_DATABASE_URL`).
+
+The environment is read in one place: `get_settings()` builds `Settings` once per process and caches
+it; everything else (the server, the scheduler, the CLI, the client, the farm agent) asks it. No other
+module reads `os.environ` for a `NAS_*` variable. Tests that change the environment call
+`get_settings.cache_clear()` (an autouse fixture does).
+"""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +53,17 @@ class Settings(BaseSettings):
     lut_warmup: int = Field(10, ge=0)
     lut_repeats: int = Field(30, ge=1)
     server_url: str = Field("http://127.0.0.1:8000", description="where the CLI client finds the API")
+    api_key: str | None = Field(
+        None, description="the API key the CLI, the Python client and farm agents send (`nas keys create`)"
+    )
+    farm_state_dir: Path = Field(
+        Path.home() / ".cache" / "nas-farm",
+        description="where `nas farm run` keeps its spool and run state (to resume after an interruption)",
+    )
+    supernet_dir: Path = Field(
+        Path("var/supernets"),
+        description="where trained supernets live (`nas supernet train`); the `supernet_*` proxies look here",
+    )
     max_body_bytes: int = Field(
         32 << 20, ge=1024, description="request bodies above this many bytes are refused with 413"
     )
@@ -75,6 +94,16 @@ class Settings(BaseSettings):
                 "searches would be reclaimed between two heartbeats (3x or more is advisable)"
             )
         return self
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """These settings with some fields replaced (validated; the environment is not read again)."""
+        return type(self).model_validate({**self.model_dump(), **overrides})
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()
 
 
 def is_loopback(host: str | None) -> bool:

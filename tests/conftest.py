@@ -20,3 +20,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Settings are read from the environment once per process (`get_settings`); a test that changes
+    the environment (monkeypatch.setenv) gets them read again, and the next test starts clean."""
+    from services.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -111,6 +111,6 @@ def plot_search(http: httpx.Client) -> dict:
 @pytest.fixture(scope="module")
 def big_search(live: LiveServer) -> str:
     """A finished search of 100,000 synthetic trials, stored straight into the server's database."""
-    from services.dashboard.demo import insert_synthetic_search
+    from services.core.demo_search import insert_synthetic_search
 
     return insert_synthetic_search(live.app.state.engine, trials=100_000, seed=7, name="synthetic-100k")

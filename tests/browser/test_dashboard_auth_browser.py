@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from svc_helpers import LiveServer, throwaway_server
 
-from services.auth import create_key
+from services.core.auth import create_key
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_key_box(page, secured: LiveServer) -> None:
 
 
 def test_export_button_sends_the_key(page, secured: LiveServer, tmp_path) -> None:
-    from services.dashboard.demo import insert_synthetic_search
+    from services.core.demo_search import insert_synthetic_search
 
     engine = secured.app.state.engine
     reader = create_key(engine, "exporter", ["searches:read"])[1]

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server, wait_for
 
-from services.db import init_db, make_engine
+from services.core.db import make_engine
+from services.core.migrations import init_db
 
 POSTGRES_URL = os.environ.get("NAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -79,7 +79,7 @@ def serve_env(database: Path, **extra: str) -> dict[str, str]:
 def throwaway_server(tmp_path: Path, *, scheduler: bool = False, **overrides) -> LiveServer:
     """A live server on throw-away settings (`service_settings(tmp_path, **overrides)`); without a
     `scheduler` (the default) searches stay queued. Use it as a context manager."""
-    from services.app import create_app
+    from services.server.app import create_app
 
     return LiveServer(create_app(service_settings(tmp_path, **overrides), start_scheduler=scheduler))
 
@@ -106,7 +106,8 @@ def empty_service_database(tmp_path: Path, postgres: Engine | None = None) -> It
     """(URL, engine) of an empty service database that other processes can open by its URL: a SQLite
     file under `tmp_path`, or with `postgres` (an engine on the test database) a PostgreSQL schema of
     its own, dropped afterwards."""
-    from services.db import init_db, make_engine
+    from services.core.db import make_engine
+    from services.core.migrations import init_db
 
     schema = None if postgres is None else f"nas_test_{uuid.uuid4().hex[:12]}"
     if postgres is None:

@@ -30,23 +30,23 @@ from svc_helpers import (
 )
 from typer.testing import CliRunner
 
-from services.app import create_app
-from services.auth import (
+from services.cli import app as cli_app
+from services.cli.keys import parse_expiry
+from services.client import ClientError, NasClient
+from services.core.auth import (
     ALL_SCOPES,
     Scope,
     UnknownKeyError,
-    authenticate,
     create_key,
     has_active_admin,
     list_keys,
     revoke_key,
     verify_token,
 )
-from services.cli import app as cli_app
-from services.cli_keys import parse_expiry
-from services.client import ClientError, NasClient
-from services.db import ApiKeyRow
-from services.settings import Settings, is_loopback
+from services.core.db import ApiKeyRow
+from services.server.app import create_app
+from services.server.deps import authenticate
+from services.settings import Settings, get_settings, is_loopback
 
 NAS = Path(sys.executable).with_name("nas")
 runner = CliRunner()
@@ -188,12 +188,14 @@ def test_admin_implies_every_scope_and_revocation_is_immediate(secured: LiveServ
 def test_client_and_cli_send_the_key(secured: LiveServer, monkeypatch) -> None:
     token = _key(secured, "searches:read", name="cli")
     monkeypatch.delenv("NAS_API_KEY", raising=False)
+    get_settings.cache_clear()  # the environment changed: read it again
     with NasClient(secured.url) as client, pytest.raises(ClientError) as refused:
         client.list()
     assert refused.value.status == 401
     with NasClient(secured.url, api_key=token) as client:
         assert client.list()["total"] == 0
     monkeypatch.setenv("NAS_API_KEY", token)
+    get_settings.cache_clear()
     with NasClient(secured.url) as client:
         assert client.list()["total"] == 0
     monkeypatch.delenv("NAS_API_KEY")
@@ -248,6 +250,7 @@ def test_auth_can_be_disabled_only_on_loopback(tmp_path) -> None:
 # ----------------------------------------------------------------------------- `nas keys`
 def test_nas_keys_create_list_revoke(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("NAS_DATABASE_URL", f"sqlite:///{tmp_path / 'keys.db'}")
+    get_settings.cache_clear()
     created = runner.invoke(
         cli_app,
         [

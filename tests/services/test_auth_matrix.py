@@ -14,7 +14,8 @@ import pytest
 from fastapi.routing import APIRoute
 from svc_helpers import LiveServer, throwaway_server
 
-from services.auth import ALL_SCOPES, api_routes, create_key
+from services.core.auth import ALL_SCOPES, create_key
+from services.server.deps import api_routes
 
 R, W, LUT, PUBLIC = "searches:read", "searches:write", "lut:write", None
 

@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from nas.training import list_checkpoints, load_checkpoint
-from services.cli_supernet import app as supernet_app
-from services.cli_supernet import parse_options
+from services.cli.common import parse_options
+from services.cli.supernet import app as supernet_app
 
 root = typer.Typer()
 root.add_typer(supernet_app, name="supernet")

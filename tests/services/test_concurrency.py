@@ -3,7 +3,7 @@ its scheduler running searches on Ray) while 16 HTTP clients read and write at o
 fail: no 5xx, no refused request other than those the test provokes on purpose, no "database is
 locked"; every search ends in a final state with its trials stored once, numbered without a gap.
 
-The SQLite file's write discipline (`services.db.SqliteWriteGate`) gets its own direct test at the
+The SQLite file's write discipline (`services.core.db.SqliteWriteGate`) gets its own direct test at the
 end: 16 threads whose transactions read before they write."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from svc_helpers import LiveServer, throwaway_server
 
-from services.db import SearchRow, SqliteWriteGate, init_db, make_engine
+from services.core.db import SearchRow, SqliteWriteGate, make_engine
+from services.core.migrations import init_db
 
 N_SEARCHES = 8
 N_CLIENTS = 16

@@ -11,9 +11,9 @@ import pytest
 from nas import Trial, TrialState
 from nas.pareto import Normalizer, hypervolume, non_dominated
 from nas.runner import HV_REFERENCE
-from services.dashboard.data import TrialColumnsCache, hypervolume_curve
-from services.dashboard.demo import LATENCY, PARAMS_BOUND, insert_synthetic_search
-from services.store import SqlTrialStore
+from services.core.dashboard_data import TrialColumnsCache, hypervolume_curve
+from services.core.demo_search import LATENCY, PARAMS_BOUND, insert_synthetic_search
+from services.core.trial_store import SqlTrialStore
 
 BIG = 20_000
 
@@ -161,7 +161,7 @@ def test_hypervolume_curve_grows_to_the_fronts_hypervolume(http, synthetic):
 
 
 def test_hypervolume_curve_is_empty_with_a_reason_beyond_three_objectives():
-    from services.dashboard.data import TrialColumns
+    from services.core.dashboard_data import TrialColumns
 
     columns = TrialColumns()
     columns.extend([{"number": 0, "state": "complete", "feasible": True, "values": {"a": 1, "b": 2}}])

@@ -18,8 +18,8 @@ from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server
 from latency_lut import SqlLatencyTable
 from latency_lut.features import block_features
 from search_spaces import get_space
-from services.measurements import MeasurementConflictError, MeasurementRow, MeasurementStore
-from services.schemas import MAX_BATCH_ROWS
+from services.core.measurement_store import MeasurementConflictError, MeasurementRow, MeasurementStore
+from services.server.schemas import MAX_BATCH_ROWS
 
 SPACE = "efficientformerv2"
 OPTIONS = {"resolution": 32, "num_classes": 10}

@@ -8,8 +8,8 @@ import pytest
 
 from latency_lut import MemoryLatencyTable
 from nas import SearchSpec
-from services.cli import load_spec_file
-from services.search_queue import check_spec
+from services.cli.search import load_spec_file
+from services.core.search_queue import check_spec
 
 FOLDER = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLES = sorted(p for p in FOLDER.iterdir() if p.suffix in {".yaml", ".json"})

@@ -19,8 +19,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 from svc_helpers import LiveServer, throwaway_server
 
-from services.app import create_app
-from services.auth import create_key
+from services.core.auth import create_key
+from services.server.app import create_app
 from services.settings import Settings
 
 #: Examples per (operation, mode); NAS_FUZZ_EXAMPLES=200 for a longer hunt.

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server
 
-from services.db import SearchRow
-from services.middleware import JsonFormatter, configure_logging
+from services.core.db import SearchRow
+from services.server.middleware import JsonFormatter, configure_logging
 
 LIMIT = 64 * 1024
 

@@ -1,4 +1,4 @@
-"""The Alembic migrations (`services.migrations`, `nas db ...`) on real SQLite files and real, empty
+"""The Alembic migrations (`services.core.migrations`, `nas db ...`) on real SQLite files and real, empty
 PostgreSQL databases: from nothing to exactly the models, idempotent, adopting databases made by
 `create_all`, transactional (a failing migration changes nothing), SQLite batch ALTERs that keep
 every trial, concurrent start-ups."""
@@ -19,11 +19,12 @@ from typer.testing import CliRunner
 from latency_lut import LatencyEntry, SqlLatencyTable
 from latency_lut._sql import metadata as lut_metadata
 from nas import SearchSpec, Trial
-from services import migrations
 from services.cli import app
-from services.db import Base, SearchRow, TrialRow, init_db, make_engine
-from services.search_queue import SearchQueue
-from services.store import SqlTrialStore
+from services.core import migrations
+from services.core.db import Base, SearchRow, TrialRow, make_engine
+from services.core.migrations import init_db
+from services.core.search_queue import SearchQueue
+from services.core.trial_store import SqlTrialStore
 
 runner = CliRunner()
 
@@ -275,9 +276,9 @@ def test_migration_scripts_ship_with_the_package() -> None:
     root = Path(__file__).resolve().parents[2]
     config = tomllib.loads((root / "pyproject.toml").read_text())
     found = find_packages(str(root), include=config["tool"]["setuptools"]["packages"]["find"]["include"])
-    assert {"services.migrations", "services.migrations.versions"} <= set(found)
+    assert {"services.core.migrations", "services.core.migrations.versions"} <= set(found)
     package_data = config["tool"]["setuptools"]["package-data"]["services"]
-    assert "migrations/script.py.mako" in package_data
+    assert "core/migrations/script.py.mako" in package_data
     assert any(p.name.startswith("0001_") for p in migrations.VERSIONS_DIR.glob("*.py"))
     assert "alembic" in " ".join(config["project"]["dependencies"])
     assert sys.modules["alembic"].__name__ == "alembic"

@@ -31,9 +31,9 @@ from latency_lut import SqlLatencyTable
 from nas import SearchSpec, TrialState
 from nas.evaluate import EvalOutcome, SubnetEvaluator
 from search_spaces import Config, config_id
-from services.scheduler import Scheduler
-from services.search_queue import SearchQueue
-from services.store import SqlTrialStore
+from services.core.scheduler import Scheduler
+from services.core.search_queue import SearchQueue
+from services.core.trial_store import SqlTrialStore
 
 #: Objectives that need no latency table: nothing is measured before the search starts.
 FAST_SPEC: dict[str, Any] = {

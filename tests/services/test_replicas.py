@@ -20,10 +20,10 @@ from svc_helpers import empty_service_database, service_settings, wait_until
 
 from latency_lut import SqlLatencyTable
 from nas import DuplicateTrialError, SearchSpec, Trial
-from services.db import SearchRow, utcnow
-from services.scheduler import Scheduler
-from services.search_queue import LeaseLostError, SearchQueue
-from services.store import SqlTrialStore
+from services.core.db import SearchRow, utcnow
+from services.core.scheduler import Scheduler
+from services.core.search_queue import LeaseLostError, SearchQueue
+from services.core.trial_store import SqlTrialStore
 
 _S = SearchRow.__table__
 
@@ -120,7 +120,7 @@ def test_writes_of_a_replica_that_lost_its_lease_are_refused(engine: Engine) -> 
 
 
 def queue_status(name: str):
-    from services.db import SearchStatus
+    from services.core.db import SearchStatus
 
     return SearchStatus(name)
 
@@ -222,9 +222,9 @@ def test_scheduler_that_loses_its_lease_stops_writing(db_url, tmp_path: Path, ra
 REPLICA_SCRIPT = """
 import sys, time
 from pathlib import Path
-from services.db import make_engine
-from services.scheduler import Scheduler
-from services.search_queue import SearchQueue
+from services.core.db import make_engine
+from services.core.scheduler import Scheduler
+from services.core.search_queue import SearchQueue
 from services.settings import Settings
 
 settings = Settings()

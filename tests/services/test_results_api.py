@@ -18,10 +18,10 @@ from svc_helpers import SMALL_SPEC, LiveServer, service_settings, throwaway_serv
 
 from nas import SearchSpec
 from nas.pareto import non_dominated
-from services.api.searches import EXPORT_CHUNK
-from services.app import create_app
 from services.client import NasClient
-from services.db import TrialRow
+from services.core.db import TrialRow
+from services.core.trial_export import EXPORT_CHUNK
+from services.server.app import create_app
 from services.settings import Settings
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -278,7 +278,8 @@ def test_export_streams_in_chunks_and_pareto_pages(synthetic_app: LiveServer) ->
 
 
 def test_pareto_read_uses_the_front_index(tmp_path) -> None:
-    from services.db import init_db, make_engine
+    from services.core.db import make_engine
+    from services.core.migrations import init_db
 
     engine = make_engine(f"sqlite:///{tmp_path / 'plan.db'}")
     init_db(engine)
@@ -306,3 +307,26 @@ def test_a_trials_subnet_as_a_model_file(http: httpx.Client, followed: dict) -> 
     # The dashboard offers the export buttons because the route exists.
     caps = http.get("/v1/dashboard/capabilities").json()
     assert caps["export_url"] == "/v1/searches/{search_id}/trials/{number}/export"
+
+
+def test_pareto_directions_are_the_objectives_own(tmp_path) -> None:
+    """Regression: the Pareto answer labelled `proxy:supernet_loss` `maximize` (a copy of the objective
+    grammar that treated every proxy as maximised) while the proxy minimises it. The answer, the
+    dashboard's list and the grammar must agree, for every registered proxy."""
+    from nas.objectives import objective_direction
+    from nas.proxies import get_proxy, list_proxies
+
+    app = create_app(service_settings(tmp_path, auth_disabled=True), start_scheduler=False)
+    objectives = ["params", "proxy:supernet_loss", "proxy:synflow"]
+    spec = SearchSpec.model_validate(
+        {"space": "efficientformerv2", "objectives": objectives, "budget": {"trials": 2}}
+    )
+    sid = app.state.queue.submit(spec).id
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        front = http.get(f"/v1/searches/{sid}/pareto").json()
+        listed = http.get("/v1/dashboard/searches").json()["items"][0]
+    shown = {o["name"]: o["direction"] for o in front["objectives"]}
+    assert shown == {"params": "minimize", "proxy:supernet_loss": "minimize", "proxy:synflow": "maximize"}
+    assert {o["name"]: o["direction"] for o in listed["objectives"]} == shown
+    for name in list_proxies():
+        assert objective_direction(f"proxy:{name}") == get_proxy(name).direction

@@ -13,11 +13,12 @@ from svc_helpers import SMALL_SPEC, service_settings, wait_until
 from latency_lut import SqlLatencyTable, measure_missing
 from nas import SearchSpec
 from nas.runner import Runner
-from services.db import SearchRow, init_db, make_engine
-from services.scheduler import Scheduler
-from services.search_queue import SearchQueue, check_spec
+from services.core.db import SearchRow, make_engine
+from services.core.migrations import init_db
+from services.core.scheduler import Scheduler
+from services.core.search_queue import SearchQueue, check_spec
+from services.core.trial_store import SqlTrialStore
 from services.settings import Settings
-from services.store import SqlTrialStore
 
 
 @dataclass
@@ -173,7 +174,7 @@ def test_only_max_concurrent_searches_run_at_once(service: Service, ray_session)
 def test_ray_is_started_by_the_long_lived_scheduler_thread(service: Service, monkeypatch) -> None:
     # A local Ray's processes die with the thread that started them: if a per-search worker thread
     # started Ray, the cluster would vanish seconds after the first search and the next one would hang.
-    import services.scheduler as scheduler_module
+    import services.core.scheduler as scheduler_module
 
     threads: list[str] = []
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from nas import SearchSpec
-from services.db import SearchStatus
-from services.search_queue import SearchNotFoundError, SearchQueue, SearchStateError
+from services.core.db import SearchStatus
+from services.core.search_queue import SearchNotFoundError, SearchQueue, SearchStateError
 
 
 def small_spec(name: str = "q") -> SearchSpec:

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from services.db import SearchRow, SearchStatus, UTCDateTime, init_db, make_engine, sqlite_path
+from services.core.db import SearchRow, SearchStatus, UTCDateTime, make_engine, sqlite_path
+from services.core.migrations import init_db
 from services.settings import Settings
 
 

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from nas import DuplicateTrialError, MemoryTrialStore, SearchSpec, Trial, TrialState, TrialStore
-from services.db import SearchRow, TrialRow
-from services.search_queue import SearchQueue
-from services.store import SqlTrialStore, UnknownSearchError
+from services.core.db import SearchRow, TrialRow
+from services.core.search_queue import SearchQueue
+from services.core.trial_store import SqlTrialStore, UnknownSearchError
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""`nas lut measure|import|export`: latency tables on this host's database (`NAS_DATABASE_URL`);
+`nas lut validate|accuracy` (from `services.cli.farm`) ask a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.cli import farm as cli_farm
+from services.cli.common import OptionsOpt, out, parse_options
+from services.cli.errors import user_errors
+from services.settings import get_settings
+
+lut_app = typer.Typer(
+    no_args_is_help=True,
+    help="Latency lookup tables: measure, import and export on this host's database; validate and "
+    "accuracy on a server.",
+)
+lut_app.command("validate")(cli_farm.lut_validate)
+lut_app.command("accuracy")(cli_farm.lut_accuracy)
+
+
+def _local_table() -> Any:
+    from latency_lut import SqlLatencyTable
+    from services.core.db import make_engine
+    from services.core.migrations import init_db
+
+    engine = make_engine(get_settings().database_url)
+    init_db(engine)
+    return SqlLatencyTable(engine)
+
+
+@lut_app.command("measure")
+@user_errors()
+def lut_measure(
+    device: Annotated[str, typer.Option(help="device to measure on this host, e.g. host-cpu-torch")],
+    space: Annotated[str, typer.Option(help="search space whose blocks to measure")],
+    configs: Annotated[
+        str | None, typer.Option(help="comma-separated reference configs (default: every block)")
+    ] = None,
+    option: OptionsOpt = None,
+    warmup: Annotated[int | None, typer.Option(help="untimed runs per block [NAS_LUT_WARMUP]")] = None,
+    repeats: Annotated[int | None, typer.Option(help="timed runs per block [NAS_LUT_REPEATS]")] = None,
+) -> None:
+    """Measure the blocks a space needs that the device's table lacks, on this host."""
+    from latency_lut import measure_missing
+    from search_spaces import get_space
+
+    settings = get_settings()
+    instance = get_space(space, **parse_options(option))
+    names = [c.strip() for c in configs.split(",") if c.strip()] if configs else None
+    for config in names or []:
+        instance.reference_config(config)
+    table = _local_table()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out) as bar:
+        task = bar.add_task(f"measuring {device}", total=None)
+
+        def progress(done: int, total: int, key: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"{device}: {key.split('|', 1)[0]}")
+
+        report = measure_missing(
+            instance,
+            device,
+            table,
+            configs=names,
+            warmup=settings.lut_warmup if warmup is None else warmup,
+            repeats=settings.lut_repeats if repeats is None else repeats,
+            progress=progress,
+        )
+    out.print(
+        f"{report.device}: {report.needed} blocks needed, {report.already_present} already in the table, "
+        f"{report.measured} measured in {report.seconds:.1f}s"
+    )
+
+
+@lut_app.command("export")
+@user_errors()
+def lut_export(
+    file: Annotated[Path, typer.Argument(help="output .csv or .parquet")],
+    device: Annotated[str, typer.Option(help="device whose table to write")],
+) -> None:
+    """Write a device's latency table to a CSV or Parquet file."""
+    from latency_lut.io import export_table
+
+    table = _local_table()
+    if device not in table.devices():
+        raise ValueError(f"no latency table for device {device!r}; devices with tables: {table.devices()}")
+    n = export_table(table, device, file)
+    out.print(f"wrote {n} entries of {device} to {file}")
+
+
+@lut_app.command("import")
+@user_errors()
+def lut_import(
+    file: Annotated[Path, typer.Argument(help="a .csv or .parquet latency table file")],
+    device: Annotated[str | None, typer.Option(help="set (or override) the device of every row")] = None,
+) -> None:
+    """Validate a CSV or Parquet latency table file and upsert its entries."""
+    from latency_lut.io import import_table
+
+    if not file.is_file():
+        raise ValueError(f"latency table file {str(file)!r} does not exist or is not a file")
+    n = import_table(_local_table(), file, device=device)
+    out.print(f"imported {n} entries from {file}")

@@ -1,0 +1,345 @@
+"""`Scheduler`: the background thread that claims queued searches and runs them.
+
+For each claimed search it (a) measures, on this host, the latency-table entries the search needs
+that are missing for devices with a local backend, (b) takes LUT snapshots, (c) runs `nas.runner.Runner`
+on Ray with progress written to the search's row, and (d) writes the final status; `stop()` interrupts
+running searches (back to `queued`), so nothing is lost.
+
+Failure and replicas: each scheduler has a replica id (`NAS_REPLICA_ID`, else host:pid:random). It
+claims a search under that id and heartbeats every search it runs each `heartbeat_s`. A running
+search whose heartbeat is older than `lease_s` (its scheduler died or hung) is claimed by whichever
+scheduler polls next and resumes from its stored trials; a restarted scheduler with the same stable
+replica id takes its own searches back at once. Every write for a search is fenced by the lease, and a
+scheduler whose heartbeat finds the lease gone (another replica reclaimed the search) stops that run
+without writing anything more. Several schedulers may therefore share one database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from latency_lut import BUILTIN_DEVICES, LatencyTable, SqlLatencyTable, known_devices, measure_missing
+from nas import ResolvedSpec, SearchSpec, TrialState, resolve
+from nas.runner import EvaluatorFactory, RunAbandoned, Runner, RunProgress, init_ray
+from services.core.db import SearchStatus
+from services.core.search_queue import LeaseLostError, SearchQueue
+from services.core.trial_store import SqlTrialStore
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How often a running search re-reads its `cancel_requested` flag, at most.
+CANCEL_POLL_S = 0.5
+
+
+class _Interrupted(Exception):
+    """Raised from a progress callback to abandon LUT measurement (cancel or shutdown)."""
+
+
+class Scheduler:
+    """Runs queued searches, up to `settings.max_concurrent_searches` at once, each in its own thread.
+
+    `evaluator_factory` is passed to the runner (tests use evaluators that crash their worker).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        lut: LatencyTable | None = None,
+        evaluator_factory: EvaluatorFactory | None = None,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.replica_id = settings.replica_id or default_replica_id()
+        self.queue = SearchQueue(engine)
+        # Fenced: once another replica has reclaimed a search, this one can no longer write its trials.
+        self.store = SqlTrialStore(engine, owner=self.replica_id)
+        self.lut: LatencyTable = lut if lut is not None else SqlLatencyTable(engine)
+        self.evaluator_factory = evaluator_factory
+        self._stopping = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self._workers: dict[str, threading.Thread] = {}
+        # Searches whose lease a heartbeat found taken: their runs stop at their next check.
+        self._lost: set[str] = set()
+        self._ray_lock = threading.Lock()
+        self._ray_ready = False
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Requeue searches whose lease is stale or that this replica id held in a previous life, then
+        start heartbeating and polling for queued (or stale) searches."""
+        if self._loop_thread is not None:
+            raise RuntimeError("the scheduler is already started")
+        requeued = self.queue.requeue_orphans(self.settings.lease_s, replica_id=self.replica_id)
+        if requeued:
+            log.info(
+                "requeued %d search(es) left running by a stopped scheduler: %s", len(requeued), requeued
+            )
+        log.info(
+            "scheduler %s: heartbeat every %ss, lease %ss",
+            self.replica_id,
+            self.settings.heartbeat_s,
+            self.settings.lease_s,
+        )
+        self._heartbeat_thread = threading.Thread(target=self._heartbeats, name="nas-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        self._loop_thread = threading.Thread(target=self._loop, name="nas-scheduler", daemon=True)
+        self._loop_thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Interrupt running searches (they go back to `queued` and resume on the next start) and join."""
+        self._stopping.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout)
+        for worker in list(self._workers.values()):
+            worker.join(timeout)
+        # Heartbeats go on while the workers finish their evaluations in flight.
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout)
+
+    def _heartbeats(self) -> None:
+        while not self._heartbeat_stop.wait(self.settings.heartbeat_s):
+            running = self.running
+            if not running:
+                continue
+            try:
+                lost = self.queue.heartbeat(running, self.replica_id)
+            except SQLAlchemyError:
+                # The lease runs out if this goes on; the fenced writes keep a reclaimed search safe.
+                log.exception("could not heartbeat searches %s", running)
+                continue
+            for search_id in lost:
+                if search_id in self.running and search_id not in self._lost:
+                    log.warning(
+                        "search %s: lease lost (reclaimed by another scheduler?); stopping it", search_id
+                    )
+                    self._lost.add(search_id)
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the searches this scheduler is running now."""
+        return [sid for sid, worker in list(self._workers.items()) if worker.is_alive()]
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._workers = {sid: w for sid, w in self._workers.items() if w.is_alive()}
+            search_id = None
+            if len(self._workers) < self.settings.max_concurrent_searches:
+                try:
+                    search_id = self.queue.claim_next(self.replica_id, lease_s=self.settings.lease_s)
+                except SQLAlchemyError:
+                    log.exception("could not poll the database for queued searches")
+            if search_id is None:
+                self._stopping.wait(self.settings.scheduler_poll_s)
+                continue
+            running = self._workers.get(search_id)
+            if running is not None and running.is_alive():
+                # Our own heartbeat came too late and this loop reclaimed a search it is running: the
+                # claim renewed the lease, and the run goes on in its thread; never start a second one.
+                log.warning("search %s: reclaimed its own running search (heartbeat late?)", search_id)
+                continue
+            self._lost.discard(search_id)  # a mark left from an earlier run of the same search
+            try:
+                # Ray ties the processes of a local Ray to the thread that starts them (they are killed
+                # when it ends), so this long-lived thread starts Ray, never a per-search worker.
+                self._ensure_ray()
+            except Exception as exc:
+                log.exception("could not start or reach Ray for search %s", search_id)
+                error = f"Ray is not available: {type(exc).__name__}: {exc}"
+                try:
+                    self.queue.finish(
+                        search_id,
+                        SearchStatus.FAILED,
+                        message=f"failed: {error}",
+                        error=error,
+                        owner=self.replica_id,
+                    )
+                except SQLAlchemyError:
+                    log.exception("could not record the failure of search %s", search_id)
+                continue
+            worker = threading.Thread(
+                target=self.run_claimed, args=(search_id,), name=f"nas-search-{search_id[:8]}", daemon=True
+            )
+            self._workers[search_id] = worker
+            worker.start()
+
+    # ----------------------------------------------------------------- one search
+    def run_claimed(self, search_id: str) -> None:
+        """Run a search this scheduler has claimed (status `running`) to its end; never raises."""
+        try:
+            self._run(search_id)
+        except _Interrupted:
+            self._interrupted(search_id, self._cancel_requested(search_id))
+        except RunAbandoned as exc:
+            log.warning("search %s: stopped without writing more: %s", search_id, exc)
+        except Exception as exc:
+            log.exception("search %s failed", search_id)
+            error = f"{type(exc).__name__}: {exc}"
+            try:
+                self._finish(search_id, SearchStatus.FAILED, message=f"failed: {error}", error=error)
+            except SQLAlchemyError:
+                log.exception("could not record the failure of search %s", search_id)
+        finally:
+            self._lost.discard(search_id)
+
+    def _update(self, search_id: str, **values: object) -> None:
+        if not self.queue.update(search_id, owner=self.replica_id, **values):
+            raise LeaseLostError(search_id, self.replica_id)
+
+    def _finish(self, search_id: str, status: SearchStatus, **values: object) -> None:
+        if not self.queue.finish(search_id, status, owner=self.replica_id, **values):
+            log.warning(
+                "search %s: lease lost before its %s status could be written", search_id, status.value
+            )
+
+    def _run(self, search_id: str) -> None:
+        row = self.queue.get(search_id)
+        spec = SearchSpec.model_validate(row.spec)
+        resolved = resolve(spec, known_devices(self.lut.devices()))
+        should_stop = self._stop_check(search_id)
+        self._measure_luts(search_id, resolved, should_stop)
+        luts = {device: self.lut.snapshot(device) for device in resolved.devices}
+        self._ensure_ray()
+        done_before = self.store.count(search_id)
+        message = f"searching: {done_before}/{spec.budget.trials} trials (starting evaluators)"
+        self._update(search_id, status_message=message)
+        runner = Runner(
+            resolved,
+            search_id,
+            self.store,
+            luts,
+            should_stop=should_stop,
+            on_progress=lambda progress: self._progress(search_id, progress),
+            elapsed_before_s=row.elapsed_s,
+            evaluation_retries=self.settings.evaluation_retries,
+            evaluator_factory=self.evaluator_factory,
+        )
+        result = runner.run()
+        if result.state == "abandoned":
+            raise LeaseLostError(search_id, self.replica_id)
+        counts = {
+            "trials_done": self.store.count(search_id),
+            "trials_failed": self.store.count(search_id, state=TrialState.FAILED),
+            "front_size": len(result.front),
+            "hypervolume": result.hypervolume,
+            "elapsed_s": result.elapsed_s,
+        }
+        if result.state == "succeeded":
+            message = f"succeeded: {counts['trials_done']} trials, front of {len(result.front)}"
+            self._finish(search_id, SearchStatus.SUCCEEDED, message=message, **counts)
+        elif result.state == "failed":
+            error = result.error or "the runner failed without an error message"
+            message = f"failed: {error}"
+            self._finish(search_id, SearchStatus.FAILED, message=message, error=error, **counts)
+        else:
+            self._interrupted(search_id, self._cancel_requested(search_id), **counts)
+
+    def _interrupted(self, search_id: str, cancelled: bool, **counts: object) -> None:
+        """A run stopped early: cancelled on request, or back to `queued` when the service is stopping."""
+        if cancelled or not self._stopping.is_set():
+            self._finish(search_id, SearchStatus.CANCELLED, message="cancelled on request", **counts)
+        else:
+            message = "interrupted by a service shutdown; resumes from its stored trials on restart"
+            self._finish(search_id, SearchStatus.QUEUED, message=message, **counts)
+
+    def _measure_luts(self, search_id: str, resolved: ResolvedSpec, should_stop: Callable[[], bool]) -> None:
+        """Fill the missing entries of every device of the search that this host can measure."""
+        for device in resolved.devices:
+            known = BUILTIN_DEVICES.get(device)
+            if known is None or known.backend is None:
+                continue
+
+            def progress(done: int, total: int, _key: str, device: str = device) -> None:
+                message = f"measuring LUT for {device}: {done}/{total} blocks"
+                self._update(search_id, status_message=message)
+                if should_stop():
+                    raise _Interrupted
+
+            self._update(search_id, status_message=f"measuring LUT for {device}: checking blocks")
+            report = measure_missing(
+                resolved.space,
+                device,
+                self.lut,
+                warmup=self.settings.lut_warmup,
+                repeats=self.settings.lut_repeats,
+                progress=progress,
+            )
+            log.info(
+                "search %s: LUT of %s: %d blocks needed, %d present, %d measured in %.1fs",
+                search_id,
+                device,
+                report.needed,
+                report.already_present,
+                report.measured,
+                report.seconds,
+            )
+
+    def _stop_check(self, search_id: str) -> Callable[[], bool]:
+        """`should_stop` for the runner: shutdown at once, a cancel request within `CANCEL_POLL_S`."""
+        last_read = 0.0
+        cancelled = False
+
+        def should_stop() -> bool:
+            nonlocal last_read, cancelled
+            if search_id in self._lost:
+                raise LeaseLostError(search_id, self.replica_id)
+            if self._stopping.is_set():
+                return True
+            now = time.monotonic()
+            if now - last_read >= CANCEL_POLL_S:
+                last_read = now
+                cancelled = self._cancel_requested(search_id)
+            return cancelled
+
+        return should_stop
+
+    def _cancel_requested(self, search_id: str) -> bool:
+        try:
+            return self.queue.cancel_requested(search_id)
+        except SQLAlchemyError:
+            log.exception("could not read the cancel flag of search %s", search_id)
+            return False
+
+    def _progress(self, search_id: str, progress: RunProgress) -> None:
+        # A failed progress write must not end the search: the trials are in the store already.
+        try:
+            self.queue.update(
+                search_id,
+                owner=self.replica_id,
+                trials_done=progress.n_trials,
+                trials_failed=progress.n_failed,
+                front_size=progress.front_size,
+                hypervolume=progress.hypervolume,
+                elapsed_s=progress.elapsed_s,
+                status_message=(
+                    f"searching: {progress.n_trials}/{progress.budget_trials} trials, "
+                    f"front of {progress.front_size}"
+                ),
+            )
+        except SQLAlchemyError:
+            log.exception("could not record the progress of search %s", search_id)
+
+    def _ensure_ray(self) -> None:
+        with self._ray_lock:
+            if not self._ray_ready:
+                init_ray(self.settings.ray_address, num_cpus=self.settings.ray_num_cpus)
+                self._ray_ready = True
+
+
+def default_replica_id() -> str:
+    """A replica id unique to this scheduler object: host, process id and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

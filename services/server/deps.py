@@ -1,0 +1,321 @@
+"""Request dependencies, as `Annotated` aliases, and how a request proves who sent it.
+
+The objects requests need live on `app.state` (see `services.server.app`): the settings, the engine,
+the search queue, the trial store and its read model, the latency table, the measurement store and
+the prediction service. Path parameters that name a resource (`{device}`, `{name}` of a space) are
+checked here, so a handler receives a name that exists or the request is a 404 naming what does.
+
+Authentication: every API route declares its scope with a dependency, on the route or on its router:
+
+    @router.get("/{id}", dependencies=[require_scope(Scope.SEARCHES_READ)])
+    router = APIRouter(dependencies=[scope_by_method(read=Scope.SEARCHES_READ, write=Scope.SEARCHES_WRITE)])
+    @router.get("", dependencies=[public()])      # health: no key needed
+
+Every declaration on a route's way must hold (so a router's scope cannot be loosened by a route).
+`api_routes(app.routes)` lists each route with what it declares; a test fails on any that declares
+nothing. Clients send `Authorization: Bearer <key>` or `X-API-Key: <key>`: no or an unknown, revoked
+or expired key is a 401, a key without the scope a 403; both JSON bodies name the scope needed.
+Keys themselves (creation, hashing, scopes) are `services.core.auth`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+
+from latency_lut import SqlLatencyTable
+from search_spaces import UnknownSpaceError, space_class
+from services.core.auth import READ_METHODS, Scope, verify_token
+from services.core.dashboard_data import TrialColumnsCache
+from services.core.measurement_store import MeasurementStore, UnknownDeviceError
+from services.core.prediction_service import PredictionService
+from services.core.search_queue import SearchQueue
+from services.core.trial_reads import TrialReads
+from services.core.trial_store import SqlTrialStore
+from services.server.errors import ResourceNotFoundError
+from services.server.middleware import RequestStats
+from services.settings import Settings
+
+__all__ = [
+    "DeviceDep",
+    "EngineDep",
+    "LutDep",
+    "MeasurementsDep",
+    "PredictionsDep",
+    "QueueDep",
+    "ReadsDep",
+    "RequestStatsDep",
+    "Scope",
+    "SettingsDep",
+    "SpaceName",
+    "StoreDep",
+    "TrialColumnsDep",
+    "api_routes",
+    "public",
+    "require_scope",
+    "scope_by_method",
+]
+
+_STATE_LOCK = threading.Lock()
+
+
+def app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def app_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def app_queue(request: Request) -> SearchQueue:
+    return request.app.state.queue
+
+
+def app_store(request: Request) -> SqlTrialStore:
+    return request.app.state.store
+
+
+def app_reads(request: Request) -> TrialReads:
+    return request.app.state.reads
+
+
+def app_lut(request: Request) -> SqlLatencyTable:
+    return request.app.state.lut
+
+
+def app_trial_columns(request: Request) -> TrialColumnsCache:
+    return request.app.state.dashboard_columns
+
+
+def app_request_stats(request: Request) -> RequestStats | None:
+    return getattr(request.app.state, "request_stats", None)
+
+
+def app_measurements(request: Request) -> MeasurementStore:
+    """The app's `MeasurementStore`, created on first use from its engine and latency table."""
+    state = request.app.state
+    with _STATE_LOCK:
+        if getattr(state, "measurements", None) is None:
+            state.measurements = MeasurementStore(state.engine, state.lut)
+            state.predictions = PredictionService(state.measurements)
+    return state.measurements
+
+
+def app_predictions(
+    request: Request, _store: Annotated[MeasurementStore, Depends(app_measurements)]
+) -> PredictionService:
+    return request.app.state.predictions
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+EngineDep = Annotated[Engine, Depends(app_engine)]
+QueueDep = Annotated[SearchQueue, Depends(app_queue)]
+StoreDep = Annotated[SqlTrialStore, Depends(app_store)]
+ReadsDep = Annotated[TrialReads, Depends(app_reads)]
+LutDep = Annotated[SqlLatencyTable, Depends(app_lut)]
+TrialColumnsDep = Annotated[TrialColumnsCache, Depends(app_trial_columns)]
+RequestStatsDep = Annotated[RequestStats | None, Depends(app_request_stats)]
+MeasurementsDep = Annotated[MeasurementStore, Depends(app_measurements)]
+PredictionsDep = Annotated[PredictionService, Depends(app_predictions)]
+
+
+def known_device(device: str, store: MeasurementsDep) -> str:
+    """The path's device, or 404 naming the known ones."""
+    try:
+        store.device(device)
+    except UnknownDeviceError as exc:
+        raise ResourceNotFoundError(str(exc), field="device", allowed=exc.known) from None
+    return device
+
+
+def known_space(name: Annotated[str, PathParam(description="a registered search space")]) -> str:
+    """The path's space, or 404 naming the registered ones."""
+    try:
+        space_class(name)
+    except UnknownSpaceError as exc:
+        raise ResourceNotFoundError(str(exc), field="name", allowed=exc.allowed) from None
+    return name
+
+
+DeviceDep = Annotated[str, Depends(known_device)]
+SpaceName = Annotated[str, Depends(known_space)]
+
+
+# ----------------------------------------------------------------------------- authentication
+_BEARER = HTTPBearer(
+    auto_error=False, bearerFormat="nas_<id>_<secret>", description="an API key from `nas keys create`"
+)
+_API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the same key, other header")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: a key, or everyone when auth is disabled (development on loopback)."""
+
+    name: str
+    key_id: str | None
+    scopes: tuple[str, ...]
+
+    def allows(self, scope: str) -> bool:
+        return Scope.ADMIN.value in self.scopes or scope in self.scopes
+
+
+def _denied(status: int, message: str, scope: str) -> HTTPException:
+    headers = {"WWW-Authenticate": 'Bearer realm="nas"'} if status == 401 else None
+    detail = [{"field": "authorization", "message": message, "allowed": [scope, Scope.ADMIN.value]}]
+    return HTTPException(status_code=status, detail=detail, headers=headers)
+
+
+def request_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        kind, _, value = header.strip().partition(" ")
+        if kind.lower() == "bearer" and value.strip():
+            return value.strip()
+    value = request.headers.get("x-api-key", "").strip()
+    return value or None
+
+
+def _client_is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else None
+    if host is None:
+        return True  # a Unix socket
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # not an IP address: an in-process test client
+
+
+def authenticate(request: Request, scope: str) -> Principal:
+    """The caller of `request` if it holds `scope`; else the 401/403 to answer."""
+    settings = request.app.state.settings
+    if settings.auth_disabled:
+        if not _client_is_loopback(request):
+            raise _denied(401, "auth is disabled on this server, which only answers loopback clients", scope)
+        return Principal("auth disabled", None, (Scope.ADMIN.value,))
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        token = request_token(request)
+        if token is None:
+            raise _denied(
+                401,
+                f"this endpoint needs an API key with scope {scope!r}: send `Authorization: Bearer <key>` "
+                "or `X-API-Key: <key>` (keys come from `nas keys create`)",
+                scope,
+            )
+        key, reason = verify_token(request.app.state.engine, token)
+        if key is None:
+            raise _denied(401, f"{reason}; this endpoint needs scope {scope!r}", scope)
+        principal = Principal(key.name, key.id, key.scopes)
+        request.state.principal = principal
+    if not principal.allows(scope):
+        raise _denied(
+            403,
+            f"API key {principal.key_id} ({principal.name}) has scopes {list(principal.scopes)}; "
+            f"this endpoint needs {scope!r}",
+            scope,
+        )
+    return principal
+
+
+class ScopeRequirement:
+    """The dependency a route (or its router) declares: `scope_for(method)` is the scope it requires,
+    None for a public route. Every declaration on a route's way (app, routers, route) must hold."""
+
+    def __init__(self, read: str | None, write: str | None, *, public: bool = False):
+        self.read = read
+        self.write = write
+        self.public = public
+
+    def scope_for(self, method: str) -> str | None:
+        if self.public:
+            return None
+        return self.read if method.upper() in READ_METHODS else self.write
+
+    def __repr__(self) -> str:
+        if self.public:
+            return "public()"
+        if self.read == self.write:
+            return f"require_scope({self.read!r})"
+        return f"scope_by_method(read={self.read!r}, write={self.write!r})"
+
+    def __call__(
+        self,
+        request: Request,
+        # Declared so that the OpenAPI document lists both ways to send a key (and /docs has an
+        # "Authorize" button); `authenticate` reads the headers itself.
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
+        _header: Annotated[str | None, Depends(_API_KEY_HEADER)] = None,
+    ) -> None:
+        scope = self.scope_for(request.method)
+        if scope is not None:
+            authenticate(request, scope)
+
+
+class _PublicRoute(ScopeRequirement):
+    """`public()`: declared, checks nothing, and asks for no key in the OpenAPI document."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None, public=True)
+
+    def __call__(self) -> None:  # type: ignore[override]
+        return None
+
+
+def require_scope(scope: Scope | str) -> Any:
+    """`dependencies=[require_scope(Scope.SEARCHES_READ)]`: the route needs a key with this scope."""
+    value = Scope(scope).value
+    return Depends(ScopeRequirement(value, value))
+
+
+def scope_by_method(*, read: Scope | str, write: Scope | str) -> Any:
+    """For a router whose reads and writes differ: GET/HEAD/OPTIONS need `read`, the others `write`."""
+    return Depends(ScopeRequirement(Scope(read).value, Scope(write).value))
+
+
+def public() -> Any:
+    """Declares a route open to everyone (health, the dashboard page itself)."""
+    return Depends(_PublicRoute())
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """One API route as served: its methods, full path and every dependency on its way."""
+
+    methods: frozenset[str]
+    path: str
+    dependencies: tuple[Any, ...]
+
+    def required_scopes(self, method: str) -> frozenset[str] | None:
+        """The scopes a request needs (empty: public), None when the route declares nothing."""
+        found = [d.dependency for d in self.dependencies if isinstance(d.dependency, ScopeRequirement)]
+        if not found:
+            return None
+        return frozenset(scope for r in found if (scope := r.scope_for(method)) is not None)
+
+
+def api_routes(routes: Sequence[Any]) -> list[RouteInfo]:
+    """Every FastAPI route of an app (`app.routes`), with the dependencies of the routers it is included
+    through. FastAPI >= 0.160 keeps included routers unflattened; older versions list plain routes."""
+    contexts: Iterable[Any]
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:
+        contexts = routes
+    else:
+        contexts = iter_route_contexts(routes)
+    out = []
+    for context in contexts:
+        original = getattr(context, "original_route", context)
+        if isinstance(original, APIRoute):
+            out.append(RouteInfo(frozenset(context.methods or ()), context.path, tuple(context.dependencies)))
+    return out

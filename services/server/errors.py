@@ -1,0 +1,264 @@
+"""Error handlers: every bad request gets a 4xx with `{"detail": [{"field", "message", "allowed"}]}`.
+
+Pydantic's validation errors are rewritten into that shape: `field` is the dotted path into the body
+(`budget.trials`, `objectives[0]`) or the query parameter's name, and `allowed` is read from the
+declared type of that field (enum values, literal values, numeric range, known field names).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import annotated_types as at
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from sqlalchemy.exc import OperationalError
+
+from search_spaces import OptionError, SearchSpace, SpaceError, UnknownSpaceError, get_space
+from services.core.model_export import ExportRefusedError
+from services.core.search_queue import SearchNotFoundError, SearchStateError
+
+log = logging.getLogger(__name__)
+
+_PARAM_SOURCES = ("query", "path", "header", "cookie")
+
+
+class ResourceNotFoundError(LookupError):
+    """A resource named in the URL does not exist: 404 naming the path parameter and what exists."""
+
+    def __init__(self, message: str, *, field: str, allowed: Any = None):
+        super().__init__(message)
+        self.field = field
+        self.allowed = allowed
+
+
+def error_response(status: int, field: str, message: str, allowed: Any = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"detail": [{"field": field, "message": message, "allowed": allowed}]}
+    )
+
+
+def conflict(fields: list[str], message: str) -> HTTPException:
+    """409 in the API's error shape, one item per conflicting field."""
+    return HTTPException(409, detail=[{"field": f, "message": message, "allowed": None} for f in fields[:20]])
+
+
+def space_at(name: str, options: dict[str, Any], *, field: str = "space_options") -> SearchSpace:
+    """`get_space(name, **options)` with option errors named under `field` (`space_options.resolution`)."""
+    try:
+        return get_space(name, **options)
+    except UnknownSpaceError:
+        raise
+    except OptionError as exc:
+        raise OptionError(str(exc), field=f"{field}.{exc.field}", allowed=exc.allowed) from None
+
+
+def canonical_at(space: SearchSpace, config: Any, *, field: str = "config") -> dict[str, Any]:
+    """`space.canonicalize(config)` with its errors named under `field` (`configs[3].stage2.depth`)."""
+    try:
+        return space.canonicalize(config)
+    except SpaceError as exc:
+        where = field if exc.field in ("config", "", None) else f"{field}.{exc.field}"
+        raise type(exc)(str(exc), field=where, allowed=exc.allowed) from None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(SpaceError, _space_error)
+    app.add_exception_handler(ResourceNotFoundError, _resource_not_found)
+    app.add_exception_handler(SearchNotFoundError, _search_not_found)
+    app.add_exception_handler(SearchStateError, _search_state_error)
+    app.add_exception_handler(ExportRefusedError, _export_refused)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(Exception, _internal_error)
+
+
+async def _space_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SpaceError)
+    return JSONResponse(status_code=422, content={"detail": [exc.to_dict()]})
+
+
+async def _resource_not_found(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ResourceNotFoundError)
+    return error_response(404, exc.field, str(exc), exc.allowed)
+
+
+async def _search_not_found(_request: Request, exc: Exception) -> JSONResponse:
+    return error_response(404, "search_id", str(exc))
+
+
+async def _search_state_error(_request: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, "status", str(exc), ["queued", "running"])
+
+
+async def _export_refused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ExportRefusedError)
+    return error_response(exc.status, exc.field, str(exc), exc.allowed)
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error: %s", exc)
+    return error_response(503, "database", f"the database is unavailable: {str(exc).splitlines()[0]}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Only bugs get here (bad input has its own handlers); the client still gets JSON it can show.
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error_response(500, "", f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    route = request.scope.get("route")
+    endpoint = getattr(route, "endpoint", None)
+    items = [_error_item(error, endpoint) for error in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": items})
+
+
+def _error_item(error: dict[str, Any], endpoint: Callable[..., Any] | None) -> dict[str, Any]:
+    loc = tuple(error.get("loc", ()))
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        position = loc[1] if len(loc) > 1 else "?"
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        return {
+            "field": "body",
+            "message": f"the request body is not valid JSON ({reason} at character {position})",
+            "allowed": "a JSON object",
+        }
+    field = _dotted(loc)
+    message = f"{field} is required" if kind == "missing" else f"{field}: {error.get('msg', 'invalid value')}"
+    allowed = None
+    if endpoint is not None:
+        try:
+            allowed = _allowed(endpoint, loc, kind)
+        except (TypeError, NameError):  # annotations that cannot be resolved: fall back to the context
+            allowed = None
+    if allowed is None:
+        allowed = _allowed_from_context(error.get("ctx") or {})
+    return {"field": field, "message": message, "allowed": allowed}
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in ("body", *_PARAM_SOURCES):
+        parts = parts[1:]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or (str(loc[0]) if loc else "request")
+
+
+def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
+    """The bare type of an annotation and the constraint metadata around it (Annotated, Optional)."""
+    metadata: list[Any] = []
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation, *extra = typing.get_args(annotation)
+            for item in extra:
+                if isinstance(item, FieldInfo):
+                    metadata.extend(item.metadata)
+                else:
+                    metadata.append(item)
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation, metadata
+            annotation = args[0]
+        else:
+            return annotation, metadata
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _allowed(endpoint: Callable[..., Any], loc: tuple[Any, ...], kind: str) -> Any:
+    """What the endpoint's declared type accepts at `loc`."""
+    hints = typing.get_type_hints(endpoint, include_extras=True)
+    if not loc:
+        return None
+    if loc[0] == "body":
+        models = [_unwrap(h)[0] for h in hints.values() if _is_model(_unwrap(h)[0])]
+        if not models:
+            return None
+        annotation, metadata, path = models[0], [], loc[1:]
+    elif loc[0] in _PARAM_SOURCES and len(loc) > 1 and loc[1] in hints:
+        annotation, metadata = _unwrap(hints[loc[1]])
+        path = loc[2:]
+    else:
+        return None
+    parent: Any = None
+    for part in path:
+        if isinstance(part, int):
+            args = typing.get_args(annotation)
+            annotation, metadata = _unwrap(args[0]) if args else (Any, [])
+        elif _is_model(annotation):
+            parent = annotation
+            info = annotation.model_fields.get(part)
+            if info is None:
+                return list(annotation.model_fields) if kind == "extra_forbidden" else None
+            annotation, metadata = _unwrap(info.annotation)
+            metadata = [*metadata, *info.metadata]
+        else:
+            return None
+    if kind == "extra_forbidden" and parent is not None:
+        return list(parent.model_fields)
+    return _describe(annotation, metadata)
+
+
+def _describe(annotation: Any, metadata: list[Any]) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [member.value for member in annotation]
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    if annotation is bool:
+        return [True, False]
+    if annotation in (int, float):
+        low = high = None
+        low_open = high_open = False
+        for item in metadata:
+            if isinstance(item, at.Ge):
+                low = item.ge
+            elif isinstance(item, at.Gt):
+                low, low_open = item.gt, True
+            elif isinstance(item, at.Le):
+                high = item.le
+            elif isinstance(item, at.Lt):
+                high, high_open = item.lt, True
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        return f"{annotation.__name__} in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+    if _is_model(annotation):
+        return f"a JSON object with the fields {list(annotation.model_fields)}"
+    for item in metadata:
+        if isinstance(item, at.MaxLen | at.MinLen):
+            return _length_text(metadata)
+    return None
+
+
+def _length_text(metadata: list[Any]) -> str:
+    low = next((m.min_length for m in metadata if isinstance(m, at.MinLen)), 0)
+    high = next((m.max_length for m in metadata if isinstance(m, at.MaxLen)), None)
+    return f"length between {low} and {high}" if high is not None else f"length at least {low}"
+
+
+def _allowed_from_context(ctx: dict[str, Any]) -> Any:
+    for key, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if key in ctx:
+            return f"{symbol} {ctx[key]}"
+    if "expected" in ctx:
+        return str(ctx["expected"])
+    return None

@@ -1,0 +1,190 @@
+"""Device farm endpoints under `/v1/devices/{device}`: uploads of raw samples, the table as a file,
+predictions, and the accuracy of predictions against subnets measured end to end (the devices
+themselves are `services.server.routers.devices`)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query, Response
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+
+from latency_lut.io import SUFFIXES, export_table, import_table
+from services.core.measurement_store import MeasurementConflictError, MeasurementRow
+from services.core.prediction_service import PairConflictError, PairIn, estimate_dict
+from services.server.deps import DeviceDep, MeasurementsDep, PredictionsDep, Scope, require_scope
+from services.server.errors import ResourceNotFoundError, canonical_at, conflict, error_response, space_at
+from services.server.schemas import (
+    DEVICE_NAME_PATTERN,
+    AccuracyBatch,
+    AccuracyOut,
+    AccuracyUploadOut,
+    IngestOut,
+    MeasurementBatch,
+    PairOut,
+    PredictIn,
+    PredictionOut,
+    PredictOut,
+)
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"])
+# Each route declares its scope: farms write with lut:write; reading and predicting need searches:read.
+READ = [require_scope(Scope.SEARCHES_READ)]
+WRITE = [require_scope(Scope.LUT_WRITE)]
+
+_MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+
+
+# --------------------------------------------------------------------------------- uploads
+@router.post("/{device}/measurements", response_model=IngestOut, status_code=201, dependencies=WRITE)
+def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: MeasurementsDep) -> IngestOut:
+    """Store one batch of raw samples of one agent run and re-aggregate the entries it touches.
+
+    Idempotent per (run id, key): a retried batch stores nothing new and counts its rows as
+    duplicates. Different samples for a (run id, key) already stored: 409. Any bad row: 422 naming
+    it. Either way nothing of a rejected batch is written.
+    """
+    space = space_at(batch.space, batch.space_options)
+    rows = [
+        MeasurementRow(m.key, m.samples_ms, None if m.features is None else m.features.model_dump())
+        for m in batch.measurements
+    ]
+    try:
+        result = store.ingest(
+            device, run_id=batch.run_id, space=space, provenance=batch.provenance, rows=rows
+        )
+    except MeasurementConflictError as exc:
+        raise conflict(exc.fields, str(exc)) from None
+    return IngestOut(device=device, run_id=batch.run_id, **result.__dict__)
+
+
+@router.get("/{device}/samples", dependencies=READ)
+def samples(
+    device: DeviceDep, store: MeasurementsDep, key: Annotated[str, Query(min_length=1, max_length=1024)]
+) -> list[dict[str, Any]]:
+    """Every run's raw samples of one key, with provenance and outlier flags."""
+    rows = store.samples(device, key)
+    if not rows:
+        raise ResourceNotFoundError(f"device {device!r} has no samples of key {key!r}", field="key")
+    for row in rows:
+        row["created_at"] = row["created_at"].isoformat()
+    return rows
+
+
+# --------------------------------------------------------------------------------- table files
+@router.get("/{device}/table", dependencies=READ)
+def export(device: DeviceDep, store: MeasurementsDep, format: Literal["csv", "parquet"] = "csv") -> Response:
+    """The device's whole table as a CSV or Parquet file (`latency_lut.io`'s columns)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{device}.{format}"
+        export_table(store.lut, device, path)
+        content = path.read_bytes()
+    headers = {"Content-Disposition": f'attachment; filename="{device}.{format}"'}
+    return Response(content, media_type=_MEDIA_TYPES[format], headers=headers)
+
+
+@router.put("/{device}/table", dependencies=WRITE)
+def import_file(
+    device: Annotated[str, PathParam(pattern=DEVICE_NAME_PATTERN)],
+    store: MeasurementsDep,
+    content: Annotated[bytes, Body(media_type="application/octet-stream")],
+    format: Literal["csv", "parquet"] = "csv",
+) -> JSONResponse:
+    """Validate a CSV or Parquet table file (the request body) and upsert its rows as the device's
+    entries (the file's device column is overridden). A bad file: 422, nothing written. Importing
+    creates a device known by its table."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"upload.{format}"
+        path.write_bytes(content)
+        try:
+            n = import_table(store.lut, path, device=device)
+        except ValueError as exc:
+            return error_response(422, "body", str(exc), "a latency table file: " + ", ".join(SUFFIXES))
+        except Exception as exc:  # pandas and pyarrow raise their own types for unreadable files
+            return error_response(422, "body", f"unreadable {format} file: {exc}", list(_MEDIA_TYPES))
+    return JSONResponse({"device": device, "imported": n})
+
+
+# --------------------------------------------------------------------------------- predictions
+@router.post("/{device}/predict", response_model=PredictOut, dependencies=READ)
+def predict_configs(device: DeviceDep, body: PredictIn, predictions: PredictionsDep) -> PredictOut:
+    """Predict subnets (configs or reference names) from the device's table, with the fallback for
+    missing keys (marked estimated) and the device's subnet calibration for the space."""
+    space = space_at(body.space, body.space_options)
+    predictor = predictions.predictor(device, space)
+    items = []
+    for i, config in enumerate(body.configs):
+        canonical = canonical_at(space, config, field=f"configs[{i}]")
+        estimate = predictor.predict(canonical, calibrate=body.calibrate)
+        values = estimate_dict(estimate)
+        values["total_ms"] = estimate.total_ms if estimate.complete else None
+        items.append(PredictionOut(config_id=space.config_id(canonical), **values))
+    return PredictOut(
+        device=device,
+        space=space.name,
+        options=dict(space.options),
+        calibration=None if predictor.calibration is None else predictor.calibration.to_dict(),
+        fallback=predictor.fallback.to_dict(),
+        items=items,
+    )
+
+
+# --------------------------------------------------------------------------------- accuracy
+@router.post("/{device}/accuracy", response_model=AccuracyUploadOut, status_code=201, dependencies=WRITE)
+def upload_pairs(device: DeviceDep, batch: AccuracyBatch, predictions: PredictionsDep) -> AccuracyUploadOut:
+    """Store whole subnets one run measured end to end: `validation` pairs get the prediction the
+    device's table makes now; `calibration` subnets feed the device's subnet calibration.
+    Idempotent per (run id, subnet)."""
+    space = space_at(batch.space, batch.space_options)
+    pairs = []
+    for i, pair in enumerate(batch.pairs):
+        canonical_at(space, pair.config, field=f"pairs[{i}].config")
+        pairs.append(PairIn(pair.config, pair.samples_ms))
+    try:
+        stored = predictions.add_pairs(
+            device,
+            run_id=batch.run_id,
+            role=batch.role,
+            space=space,
+            provenance=batch.provenance,
+            pairs=pairs,
+        )
+    except PairConflictError as exc:
+        raise conflict(exc.fields, str(exc)) from None
+    out = [
+        PairOut(
+            config_id=p.config_id,
+            n_blocks=p.n_blocks,
+            predicted_ms=p.predicted_ms,
+            measured_ms=p.measured_ms,
+            error=None if p.predicted_ms is None else (p.predicted_ms - p.measured_ms) / p.measured_ms,
+            estimated=p.estimated,
+            duplicate=p.duplicate,
+        )
+        for p in stored
+    ]
+    report = accuracy(device, predictions, space=space.name, run_id=batch.run_id)
+    return AccuracyUploadOut(
+        device=device,
+        run_id=batch.run_id,
+        role=batch.role,
+        pairs=out,
+        accuracy=report if batch.role == "validation" else None,
+    )
+
+
+@router.get("/{device}/accuracy", response_model=AccuracyOut, dependencies=READ)
+def accuracy(
+    device: DeviceDep,
+    predictions: PredictionsDep,
+    space: Annotated[str | None, Query(description="only subnets of this space")] = None,
+    run_id: Annotated[str | None, Query(description="only this validation run")] = None,
+    pairs: Annotated[bool, Query(description="also return the (predicted, measured) points")] = False,
+) -> AccuracyOut:
+    """RMSE, RMSPE and the shares within +-5/10/15% of the device's predictions of held-out subnets
+    measured end to end (`nas lut validate`); with `pairs=true` the points themselves."""
+    report, details = predictions.accuracy(device, space=space, run_id=run_id, include_pairs=pairs)
+    return AccuracyOut(device=device, space=space, run_id=run_id, **report.to_dict(), **details)

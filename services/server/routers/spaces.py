@@ -1,0 +1,118 @@
+"""`/v1/spaces`: the registered search spaces (choices, options, references), and subnets out of them:
+`POST /v1/spaces/{name}/evaluate` scores a config now, `POST /v1/spaces/{name}/export` returns it as a
+TorchScript, ONNX or zipped Core ML model file."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from search_spaces import get_space, list_spaces
+from services.core.measurement_store import UnknownDeviceError
+from services.core.model_export import ModelFile, export_model
+from services.option_values import parse_option_value
+from services.server.deps import MeasurementsDep, PredictionsDep, Scope, SpaceName, scope_by_method
+from services.server.errors import ResourceNotFoundError, canonical_at, space_at
+from services.server.schemas import (
+    EXPORT_RESPONSES,
+    ErrorBody,
+    EvaluateIn,
+    EvaluateOut,
+    ExportIn,
+    LatencyOut,
+    SpaceDetail,
+    SpaceSummary,
+)
+
+router = APIRouter(
+    prefix="/v1/spaces",
+    tags=["spaces"],
+    responses={422: {"model": ErrorBody}},
+    dependencies=[scope_by_method(read=Scope.SEARCHES_READ, write=Scope.SEARCHES_WRITE)],
+)
+
+
+@router.get("", response_model=list[SpaceSummary])
+def list_all() -> list[SpaceSummary]:
+    """Every registered space (a short, fixed list: the registry)."""
+    out = []
+    for name in list_spaces():
+        space = get_space(name)
+        out.append(
+            SpaceSummary(
+                name=name,
+                description=space.description,
+                cardinality=str(space.cardinality),
+                options=[spec.to_dict() for spec in space.option_specs()],
+            )
+        )
+    return out
+
+
+@router.get("/{name}", response_model=SpaceDetail, responses={404: {"model": ErrorBody}})
+def describe(name: SpaceName, request: Request) -> SpaceDetail:
+    """One space at the options given as query parameters (e.g. `?resolution=64`; defaults otherwise)."""
+    options = {key: parse_option_value(value) for key, value in request.query_params.items()}
+    return SpaceDetail(**get_space(name, **options).describe())
+
+
+@router.post("/{name}/evaluate", response_model=EvaluateOut, responses={404: {"model": ErrorBody}})
+def evaluate(
+    name: SpaceName, body: EvaluateIn, store: MeasurementsDep, predictions: PredictionsDep
+) -> EvaluateOut:
+    """Score one subnet now: parameters, MACs, and its latency on each device from the device's table
+    (with the covered share, the fallback for missing blocks marked as estimated, and the device's
+    calibration). Nothing is stored."""
+    space = space_at(name, body.space_options)
+    canonical = canonical_at(space, body.config)
+    for i, device in enumerate(body.devices):
+        try:
+            store.device(device)
+        except UnknownDeviceError as exc:
+            raise ResourceNotFoundError(str(exc), field=f"devices[{i}]", allowed=exc.known) from None
+    blocks = space.blocks(canonical)
+    params = sum(spec.params for spec in blocks)
+    macs = int(space.count(canonical)["macs"]) if body.macs else None
+    latency = {}
+    for device in dict.fromkeys(body.devices):
+        estimate = predictions.predictor(device, space).predict(canonical, calibrate=body.calibrate)
+        latency[device] = LatencyOut(
+            total_ms=estimate.total_ms if estimate.complete else None,
+            table_ms=estimate.table_ms,
+            covered_share=estimate.covered_share,
+            complete=estimate.complete,
+            estimated=estimate.estimated,
+            estimated_ms=estimate.estimated_ms,
+            calibrated=estimate.calibrated,
+            missing_keys=len(estimate.missing_keys),
+            missing_examples=list(estimate.missing_keys[:10]),
+        )
+    return EvaluateOut(
+        space=space.name,
+        options=dict(space.options),
+        config_id=space.config_id(canonical),
+        config=canonical,
+        n_blocks=len(blocks),
+        params=params,
+        macs=macs,
+        latency=latency,
+    )
+
+
+@router.post(
+    "/{name}/export",
+    response_class=Response,
+    responses={**EXPORT_RESPONSES, 404: {"model": ErrorBody}},
+)
+def export(name: SpaceName, body: ExportIn) -> Response:
+    """A subnet as a model file with random weights: `torchscript` (a traced `.pt`), `onnx` (opset 17)
+    or `coreml` (an `.mlpackage` folder, zipped; needs the `coreml` extra, else 501). Subnets above
+    100M parameters are refused (413); at most two exports run at once (else 503, retry later)."""
+    space = space_at(name, body.space_options)
+    return _model_file(
+        export_model(space, canonical_at(space, body.config), body.format, body.coreml_precision)
+    )
+
+
+def _model_file(model: ModelFile) -> Response:
+    headers = {"Content-Disposition": f'attachment; filename="{model.filename}"'}
+    return Response(model.content, media_type=model.media_type, headers=headers)

@@ -1,0 +1,523 @@
+"""Pydantic models of the REST API's bodies (search requests are `nas.SearchSpec`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nas import Trial
+from services.core.db import SearchRow, SearchStatus
+
+
+class ErrorItem(BaseModel):
+    """One problem with a request: the field (dotted path into the body, or the parameter's name),
+    what is wrong, and what would be accepted."""
+
+    field: str
+    message: str
+    allowed: list[Any] | str | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: list[ErrorItem]
+
+
+class DatabaseHealth(BaseModel):
+    ok: bool
+    backend: str
+    error: str | None = None
+
+
+class RayInfo(BaseModel):
+    mode: Literal["local", "cluster"]
+    address: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    database: DatabaseHealth
+    ray: RayInfo
+    scheduler: bool = Field(description="whether this server runs searches (its scheduler is started)")
+
+
+class OptionOut(BaseModel):
+    name: str
+    default: Any
+    type: str
+    allowed: list[Any] | str
+    help: str = ""
+
+
+class ChoiceOut(BaseModel):
+    name: str
+    options: list[Any]
+    help: str = ""
+
+
+class SpaceSummary(BaseModel):
+    name: str
+    description: str
+    cardinality: str = Field(description="number of distinct subnets (a decimal string: it can be huge)")
+    options: list[OptionOut]
+
+
+class SpaceDetail(SpaceSummary):
+    choices: list[ChoiceOut]
+    option_values: dict[str, Any]
+    reference_configs: dict[str, dict[str, Any]]
+
+
+class DeviceOut(BaseModel):
+    name: str
+    runtime: str
+    hardware: str
+    backend: str | None = Field(description="local measurement backend; null when measured elsewhere")
+    description: str
+    builtin: bool
+    entries: int = Field(description="entries in this device's latency table")
+    registered: bool = Field(False, description="registered with POST /v1/devices")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+#: Device names: lower-case letters, digits and `.-_`, starting with a letter or digit.
+DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+#: Agent run ids: letters, digits and `.-_` (agents use a uuid4 hex).
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: Rows one upload may carry.
+MAX_BATCH_ROWS = 10_000
+#: Samples one row may carry.
+MAX_SAMPLES = 10_000
+#: Whole subnets one accuracy upload may carry.
+MAX_PAIRS = 1_000
+
+Milliseconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class DeviceIn(BaseModel):
+    """A device to register: what runs where. Its name is what objectives say (`latency:<name>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=DEVICE_NAME_PATTERN, description="e.g. iphone14pro-coreml-ane")
+    runtime: str = Field(..., min_length=1, max_length=100, description="torch, onnxruntime, coreml, ...")
+    hardware: str = Field(..., min_length=1, max_length=200, description="e.g. Apple A16 Neural Engine")
+    description: str = Field("", max_length=2000)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="free-form JSON object")
+
+
+class WorkItem(BaseModel):
+    """One block a device lacks, with everything needed to build it: `get_space(space, **options)
+    .build_block(BlockSpec.from_key(key))`."""
+
+    key: str
+    kind: str
+    space: str
+    options: dict[str, Any]
+    params: int
+
+
+class WorkPage(BaseModel):
+    device: str
+    space: str
+    options: dict[str, Any]
+    needed: int = Field(description="distinct blocks the space (or the configs) needs")
+    total: int = Field(description="of those, blocks the device's table lacks")
+    offset: int
+    limit: int
+    items: list[WorkItem]
+
+
+class BlockFeaturesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    macs: int = Field(..., ge=0)
+    params: int = Field(..., ge=0)
+    bytes_moved: int = Field(..., ge=0)
+
+
+class MeasurementIn(BaseModel):
+    """One key's timed repeats from one agent run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(..., min_length=1, max_length=1024)
+    samples_ms: list[Milliseconds] = Field(..., min_length=1, max_length=MAX_SAMPLES)
+    features: BlockFeaturesIn | None = None
+
+
+class MeasurementBatch(BaseModel):
+    """A batch of one agent run: its id, the space its keys belong to, how it measured, the rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(..., pattern=RUN_ID_PATTERN)
+    space: str
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(
+        ..., description="backend, runtime and library versions, machine; needs `backend` and `runtime`"
+    )
+    measurements: list[MeasurementIn] = Field(..., min_length=1, max_length=MAX_BATCH_ROWS)
+
+    @field_validator("provenance")
+    @classmethod
+    def _provenance_names_runtime(cls, provenance: dict[str, Any]) -> dict[str, Any]:
+        for name in ("backend", "runtime"):
+            value = provenance.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"provenance.{name} must be a non-empty string (what measured the batch)")
+        return provenance
+
+
+class IngestOut(BaseModel):
+    device: str
+    run_id: str
+    accepted: int = Field(description="rows stored now")
+    duplicates: int = Field(description="rows this run had already uploaded (a retry): ignored")
+    entries_updated: int
+    outlier_runs: int = Field(description="runs left out of the updated entries as outliers")
+
+
+class PredictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    space: str
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    configs: list[dict[str, Any] | str] = Field(..., min_length=1, max_length=1000)
+    calibrate: bool = True
+
+
+class PredictionOut(BaseModel):
+    config_id: str
+    total_ms: float | None = Field(description="null when blocks are missing and no fallback covers them")
+    table_ms: float
+    covered_share: float
+    n_blocks: int
+    complete: bool
+    estimated: bool
+    estimated_keys: list[str]
+    estimated_ms: float
+    estimated_error_ms: float
+    missing_keys: list[str]
+    calibrated: bool
+
+
+class PredictOut(BaseModel):
+    device: str
+    space: str
+    options: dict[str, Any]
+    calibration: dict[str, Any] | None
+    fallback: dict[str, Any]
+    items: list[PredictionOut]
+
+
+class PairIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any]
+    samples_ms: list[Milliseconds] = Field(..., min_length=1, max_length=MAX_SAMPLES)
+
+
+class AccuracyBatch(BaseModel):
+    """Whole subnets one run measured end to end on the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(..., pattern=RUN_ID_PATTERN)
+    role: Literal["validation", "calibration"] = "validation"
+    space: str
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    pairs: list[PairIn] = Field(..., min_length=1, max_length=MAX_PAIRS)
+
+
+class PairOut(BaseModel):
+    config_id: str
+    n_blocks: int
+    predicted_ms: float | None
+    measured_ms: float
+    error: float | None = Field(description="(predicted - measured) / measured")
+    estimated: bool
+    duplicate: bool
+
+
+class AccuracyPoint(BaseModel):
+    space: str
+    run_id: str
+    config_id: str
+    predicted_ms: float
+    measured_ms: float
+    estimated: bool
+
+
+class AccuracyOut(BaseModel):
+    """nn-Meter's measures over held-out subnets: RMSE (ms), RMSPE and mean error (fractions), and
+    the shares of subnets predicted within +-5%, +-10%, +-15%."""
+
+    device: str
+    space: str | None
+    run_id: str | None
+    n: int
+    rmse_ms: float | None
+    rmspe: float | None
+    mean_error: float | None
+    within_5: float | None
+    within_10: float | None
+    within_15: float | None
+    excluded_calibration: int = Field(description="validation subnets also used for calibration: left out")
+    unpriced: int = Field(description="subnets the table could not price (missing keys): left out")
+    estimated: int = Field(description="subnets priced partly by the fallback")
+    calibrated: int
+    spaces: list[str]
+    runs: list[dict[str, Any]]
+    pairs: list[AccuracyPoint] | None = Field(
+        None, description="with ?pairs=true: the held-out (predicted, measured) points, newest 5,000"
+    )
+
+
+class AccuracyUploadOut(BaseModel):
+    device: str
+    run_id: str
+    role: str
+    pairs: list[PairOut]
+    accuracy: AccuracyOut | None = Field(description="this run's report (validation runs)")
+
+
+class SearchLinks(BaseModel):
+    self: str
+    trials: str
+    pareto: str
+    cancel: str
+
+    @classmethod
+    def of(cls, search_id: str) -> SearchLinks:
+        base = f"/v1/searches/{search_id}"
+        return cls(self=base, trials=f"{base}/trials", pareto=f"{base}/pareto", cancel=f"{base}/cancel")
+
+
+class SearchCreated(BaseModel):
+    id: str
+    status: SearchStatus
+    links: SearchLinks
+
+
+class SearchProgress(BaseModel):
+    """Where a search stands: counts of its trials, time spent, and an estimate of the time left."""
+
+    completed: int = Field(description="trials recorded as completed")
+    failed: int = Field(description="trials recorded as failed (evaluation errors)")
+    recorded: int = Field(description="completed + failed")
+    in_flight: int = Field(description="evaluations running now (the parallelism while the search runs)")
+    remaining: int = Field(description="trials of the budget not yet recorded")
+    fraction: float = Field(description="recorded / budget, 0..1")
+    elapsed_s: float = Field(description="seconds the search has run (live while it runs)")
+    trials_per_s: float | None = Field(description="recorded trials per second of run time; null before one")
+    eta_s: float | None = Field(
+        description="estimated seconds left (trial rate and budget, capped by budget.seconds); null when "
+        "unknown (queued, or no trial yet); 0 once finished"
+    )
+
+    @classmethod
+    def of(cls, row: SearchRow, now: datetime | None = None) -> SearchProgress:
+        status = SearchStatus(row.status)
+        spec_budget = (row.spec or {}).get("budget") or {}
+        parallelism = int(spec_budget.get("parallelism") or 1)
+        budget_seconds = spec_budget.get("seconds")
+        recorded = max(0, int(row.trials_done))
+        failed = max(0, int(row.trials_failed))
+        remaining = max(0, int(row.budget_trials) - recorded)
+        elapsed = float(row.elapsed_s)
+        if status == SearchStatus.RUNNING and row.started_at is not None:
+            # The row's elapsed time is written with each trial; between trials it runs on.
+            now = now or datetime.now(row.started_at.tzinfo)
+            elapsed = max(elapsed, (now - row.started_at).total_seconds())
+        rate = recorded / row.elapsed_s if recorded and row.elapsed_s > 0 else None
+        eta: float | None
+        if status.finished:
+            eta = 0.0
+        elif status != SearchStatus.RUNNING or rate is None:
+            eta = None
+        else:
+            eta = remaining / rate
+            if budget_seconds is not None:
+                eta = max(0.0, min(eta, float(budget_seconds) - elapsed))
+        return cls(
+            completed=max(0, recorded - failed),
+            failed=failed,
+            recorded=recorded,
+            in_flight=min(parallelism, remaining) if status == SearchStatus.RUNNING else 0,
+            remaining=remaining,
+            fraction=min(1.0, recorded / row.budget_trials) if row.budget_trials else 0.0,
+            elapsed_s=elapsed,
+            trials_per_s=rate,
+            eta_s=eta,
+        )
+
+
+class SearchOut(BaseModel):
+    id: str
+    name: str
+    status: SearchStatus
+    status_message: str
+    error: str | None
+    cancel_requested: bool
+    trials_done: int
+    trials_failed: int
+    budget_trials: int
+    front_size: int
+    hypervolume: float | None
+    elapsed_s: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    spec: dict[str, Any]
+    links: SearchLinks
+    progress: SearchProgress
+
+    @classmethod
+    def of(cls, row: SearchRow) -> SearchOut:
+        return cls(
+            id=row.id,
+            name=row.name,
+            status=SearchStatus(row.status),
+            status_message=row.status_message,
+            error=row.error,
+            cancel_requested=row.cancel_requested,
+            trials_done=row.trials_done,
+            trials_failed=row.trials_failed,
+            budget_trials=row.budget_trials,
+            front_size=row.front_size,
+            hypervolume=row.hypervolume,
+            elapsed_s=row.elapsed_s,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            updated_at=row.updated_at,
+            spec=row.spec,
+            links=SearchLinks.of(row.id),
+            progress=SearchProgress.of(row),
+        )
+
+
+class SearchPage(BaseModel):
+    items: list[SearchOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class TrialOut(BaseModel):
+    number: int
+    config: dict[str, Any]
+    config_id: str
+    state: str
+    values: dict[str, float]
+    feasible: bool
+    metrics: dict[str, Any]
+    error: str | None
+    duration_s: float
+    finished_at: datetime
+
+    @classmethod
+    def of(cls, trial: Trial) -> TrialOut:
+        return cls(
+            number=trial.number,
+            config=trial.config,
+            config_id=trial.config_id,
+            state=trial.state.value,
+            values=trial.values,
+            feasible=trial.feasible,
+            metrics=trial.metrics,
+            error=trial.error,
+            duration_s=trial.duration_s,
+            finished_at=trial.finished_at,
+        )
+
+
+class TrialPage(BaseModel):
+    items: list[TrialOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class ObjectiveOut(BaseModel):
+    name: str
+    direction: Literal["minimize", "maximize"]
+
+
+class ParetoOut(BaseModel):
+    search_id: str
+    status: SearchStatus
+    objectives: list[ObjectiveOut]
+    constraints: list[str]
+    hypervolume: float | None
+    total: int = Field(0, description="members on the front (all pages)")
+    offset: int = 0
+    limit: int = 0
+    trials: list[TrialOut] = Field(description="the front's members ordered by trial number (one page)")
+
+
+#: What a model file export may answer besides 200 (for the OpenAPI documents of its routes).
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}, "application/zip": {}}, "description": "model file"},
+    413: {"model": ErrorBody},
+    501: {"model": ErrorBody},
+    503: {"model": ErrorBody},
+}
+
+#: Devices one evaluate request may price.
+MAX_EVALUATE_DEVICES = 16
+
+
+class EvaluateIn(BaseModel):
+    """A subnet to score now: a config (or a reference name) at the space's options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] | str = Field(..., description="a config, or a reference name such as 's0'")
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    devices: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_EVALUATE_DEVICES,
+        description="devices to price the subnet on (their latency tables, with the fallback)",
+    )
+    macs: bool = Field(True, description="count MACs (traces each distinct block once, cached)")
+    calibrate: bool = True
+
+
+class LatencyOut(BaseModel):
+    total_ms: float | None = Field(description="null when blocks are missing and no fallback covers them")
+    table_ms: float
+    covered_share: float = Field(description="share of the subnet's blocks the table measured")
+    complete: bool
+    estimated: bool
+    estimated_ms: float
+    calibrated: bool
+    missing_keys: int
+    missing_examples: list[str]
+
+
+class EvaluateOut(BaseModel):
+    space: str
+    options: dict[str, Any]
+    config_id: str
+    config: dict[str, Any] = Field(description="the canonical config")
+    n_blocks: int
+    params: int
+    macs: int | None
+    latency: dict[str, LatencyOut] = Field(description="per device")
+
+
+class ExportIn(BaseModel):
+    """A subnet to export as a model file (random weights: the architecture, for deployment tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] | str
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    format: Literal["torchscript", "onnx", "coreml"] = "onnx"
+    coreml_precision: Literal["fp16", "fp32"] = "fp16"
