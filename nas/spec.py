@@ -86,7 +86,7 @@ def resolve(spec: SearchSpec, known_devices: Iterable[str]) -> ResolvedSpec:
     `proxy:default` becomes the space's default proxy (`params` where the space offers no better one);
     the resolved `spec` is the one to store."""
     from nas.proxies import available_proxies, default_proxy
-    from nas.strategies import list_strategies
+    from nas.strategies import strategy_class
 
     devices = sorted(known_devices)
     try:
@@ -108,10 +108,5 @@ def resolve(spec: SearchSpec, known_devices: Iterable[str]) -> ResolvedSpec:
         parse_constraint(text, devices, field=f"constraints[{i}]", proxies=proxies, space=space.name)
         for i, text in enumerate(spec.constraints)
     ]
-    if spec.strategy not in list_strategies():
-        raise SpecError(
-            f"unknown strategy {spec.strategy!r}; allowed: {list_strategies()}",
-            field="strategy",
-            allowed=list_strategies(),
-        )
+    strategy_class(spec.strategy)
     return ResolvedSpec(spec=spec, space=space, objectives=objectives, constraints=constraints)

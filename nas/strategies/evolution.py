@@ -11,8 +11,8 @@ import numpy as np
 
 from nas._trial import Trial, TrialState
 from nas.objectives import SpecError
-from nas.strategies import register_strategy
 from nas.strategies._base import ParamCheck, Strategy, int_at_least, probability
+from nas.strategies.registry import register_strategy
 from search_spaces import Config, config_id
 
 

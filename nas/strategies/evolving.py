@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError
-from nas.strategies import register_strategy
 from nas.strategies._base import ParamCheck, int_at_least
 from nas.strategies._stepwise import Action, StepwiseStrategy
+from nas.strategies.registry import register_strategy
 from search_spaces import Config
 
 #: Choices whose value counts blocks (the last part of the choice name): the removable blocks.

@@ -8,9 +8,9 @@ from typing import Any
 
 import optuna
 
-from nas.strategies import register_strategy
 from nas.strategies._base import ParamCheck, int_at_least, probability
 from nas.strategies._optuna import OptunaStrategy
+from nas.strategies.registry import register_strategy
 
 
 @register_strategy

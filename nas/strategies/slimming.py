@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError
-from nas.strategies import register_strategy
 from nas.strategies._base import ParamCheck
 from nas.strategies._stepwise import Action, StepwiseStrategy
 from nas.strategies.evolving import _number, _start
+from nas.strategies.registry import register_strategy
 from search_spaces import Config
 
 #: Choices an action may reduce, by the last part of their name: a stage's depth, a stage's width,
