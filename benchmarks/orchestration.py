@@ -65,8 +65,9 @@ def run_runner(
 def run_optuna(path: Path, sampler: optuna.samplers.BaseSampler, trials: int) -> tuple[float, float]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = SearchSpec(**SPACE, objectives=OBJECTIVES)
-    space = resolve(spec, []).space
-    evaluator = SubnetEvaluator(space.name, space.options, OBJECTIVES, {}, space=space)
+    resolved = resolve(spec, [])
+    space = resolved.space
+    evaluator = SubnetEvaluator(space.name, space.options, resolved.objectives, {}, space=space)
     study = optuna.create_study(
         storage=f"sqlite:///{path}", directions=["minimize", "minimize"], sampler=sampler
     )

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from nas import ResolvedSpec, SearchSpec, Trial, TrialState, parse_constraint, parse_objective, resolve
+from nas import (
+    Objective,
+    ResolvedSpec,
+    SearchSpec,
+    Trial,
+    TrialState,
+    parse_constraint,
+    parse_objective,
+    resolve,
+)
 from nas.evaluate import SubnetEvaluator
 from nas.strategies import Strategy, make_strategy
 from search_spaces import BlockSpec, Choice, OptionSpec, SearchSpace, Supernet, config_id, list_spaces
@@ -114,6 +123,11 @@ def synthetic_lut(space: SearchSpace) -> dict[str, float]:
     return {spec.key: synthetic_latency(spec) for spec in space.all_blocks()}
 
 
+def objectives(names: Iterable[str], devices: Iterable[str] = (DEVICE,)) -> list[Objective]:
+    """`names` parsed as a spec's objectives are (latency on `devices`, any registered proxy)."""
+    return [parse_objective(name, list(devices)) for name in names]
+
+
 def make_resolved(space: SearchSpace, **spec_fields: Any) -> ResolvedSpec:
     """A `ResolvedSpec` for `space` (registered or not) with `DEVICE` as the only known device."""
     fields = {
@@ -177,10 +191,9 @@ def make_tiny_strategy(
     name: str, space: TinySpace, *, seed: int = 0, constraints: list[str] = (), **params: Any
 ) -> Strategy:
     """Strategy `name` on the tiny space for `STRATEGY_OBJECTIVES`, with `SMALL_STRATEGY_PARAMS`."""
-    objectives = [parse_objective(o, [DEVICE]) for o in STRATEGY_OBJECTIVES]
     parsed = [parse_constraint(c, [DEVICE]) for c in constraints]
     merged = {**SMALL_STRATEGY_PARAMS.get(name, {}), **params}
-    return make_strategy(name, space, objectives, parsed, seed=seed, **merged)
+    return make_strategy(name, space, objectives(STRATEGY_OBJECTIVES), parsed, seed=seed, **merged)
 
 
 class Evaluations:
@@ -188,7 +201,9 @@ class Evaluations:
     one fails."""
 
     def __init__(self, space: TinySpace, luts: dict[str, dict[str, float]], fail_every: int = 0):
-        self.evaluator = SubnetEvaluator(space.name, space.options, STRATEGY_OBJECTIVES, luts, space=space)
+        self.evaluator = SubnetEvaluator(
+            space.name, space.options, objectives(STRATEGY_OBJECTIVES), luts, space=space
+        )
         self.fail_every = fail_every
         self.number = 0
 
