@@ -34,7 +34,7 @@ from sqlalchemy import event
 from nas import MemoryTrialStore, SearchSpec, resolve
 from nas.evaluate import SubnetEvaluator
 from nas.runner import Runner, init_ray
-from nas.store import TrialStore
+from nas.trial_store import TrialStore
 from services.db import SearchRow, init_db, make_engine
 from services.search_queue import SearchQueue
 from services.store import SqlTrialStore

@@ -4,7 +4,7 @@ and `latency_lut`; never on `services` (it defines `TrialStore`, which `services
 from nas._trial import Trial, TrialState
 from nas.objectives import Constraint, Objective, SpecError, parse_constraint, parse_objective
 from nas.spec import Budget, ResolvedSpec, SearchSpec, resolve
-from nas.store import DuplicateTrialError, MemoryTrialStore, TrialStore
+from nas.trial_store import DuplicateTrialError, MemoryTrialStore, TrialStore
 
 __all__ = [
     "Budget",

@@ -39,8 +39,8 @@ from nas.objectives import Objective
 from nas.pareto import Normalizer, ParetoFront, hypervolume
 from nas.proxies import DEFAULT_SUPERNET_DIR
 from nas.spec import ResolvedSpec
-from nas.store import TrialStore
 from nas.strategies import make_strategy
+from nas.trial_store import TrialStore
 from search_spaces import Config, config_id
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,15 @@
 """Search strategies, registered by name (see `Strategy` for the contract)."""
 
 # The built-in strategies register themselves (`register_strategy`) when imported.
-from nas.strategies import evolution, evolving, optuna_extra, optuna_nsga2, random_search, slimming  # noqa: F401
+from nas.strategies import (  # noqa: F401
+    block_evolving,
+    optuna_nsga2,
+    optuna_nsga3,
+    optuna_tpe,
+    random_search,
+    regularized_evolution,
+    slimming,
+)
 from nas.strategies._base import Strategy
 from nas.strategies.registry import (
     DEFAULT_STRATEGY,

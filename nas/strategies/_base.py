@@ -17,55 +17,13 @@ the checked params to `setup`, where the strategy builds its state.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from nas._trial import Trial
-from nas.objectives import Constraint, Objective, SpecError
+from nas.objectives import Constraint, Objective
+from nas.strategies.params import ParamCheck, check_strategy_params
 from search_spaces import Config, SearchSpace
-
-#: A strategy parameter's check: returns the (possibly converted) value or raises ValueError with a
-#: description of what is allowed.
-ParamCheck = Callable[[Any], Any]
-
-
-def int_at_least(minimum: int) -> ParamCheck:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"an int >= {minimum}")
-        return value
-
-    return check
-
-
-def probability(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError("a number in [0, 1]")
-    return float(value)
-
-
-def check_strategy_params(
-    strategy: str, params: Mapping[str, Any], allowed: Mapping[str, ParamCheck]
-) -> dict[str, Any]:
-    """Validate `strategy_params`: unknown names and bad values raise `SpecError` naming the field."""
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise SpecError(
-            f"unknown parameter {unknown[0]!r} for strategy {strategy!r}; allowed: {sorted(allowed)}",
-            field=f"strategy_params.{unknown[0]}",
-            allowed=sorted(allowed),
-        )
-    checked = {}
-    for name, value in params.items():
-        try:
-            checked[name] = allowed[name](value)
-        except ValueError as exc:
-            raise SpecError(
-                f"strategy parameter {name!r} of {strategy!r} must be {exc}, got {value!r}",
-                field=f"strategy_params.{name}",
-                allowed=str(exc),
-            ) from None
-    return checked
 
 
 class Strategy(abc.ABC):

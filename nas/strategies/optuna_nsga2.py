@@ -7,8 +7,8 @@ from typing import Any
 
 import optuna
 
-from nas.strategies._base import ParamCheck, int_at_least, probability
 from nas.strategies._optuna import OptunaStrategy
+from nas.strategies.params import ParamCheck, int_at_least, probability
 from nas.strategies.registry import register_strategy
 
 

@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError
-from nas.strategies._base import ParamCheck
 from nas.strategies._stepwise import Action, StepwiseStrategy
-from nas.strategies.evolving import _number, _start
+from nas.strategies.params import ParamCheck, config_or_reference, positive_number
 from nas.strategies.registry import register_strategy
 from search_spaces import Config
 
@@ -66,8 +65,8 @@ class SlimmingStrategy(StepwiseStrategy):
             "latency": str,
             "alpha": _weights,
             "units": _weights,
-            "start": _start,
-            "target_ms": _number,
+            "start": config_or_reference,
+            "target_ms": positive_number,
         }
 
     def setup(self, params: Mapping[str, Any]) -> None:

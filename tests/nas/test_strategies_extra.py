@@ -19,8 +19,8 @@ from nas_testing import (
 from nas import MemoryTrialStore, SpecError, Trial
 from nas.runner import Runner
 from nas.strategies import list_strategies
-from nas.strategies.evolution import EvolutionStrategy, InfeasibleConstraintError
-from nas.strategies.optuna_extra import NSGA3Strategy
+from nas.strategies.optuna_nsga3 import NSGA3Strategy
+from nas.strategies.regularized_evolution import EvolutionStrategy, InfeasibleConstraintError
 from search_spaces import config_id
 
 STRATEGIES = ["nsga3", "tpe", "evolution"]

@@ -1,4 +1,4 @@
-"""NSGA-III and TPE through Optuna's ask-and-tell interface (see `OptunaStrategy`)."""
+"""NSGA-III through Optuna's ask-and-tell interface (see `OptunaStrategy`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import optuna
 
-from nas.strategies._base import ParamCheck, int_at_least, probability
 from nas.strategies._optuna import OptunaStrategy
+from nas.strategies.params import ParamCheck, int_at_least, probability
 from nas.strategies.registry import register_strategy
 
 
@@ -52,39 +52,3 @@ class NSGA3Strategy(OptunaStrategy):
     @property
     def generation_size(self) -> int:
         return self.population_size
-
-
-@register_strategy
-class TPEStrategy(OptunaStrategy):
-    """TPE (Optuna's `TPESampler`; multi-objective TPE when there are several objectives).
-
-    Params: `n_startup_trials` (default 10 random trials before the model), `n_ei_candidates` (24),
-    `multivariate` (default True: one joint model of all choices, which suits coupled choices such as
-    a stage's depth and its blocks' ratios), and `max_attempts` (32). Trials in flight are handled
-    by Optuna's constant liar, so batches asked for parallelism are not all the same proposal.
-    """
-
-    name = "tpe"
-
-    @classmethod
-    def sampler_param_checks(cls) -> Mapping[str, ParamCheck]:
-        return {
-            "n_startup_trials": int_at_least(1),
-            "n_ei_candidates": int_at_least(1),
-            "multivariate": _boolean,
-        }
-
-    def make_sampler(self, params: Mapping[str, Any], seed: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(
-            n_startup_trials=params.get("n_startup_trials", 10),
-            n_ei_candidates=params.get("n_ei_candidates", 24),
-            multivariate=params.get("multivariate", True),
-            constant_liar=True,
-            seed=seed,
-        )
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value

@@ -7,25 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError
-from nas.strategies._base import ParamCheck, int_at_least
 from nas.strategies._stepwise import Action, StepwiseStrategy
+from nas.strategies.params import ParamCheck, config_or_reference, int_at_least, positive_number
 from nas.strategies.registry import register_strategy
 from search_spaces import Config
 
 #: Choices whose value counts blocks (the last part of the choice name): the removable blocks.
 BLOCK_COUNT_SUFFIXES = ("resnets", "transformers", "transformer_depth", "depth", "vit", "temporal_count")
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("a number > 0")
-    return float(value)
-
-
-def _start(value: Any) -> Any:
-    if not isinstance(value, (str, dict)):
-        raise ValueError("a reference config name or a config object")
-    return value
 
 
 def _names(value: Any) -> list[str]:
@@ -65,8 +53,8 @@ class EvolvingStrategy(StepwiseStrategy):
         return {
             "quality": str,
             "latency": str,
-            "target_ms": _number,
-            "base": _start,
+            "target_ms": positive_number,
+            "base": config_or_reference,
             "group_size": int_at_least(1),
             "choices": _names,
         }
