@@ -150,7 +150,7 @@ class PredictionService:
             return None
 
     def _version(self, device: str, space: SearchSpace) -> tuple[Any, ...]:
-        from latency_lut._sql import lut_entries
+        from latency_lut.sql_table import lut_entries
 
         with self.engine.connect() as conn:
             table = conn.execute(

@@ -4,19 +4,15 @@ TorchScript, ONNX or zipped Core ML model file."""
 
 from __future__ import annotations
 
-import io
 import json
-import tempfile
 import threading
-import warnings
-import zipfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
 
 from latency_lut.backends import BackendUnavailableError
+from latency_lut.export import export_subnet
 from search_spaces import SearchSpace, SpaceError, UnknownSpaceError, get_space, list_spaces, space_class
 from services.api.errors import ResourceNotFoundError, error_response
 from services.api.measurements import MeasurementsDep, PredictionsDep, space_at
@@ -182,9 +178,9 @@ def subnet_file(space: SearchSpace, canonical: dict[str, Any], fmt: str, precisi
         )
     if fmt == "coreml":
         try:
-            from latency_lut._coreml import _coremltools
+            from latency_lut.coreml_backend import import_coremltools
 
-            _coremltools()
+            import_coremltools()
         except BackendUnavailableError as exc:
             return error_response(501, "format", str(exc), ["torchscript", "onnx"])
     if not _EXPORTS.acquire(blocking=False):
@@ -192,43 +188,13 @@ def subnet_file(space: SearchSpace, canonical: dict[str, Any], fmt: str, precisi
             503, "format", f"{MAX_CONCURRENT_EXPORTS} exports are running; retry in a few seconds", None
         )
     try:
-        content = _build_export(space, canonical, fmt, precision)
+        content = export_subnet(space, canonical, fmt, precision)
     finally:
         _EXPORTS.release()
     suffix, media_type = _EXPORT_FILES[fmt]
     filename = f"{space.name}-{space.config_id(canonical)}{suffix}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     return Response(content, media_type=media_type, headers=headers)
-
-
-def _build_export(space: SearchSpace, config: dict[str, Any], fmt: str, precision: str) -> bytes:
-    import torch
-
-    module = space.build(config).eval()
-    inputs = space.example_inputs()
-    if fmt == "onnx":
-        from latency_lut._onnx import export_onnx
-
-        buffer = io.BytesIO()
-        export_onnx(module, inputs, buffer)
-        return buffer.getvalue()
-    if fmt == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape checks baked into the graph
-            traced = torch.jit.trace(module, tuple(inputs), check_trace=False)
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-        return buffer.getvalue()
-    from latency_lut._coreml import CoreMLBackend
-
-    with tempfile.TemporaryDirectory() as folder:
-        package = CoreMLBackend(precision=precision).export(module, inputs, Path(folder) / "model.mlpackage")
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(package.rglob("*")):
-                if path.is_file():
-                    archive.write(path, Path("model.mlpackage") / path.relative_to(package))
-        return buffer.getvalue()
 
 
 def parse_option_value(text: str) -> Any:

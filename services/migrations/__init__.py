@@ -64,7 +64,7 @@ class UpgradeReport:
 
 def target_metadata() -> list[sa.MetaData]:
     """Every table the migrations manage: the service's and the latency tables."""
-    from latency_lut._sql import metadata as lut_metadata
+    from latency_lut.sql_table import metadata as lut_metadata
     from services.db import Base
 
     return [Base.metadata, lut_metadata]
