@@ -121,7 +121,7 @@ class EvolvingStrategy(StepwiseStrategy):
         lat = self.latency.name
         rows = [
             {
-                "actions": [_describe(a) for a in actions],
+                "actions": [a.to_dict() for a in actions],
                 "d_quality": -self._quality_loss(values, probe),
                 "d_latency_ms": probe[lat] - values[lat],
                 "latency_ms": probe[lat],
@@ -142,7 +142,7 @@ class EvolvingStrategy(StepwiseStrategy):
             removals.sort(key=lambda ra: -ra[0]["d_quality"] / -ra[0]["d_latency_ms"])
             taken = [a for _, actions in removals[: self.group_size] for a in actions]
             nxt = self.apply(current, taken) or self.apply(current, removals[0][1])
-            return nxt, {**entry, "kind": "remove", "taken": [_describe(a) for a in taken]}
+            return nxt, {**entry, "kind": "remove", "taken": [a.to_dict() for a in taken]}
         helpful = [
             (r, a)
             for r, (a, _) in zip(rows, probes, strict=True)
@@ -163,7 +163,3 @@ class EvolvingStrategy(StepwiseStrategy):
 def _gain_per_ms(row: Mapping[str, float]) -> float:
     cost = row["d_latency_ms"]
     return float("inf") if cost <= 0 else row["d_quality"] / cost
-
-
-def _describe(action: Action) -> dict[str, Any]:
-    return {"choice": action.choice, "from": action.old, "to": action.new}

@@ -9,7 +9,8 @@ from typing import Any
 import optuna
 
 from nas.strategies._optuna import OptunaStrategy
-from nas.strategies.params import ParamCheck, int_at_least, probability
+from nas.strategies.optuna_nsga2 import NSGA2Strategy, genetic_sampler_args
+from nas.strategies.params import ParamCheck, int_at_least
 from nas.strategies.registry import register_strategy
 
 
@@ -27,13 +28,7 @@ class NSGA3Strategy(OptunaStrategy):
 
     @classmethod
     def sampler_param_checks(cls) -> Mapping[str, ParamCheck]:
-        return {
-            "population_size": int_at_least(2),
-            "crossover_prob": probability,
-            "swapping_prob": probability,
-            "mutation_prob": probability,
-            "dividing_parameter": int_at_least(1),
-        }
+        return {**NSGA2Strategy.sampler_param_checks(), "dividing_parameter": int_at_least(1)}
 
     def make_sampler(self, params: Mapping[str, Any], seed: int) -> optuna.samplers.BaseSampler:
         self.population_size: int = params.get("population_size", 20)
@@ -41,10 +36,7 @@ class NSGA3Strategy(OptunaStrategy):
             # Optuna marks NSGA-III experimental; its interface is what we pin in tests.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.NSGAIIISampler(
-                population_size=self.population_size,
-                crossover_prob=params.get("crossover_prob", 0.9),
-                swapping_prob=params.get("swapping_prob", 0.5),
-                mutation_prob=params.get("mutation_prob"),
+                **genetic_sampler_args(params),
                 dividing_parameter=params.get("dividing_parameter", 3),
                 seed=seed,
             )

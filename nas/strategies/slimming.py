@@ -124,7 +124,7 @@ class SlimmingStrategy(StepwiseStrategy):
         mes = self.mes(values)
         rows = [
             {
-                "actions": [{"choice": a.choice, "from": a.old, "to": a.new} for a in actions],
+                "actions": [a.to_dict() for a in actions],
                 "d_quality": q.to_min(values[q.name]) - q.to_min(probe[q.name]),
                 "d_mes": self.mes(probe) - mes,
             }
