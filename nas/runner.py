@@ -104,8 +104,9 @@ class RunResult:
     elapsed_s: float
 
 
-#: Builds the evaluator of an actor from (space name, space options, objectives, LUT snapshots);
-#: `SubnetEvaluator` by default. It is pickled to the workers (tests pass evaluators that crash).
+#: Builds the evaluator of an actor from (space name, space options, parsed objectives, LUT snapshots);
+#: by default `SubnetEvaluator` with the runner's `supernet_dir`. It is pickled to the workers (tests
+#: pass evaluators that crash).
 EvaluatorFactory = Callable[[str, dict[str, Any], list[Objective], Mapping[str, Mapping[str, float]]], Any]
 
 
