@@ -34,7 +34,7 @@ from sqlalchemy import event
 from nas import MemoryTrialStore, SearchSpec, resolve
 from nas.evaluate import SubnetEvaluator
 from nas.runner import Runner, init_ray
-from nas.store import TrialStore
+from nas.trial_store import TrialStore
 from services.core.db import SearchRow, make_engine
 from services.core.migrations import init_db
 from services.core.search_queue import SearchQueue
@@ -66,8 +66,9 @@ def run_runner(
 def run_optuna(path: Path, sampler: optuna.samplers.BaseSampler, trials: int) -> tuple[float, float]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = SearchSpec(**SPACE, objectives=OBJECTIVES)
-    space = resolve(spec, []).space
-    evaluator = SubnetEvaluator(space.name, space.options, OBJECTIVES, {}, space=space)
+    resolved = resolve(spec, [])
+    space = resolved.space
+    evaluator = SubnetEvaluator(space.name, space.options, resolved.objectives, {}, space=space)
     study = optuna.create_study(
         storage=f"sqlite:///{path}", directions=["minimize", "minimize"], sampler=sampler
     )

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from nas.proxies import ProxyContext, ProxyError, available_proxies, get_proxy, kendall, spearman
-from nas.proxies.tasks import classification_output, is_classification
+from nas.proxies.task_data import classification_output, is_classification
 from nas.training import TrainConfig, latest_checkpoint, make_task, train_supernet
 from nas.training.tasks import TrainingTask
 from search_spaces import Config, SearchSpace, config_id, get_space

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import ray
 
-from nas import MemoryTrialStore, SearchSpec, resolve
+from nas import MemoryTrialStore, SearchSpec, parse_objective, resolve
 from nas.runner import EvaluatorActor, Runner
 from search_spaces import get_space
 
@@ -54,7 +54,8 @@ class Row:
 
 def run(workload: str, objectives: list[str], options: dict, configs: list[dict], workers: int) -> Row:
     """Evaluate `configs` on `workers` actors (started and warmed up outside the timing)."""
-    actors = [EvaluatorActor.remote("efficientformerv2", options, objectives, {}) for _ in range(workers)]
+    parsed = [parse_objective(name, []) for name in objectives]
+    actors = [EvaluatorActor.remote("efficientformerv2", options, parsed, {}) for _ in range(workers)]
     try:
         ray.get([actor.ready.remote() for actor in actors])
         # One untimed evaluation per actor: imports, first-call allocations and caches happen here.

@@ -17,7 +17,6 @@ __all__ = [
 ]
 
 # pandas-based file import/export stays out of the package import: `from latency_lut.io import ...`.
-from latency_lut._sql import SqlLatencyTable
 from latency_lut.backends import (
     MeasurementBackend,
     TorchCPUBackend,
@@ -27,6 +26,7 @@ from latency_lut.backends import (
 )
 from latency_lut.devices import NoLocalBackendError, device_backend
 from latency_lut.measure import MeasureReport, measure_missing, needed_blocks
+from latency_lut.sql_table import SqlLatencyTable
 
 __all__ += [
     "MeasureReport",

@@ -6,9 +6,9 @@ validation time blocks and whole subnets the same way whatever the runtime:
 - `torch-cpu`: PyTorch eager on this host's CPU with a fixed intra-op thread count;
 - `torch-cuda`: PyTorch eager on a CUDA GPU, timed with CUDA events;
 - `onnxruntime-cpu`: the module exported with `torch.onnx.export`, run by an ONNX Runtime
-  `InferenceSession` with fixed intra-op threads (`latency_lut._onnx`);
+  `InferenceSession` with fixed intra-op threads (`latency_lut.onnxruntime_backend`);
 - `coreml`: the module exported as an `.mlpackage` with coremltools (any OS), timed with Core ML on
-  macOS only (`latency_lut._coreml`).
+  macOS only (`latency_lut.coreml_backend`).
 
 Backends whose runtime is not installed, or whose hardware is absent, raise `BackendUnavailableError`
 when they are built, saying what is missing.
@@ -259,8 +259,8 @@ def summarize(samples: Sequence[float]) -> tuple[float, float, float]:
 _BACKENDS: dict[str, str] = {
     TorchCPUBackend.name: f"{__name__}:TorchCPUBackend",
     TorchCUDABackend.name: f"{__name__}:TorchCUDABackend",
-    "onnxruntime-cpu": "latency_lut._onnx:OnnxRuntimeBackend",
-    "coreml": "latency_lut._coreml:CoreMLBackend",
+    "onnxruntime-cpu": "latency_lut.onnxruntime_backend:OnnxRuntimeBackend",
+    "coreml": "latency_lut.coreml_backend:CoreMLBackend",
 }
 
 

@@ -14,6 +14,7 @@ class TrialState(enum.StrEnum):
 
 
 def utcnow() -> datetime:
+    """The current time in UTC, timezone-aware (what every stored timestamp is)."""
     return datetime.now(UTC)
 
 

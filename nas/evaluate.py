@@ -6,11 +6,12 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from latency_lut import predict
-from nas.objectives import PLAIN_OBJECTIVES, SpecError, parse_objective
-from nas.proxies import ProxyContext, available_proxies, get_proxy
+from nas.objectives import Objective, check_offered
+from nas.proxies import DEFAULT_SUPERNET_DIR, ProxyContext, available_proxies, get_proxy
 from search_spaces import SearchSpace, get_space
 
 
@@ -28,7 +29,7 @@ class EvalOutcome:
 
 
 class SubnetEvaluator:
-    """Scores configs of one space (at fixed options) on the given objectives.
+    """Scores configs of one space (at fixed options) on the given (parsed) objectives.
 
     `luts` maps a device to its LUT snapshot (block key -> median ms, as `LatencyTable.snapshot`
     gives). `params` is the sum of the blocks' parameter counts (no tracing); `macs` comes from
@@ -38,7 +39,8 @@ class SubnetEvaluator:
     runner) and records its cost as the metric `proxy_seconds:<name>`; proxies are seeded with
     `proxy_seed`, so a config gets the same value in every evaluator. `supernet_checkpoint` names the
     trained supernet the `supernet_*` proxies inherit from (by default the one `nas supernet train`
-    wrote for the space at these options).
+    wrote for the space at these options under `supernet_dir`). A proxy the space does not offer is
+    a `SpecError` here, before any evaluation.
 
     `space` may pass an already built instance of the space (in-process use); workers build their own
     from `space_name` and `space_options`.
@@ -48,40 +50,31 @@ class SubnetEvaluator:
         self,
         space_name: str,
         space_options: Mapping[str, Any],
-        objectives: Sequence[str],
+        objectives: Sequence[Objective],
         luts: Mapping[str, Mapping[str, float]],
         *,
         space: SearchSpace | None = None,
         proxy_seed: int = 0,
         supernet_checkpoint: str | None = None,
+        supernet_dir: str | Path = DEFAULT_SUPERNET_DIR,
     ):
         self.space = space if space is not None else get_space(space_name, **dict(space_options))
         self.objectives = list(objectives)
-        self.devices: list[str] = []
-        self.proxies: list[str] = []
-        for name in self.objectives:
-            kind, sep, argument = name.partition(":")
-            if name in PLAIN_OBJECTIVES:
-                continue
-            if kind == "latency" and sep and argument:
-                self.devices.append(argument)
-                continue
-            if kind == "proxy" and sep and argument:
-                self.proxies.append(argument)
-                continue
-            allowed = [*PLAIN_OBJECTIVES, "latency:<device>", "proxy:<name>"]
-            raise SpecError(
-                f"unknown objective {name!r}; allowed: {allowed}", field="objectives", allowed=allowed
-            )
+        self.devices = [o.device for o in self.objectives if o.device is not None]
+        self.proxies = [o.proxy for o in self.objectives if o.proxy is not None]
         self.luts = {device: dict(luts.get(device, {})) for device in self.devices}
         self.proxy_context: ProxyContext | None = None
         if self.proxies:
-            offered = available_proxies(self.space, supernet=True if supernet_checkpoint else None)
-            for name in self.proxies:
-                # Parsing names the problem (unknown, or unavailable for this space) and the fix.
-                parse_objective(f"proxy:{name}", [], proxies=offered, space=self.space.name)
+            offered = available_proxies(
+                self.space, supernet=True if supernet_checkpoint else None, supernet_dir=supernet_dir
+            )
+            for objective in self.objectives:
+                check_offered(objective, offered, space=self.space.name)
             self.proxy_context = ProxyContext(
-                self.space, seed=proxy_seed, supernet_checkpoint=supernet_checkpoint
+                self.space,
+                seed=proxy_seed,
+                supernet_checkpoint=supernet_checkpoint,
+                supernet_dir=supernet_dir,
             )
 
     def evaluate(self, config: Mapping[str, Any]) -> EvalOutcome:
@@ -117,7 +110,7 @@ class SubnetEvaluator:
         if errors:
             # Before counting MACs: a subnet that cannot be priced is not worth tracing.
             return "; ".join(errors)
-        wanted = set(self.objectives)
+        wanted = {o.name for o in self.objectives}
         if "macs" in wanted:
             counts = self.space.count(canonical)
             values["macs"] = float(counts["macs"])

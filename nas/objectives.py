@@ -6,6 +6,11 @@ pass at the space's options; these three are minimised. `proxy:<name>` is a qual
 `nas.proxies` (e.g. `proxy:synflow`), in the proxy's own units and direction (most are maximised;
 `proxy:supernet_loss` is minimised). Which proxies a space offers depends on the space (see
 `nas.proxies.available_proxies`); `nas.spec.resolve` checks them against the chosen space.
+
+This module is the one grammar of objectives: specs hold the names as strings, everything past
+`nas.spec.resolve` passes the parsed `Objective`s (the runner hands them to the evaluators), and
+`objective_direction` is the direction of a name wherever only the name is at hand (stored trials,
+the API, the dashboard).
 """
 
 from __future__ import annotations
@@ -15,9 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from nas.directions import Direction
 from search_spaces import SpaceError
-
-Direction = Literal["minimize", "maximize"]
 
 #: Objectives that take no argument, with their directions.
 PLAIN_OBJECTIVES: dict[str, Direction] = {"params": "minimize", "macs": "minimize"}
@@ -30,12 +34,30 @@ class SpecError(SpaceError):
     """A search spec is invalid; `field` names the offending field, `allowed` what would be valid."""
 
 
+#: The shapes of objective names, for errors that cannot list the known devices and proxies.
+OBJECTIVE_SHAPES = [*PLAIN_OBJECTIVES, "latency:<device>", "proxy:<name>"]
+
+
 @dataclass(frozen=True)
 class Objective:
-    """One objective: `name` as written in specs, e.g. `latency:host-cpu-torch`."""
+    """One objective: `name` as written in specs, e.g. `latency:host-cpu-torch`, and its direction.
+
+    Construction checks the name's shape (a plain objective, or `latency:`/`proxy:` with an argument;
+    `SpecError` otherwise); which devices and proxies exist is checked by `parse_objective`.
+    """
 
     name: str
     direction: Direction
+
+    def __post_init__(self) -> None:
+        kind, sep, argument = self.name.partition(":")
+        plain = not sep and kind in PLAIN_OBJECTIVES
+        if not plain and not (sep and argument and kind in PARAMETRIZED_OBJECTIVES):
+            raise SpecError(
+                f"unknown objective {self.name!r}; allowed: {OBJECTIVE_SHAPES}",
+                field="objectives",
+                allowed=OBJECTIVE_SHAPES,
+            )
 
     @property
     def kind(self) -> str:
@@ -47,7 +69,13 @@ class Objective:
 
     @property
     def device(self) -> str | None:
+        """The device of a `latency:<device>` objective."""
         return self.argument if self.kind == "latency" else None
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy of a `proxy:<name>` objective."""
+        return self.argument if self.kind == "proxy" else None
 
     def to_min(self, value: float) -> float:
         """The value as a quantity to minimise."""
@@ -78,6 +106,36 @@ def _proxy_problem(proxy: str, objective: str) -> str:
     if proxy not in registered_proxies():
         return f"unknown proxy {proxy!r} in objective {objective!r}"
     return f"proxy {proxy!r} is not available here: {get_proxy(proxy).requirement()}"
+
+
+def _offered_direction(
+    proxy: str,
+    objective: str,
+    offered: Mapping[str, Direction],
+    *,
+    devices: Iterable[str],
+    field: str,
+    space: str | None,
+) -> Direction:
+    if proxy in offered:
+        return offered[proxy]
+    where = f" for space {space!r}" if space else ""
+    raise SpecError(
+        f"{_proxy_problem(proxy, objective)}; available proxies{where}: {sorted(offered)}",
+        field=field,
+        allowed=allowed_objectives(devices, offered),
+    )
+
+
+def check_offered(
+    objective: Objective, offered: Mapping[str, Direction], *, space: str | None = None
+) -> None:
+    """Raise `SpecError` if `objective` is a proxy that is not `offered` (name -> direction: those
+    available for `space`, see `nas.proxies.available_proxies`), saying why and what is available."""
+    if objective.proxy is not None:
+        _offered_direction(
+            objective.proxy, objective.name, offered, devices=(), field="objectives", space=space
+        )
 
 
 def allowed_objectives(known_devices: Iterable[str], proxies: Iterable[str] = ()) -> list[str]:
@@ -116,14 +174,8 @@ def parse_objective(
         return Objective(name, PARAMETRIZED_OBJECTIVES[kind])
     if sep and kind == "proxy":
         offered = registered_proxies() if proxies is None else dict(proxies)
-        if arg not in offered:
-            where = f" for space {space!r}" if space else ""
-            raise SpecError(
-                f"{_proxy_problem(arg, name)}; available proxies{where}: {sorted(offered)}",
-                field=field,
-                allowed=allowed_objectives(devices, offered),
-            )
-        return Objective(name, offered[arg])
+        direction = _offered_direction(arg, name, offered, devices=devices, field=field, space=space)
+        return Objective(name, direction)
     raise SpecError(
         f"unknown objective {name!r}; allowed: {allowed_objectives(devices, proxies or ())}",
         field=field,

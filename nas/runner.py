@@ -20,11 +20,13 @@ maximum over the complete trials seen so far.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,10 +35,12 @@ from ray.exceptions import RayActorError, RayError
 
 from nas._trial import Trial, TrialState
 from nas.evaluate import EvalOutcome, SubnetEvaluator
+from nas.objectives import Objective
 from nas.pareto import Normalizer, ParetoFront, hypervolume
+from nas.proxies import DEFAULT_SUPERNET_DIR
 from nas.spec import ResolvedSpec
-from nas.store import TrialStore
 from nas.strategies import make_strategy
+from nas.trial_store import TrialStore
 from search_spaces import Config, config_id
 
 logger = logging.getLogger(__name__)
@@ -100,9 +104,10 @@ class RunResult:
     elapsed_s: float
 
 
-#: Builds the evaluator of an actor from (space name, space options, objectives, LUT snapshots);
-#: `SubnetEvaluator` by default. It is pickled to the workers (tests pass evaluators that crash).
-EvaluatorFactory = Callable[[str, dict[str, Any], list[str], Mapping[str, Mapping[str, float]]], Any]
+#: Builds the evaluator of an actor from (space name, space options, parsed objectives, LUT snapshots);
+#: by default `SubnetEvaluator` with the runner's `supernet_dir`. It is pickled to the workers (tests
+#: pass evaluators that crash).
+EvaluatorFactory = Callable[[str, dict[str, Any], list[Objective], Mapping[str, Mapping[str, float]]], Any]
 
 
 @ray.remote(num_cpus=1, max_restarts=0)
@@ -113,7 +118,7 @@ class EvaluatorActor:
         self,
         space_name: str,
         space_options: dict[str, Any],
-        objectives: list[str],
+        objectives: list[Objective],
         luts: Mapping[str, Mapping[str, float]],
         factory: EvaluatorFactory | None = None,
     ):
@@ -162,7 +167,7 @@ class _RayPool:
         self,
         space_name: str,
         space_options: dict[str, Any],
-        objectives: list[str],
+        objectives: list[Objective],
         luts: Any,
         size: int,
         *,
@@ -247,7 +252,8 @@ class Runner:
 
     `luts` maps each device of the spec to its LUT snapshot (block key -> median ms). Construction
     validates the strategy and its params (`SpecError`); `run` itself never raises.
-    `evaluator_factory` builds the evaluators of the Ray actors (default `SubnetEvaluator`);
+    `evaluator_factory` builds the evaluators of the Ray actors (default `SubnetEvaluator` with
+    `supernet_dir`, where the `supernet_*` proxies look for the space's trained supernet);
     `evaluation_retries` bounds the re-runs of a config whose actor died.
     """
 
@@ -264,6 +270,7 @@ class Runner:
         elapsed_before_s: float = 0.0,
         evaluation_retries: int = EVALUATION_RETRIES,
         evaluator_factory: EvaluatorFactory | None = None,
+        supernet_dir: str | Path = DEFAULT_SUPERNET_DIR,
     ):
         self.resolved = resolved
         self.search_id = search_id
@@ -274,13 +281,16 @@ class Runner:
         self.use_ray = use_ray
         self.elapsed_before_s = elapsed_before_s
         self.evaluation_retries = evaluation_retries
-        self.evaluator_factory = evaluator_factory
+        self.supernet_dir = Path(supernet_dir)
+        self.evaluator_factory = evaluator_factory or functools.partial(
+            SubnetEvaluator, supernet_dir=self.supernet_dir
+        )
         spec = resolved.spec
         self.budget = spec.budget
         self.objectives = resolved.objectives
         # Constraints may bound objectives that are not searched; evaluation computes those too.
-        names = [o.name for o in resolved.objectives] + [c.objective.name for c in resolved.constraints]
-        self.eval_objectives = list(dict.fromkeys(names))
+        evaluated = [*resolved.objectives, *(c.objective for c in resolved.constraints)]
+        self.eval_objectives = list(dict.fromkeys(evaluated))
         self.strategy = make_strategy(
             spec.strategy,
             resolved.space,
@@ -318,6 +328,7 @@ class Runner:
                 self.eval_objectives,
                 self.luts,
                 space=self.resolved.space,
+                supernet_dir=self.supernet_dir,
             )
             self._restore()
             self._set_bounds(local)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.objectives import Constraint, Objective, SpecError, parse_constraint, parse_objective
+from nas.proxies import DEFAULT_SUPERNET_DIR, available_proxies, default_proxy
+from nas.strategies import strategy_class
 from search_spaces import SearchSpace, SpaceError, get_space
 
 MAX_TRIALS = 100_000
@@ -80,21 +83,21 @@ def with_default_proxy(spec: SearchSpec, proxy: str) -> SearchSpec:
     )
 
 
-def resolve(spec: SearchSpec, known_devices: Iterable[str]) -> ResolvedSpec:
+def resolve(
+    spec: SearchSpec, known_devices: Iterable[str], *, supernet_dir: str | Path = DEFAULT_SUPERNET_DIR
+) -> ResolvedSpec:
     """Check every name in `spec` against what exists; raise `SpecError`/`SpaceError` naming the field.
 
     `proxy:default` becomes the space's default proxy (`params` where the space offers no better one);
-    the resolved `spec` is the one to store."""
-    from nas.proxies import available_proxies, default_proxy
-    from nas.strategies import list_strategies
-
+    the resolved `spec` is the one to store. The `supernet_*` proxies are offered when a trained
+    supernet of the space at its options is under `supernet_dir` (`nas.proxies.find_checkpoint`)."""
     devices = sorted(known_devices)
     try:
         space = get_space(spec.space, **spec.space_options)
     except SpaceError as exc:
         field = "space" if exc.field == "space" else f"space_options.{exc.field}"
         raise SpecError(str(exc), field=field, allowed=exc.allowed) from None
-    proxies = available_proxies(space)
+    proxies = available_proxies(space, supernet_dir=supernet_dir)
     preferred = default_proxy(space.name)
     spec = with_default_proxy(spec, preferred if preferred in proxies else "params")
     objectives = [
@@ -108,10 +111,5 @@ def resolve(spec: SearchSpec, known_devices: Iterable[str]) -> ResolvedSpec:
         parse_constraint(text, devices, field=f"constraints[{i}]", proxies=proxies, space=space.name)
         for i, text in enumerate(spec.constraints)
     ]
-    if spec.strategy not in list_strategies():
-        raise SpecError(
-            f"unknown strategy {spec.strategy!r}; allowed: {list_strategies()}",
-            field="strategy",
-            allowed=list_strategies(),
-        )
+    strategy_class(spec.strategy)
     return ResolvedSpec(spec=spec, space=space, objectives=objectives, constraints=constraints)

@@ -3,6 +3,8 @@
 Importing the package registers every built-in space.
 """
 
+# The built-in spaces register themselves (`register_space`) when imported.
+from search_spaces import efficientformerv2, temporal, unet  # noqa: F401
 from search_spaces._base import (
     Choice,
     Config,
@@ -17,20 +19,19 @@ from search_spaces._base import (
 )
 from search_spaces._blocks import BlockSpec
 from search_spaces._counting import count_macs, count_params
-from search_spaces._registry import get_space, list_spaces, register_space, space_class
-
-# Built-in spaces register themselves on import.
-from search_spaces import efficientformerv2  # noqa: F401  isort: skip
-from search_spaces import unet  # noqa: F401  isort: skip
-from search_spaces import temporal  # noqa: F401  isort: skip
+from search_spaces._space_registry import get_space, list_spaces, register_space, space_class
+from search_spaces.errors import FieldError
+from search_spaces.registry import Registry
 
 __all__ = [
     "BlockSpec",
     "Choice",
     "Config",
     "ConfigError",
+    "FieldError",
     "OptionError",
     "OptionSpec",
+    "Registry",
     "SearchSpace",
     "SpaceError",
     "Supernet",

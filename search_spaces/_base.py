@@ -16,7 +16,7 @@ import abc
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,20 +25,14 @@ import torch
 from torch import nn
 
 from search_spaces._blocks import BlockSpec
+from search_spaces._counting import block_macs
+from search_spaces.errors import FieldError
 
 Config = dict[str, Any]
 
 
-class SpaceError(ValueError):
+class SpaceError(FieldError):
     """Base class of the errors a space raises for bad input; `field` names what was wrong."""
-
-    def __init__(self, message: str, *, field: str, allowed: Sequence[Any] | str | None = None):
-        super().__init__(message)
-        self.field = field
-        self.allowed = list(allowed) if isinstance(allowed, (list, tuple, range)) else allowed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "message": str(self), "allowed": self.allowed}
 
 
 class ConfigError(SpaceError):
@@ -360,12 +354,10 @@ class SearchSpace(abc.ABC):
     def count(self, config: Mapping[str, Any]) -> dict[str, int]:
         """Parameters and MACs of a subnet, summed over its blocks (MACs counted by fvcore per block
         and cached by block key, so pricing a new subnet costs only its unseen blocks)."""
-        from search_spaces._counting import block_macs
-
         specs = self.blocks(self.canonicalize(config))
         return {
             "params": sum(spec.params for spec in specs),
-            "macs": sum(block_macs(self, spec) for spec in specs),
+            "macs": sum(block_macs(self.name, spec, self.build_block) for spec in specs),
         }
 
     def describe(self) -> dict[str, Any]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from search_spaces._base import SearchSpace
-    from search_spaces._blocks import BlockSpec
+from search_spaces._blocks import BlockSpec
 
 _CACHE: dict[tuple[str, str], int] = {}
 _LOCK = threading.Lock()
@@ -37,13 +35,18 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def block_macs(space: SearchSpace, spec: BlockSpec) -> int:
-    """MACs of one block, counted once per (space, key) and process."""
-    cache_key = (space.name, spec.key)
+#: How a space builds a block: `SearchSpace.build_block`.
+BlockBuilder = Callable[[BlockSpec], tuple[nn.Module, tuple[torch.Tensor, ...]]]
+
+
+def block_macs(space_name: str, spec: BlockSpec, build_block: BlockBuilder) -> int:
+    """MACs of one block of the space `space_name` (built by `build_block`), counted once per (space,
+    key) and process."""
+    cache_key = (space_name, spec.key)
     with _LOCK:
         if cache_key in _CACHE:
             return _CACHE[cache_key]
-    module, inputs = space.build_block(spec)
+    module, inputs = build_block(spec)
     macs = count_macs(module, inputs)
     with _LOCK:
         _CACHE[cache_key] = macs

@@ -27,7 +27,7 @@ from search_spaces._effv2_modules import (
     Head,
     Stem,
 )
-from search_spaces._registry import register_space
+from search_spaces._space_registry import register_space
 
 NUM_STAGES = 4
 #: Stages whose last `vit` blocks are attention + FFN.

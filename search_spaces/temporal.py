@@ -39,7 +39,7 @@ from search_spaces._base import (
 from search_spaces._blocks import BlockSpec
 from search_spaces._counting import count_params
 from search_spaces._memory import BlockMemory, block_memory, compose_peak
-from search_spaces._registry import register_space
+from search_spaces._space_registry import register_space
 from search_spaces._temporal_modules import (
     TEMPORAL_TYPES,
     TemporalAttention,

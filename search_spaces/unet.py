@@ -52,7 +52,7 @@ from search_spaces._base import Choice, Config, ConfigError, OptionError, Option
 from search_spaces._blocks import BlockSpec
 from search_spaces._counting import count_params
 from search_spaces._memory import BlockMemory, block_memory, compose_peak
-from search_spaces._registry import register_space
+from search_spaces._space_registry import register_space
 from search_spaces._unet_layout import (
     ATTR_SUFFIXES,
     DTYPES,

@@ -7,41 +7,33 @@ supernet-inherited `supernet_loss` and `supernet_accuracy`. Specs name them as o
 `benchmarks/proxy_correlation.py` and recorded in docs/proxies.md.
 """
 
-from nas.proxies._base import (
-    Proxy,
-    ProxyCost,
-    ProxyError,
-    ProxyNeeds,
-    UnknownProxyError,
+# The built-in proxies register themselves (`register_proxy`) when imported.
+from nas.proxies import supernet, zero_cost  # noqa: F401
+from nas.proxies._base import Proxy, ProxyCost, ProxyNeeds
+from nas.proxies.context import DEFAULT_BATCH_SIZE, ProxyContext
+from nas.proxies.correlation import kendall, spearman
+from nas.proxies.errors import ProxyError, UnknownProxyError
+from nas.proxies.registry import (
+    DEFAULT_PROXY,
     available_proxies,
+    default_proxy,
     get_proxy,
     list_proxies,
     register_proxy,
 )
-from nas.proxies.context import DEFAULT_BATCH_SIZE, ProxyContext
-from nas.proxies.correlation import kendall, spearman
-
-# Built-in proxies register themselves on import.
-from nas.proxies import zero_cost  # noqa: F401  isort: skip
-from nas.proxies import supernet  # noqa: F401  isort: skip
-
-#: The proxy each space's searches should use for quality, chosen from the correlation benchmark
-#: (docs/proxies.md); spaces not listed fall back to `params`.
-#: Measured by `benchmarks/proxy_correlation.py` on 30 subnets per space (docs/proxies.md, 2026-11-23):
-#: EfficientFormerV2: synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13), tied with
-#: jacob_cov, snip and grad_norm on the mean of both and the cheapest of them; UNet: naswot rho +0.51
-#: vs denoising loss (params +0.39; the `macs` baseline, +0.57, is a cost and not offered as quality).
-DEFAULT_PROXY: dict[str, str] = {"efficientformerv2": "synflow", "unet": "naswot"}
-
-
-def default_proxy(space_name: str) -> str:
-    """The measured best proxy of `space_name` (see docs/proxies.md), `params` where none beat it."""
-    return DEFAULT_PROXY.get(space_name, "params")
-
+from nas.proxies.supernet_checkpoints import (
+    DEFAULT_SUPERNET_DIR,
+    LoadedSupernet,
+    find_checkpoint,
+    load_supernet,
+    supernet_run_dir,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_PROXY",
+    "DEFAULT_SUPERNET_DIR",
+    "LoadedSupernet",
     "Proxy",
     "ProxyContext",
     "ProxyCost",
@@ -50,9 +42,12 @@ __all__ = [
     "UnknownProxyError",
     "available_proxies",
     "default_proxy",
+    "find_checkpoint",
     "get_proxy",
     "kendall",
     "list_proxies",
+    "load_supernet",
     "register_proxy",
     "spearman",
+    "supernet_run_dir",
 ]

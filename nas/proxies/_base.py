@@ -1,4 +1,4 @@
-"""The `Proxy` contract and the proxy registry.
+"""The `Proxy` contract (the registry of proxies is `nas.proxies.registry`).
 
 A *proxy* scores the quality of a subnet without training it: cheaply enough to run once per trial
 inside the runner's evaluator actors. Every proxy declares
@@ -6,7 +6,7 @@ inside the runner's evaluator actors. Every proxy declares
 - `name`: how specs name it (`proxy:<name>`),
 - `direction`: whether larger (`maximize`) or smaller (`minimize`) values predict a better subnet,
 - `needs`: what it consumes besides the config: `nothing` (counting only), `batch` (a batch of the
-  space's task data, see `nas.proxies.tasks`) or `supernet` (a trained supernet checkpoint),
+  space's task data, see `nas.proxies.task_data`) or `supernet` (a trained supernet checkpoint),
 - `cost`: what one evaluation runs: `counting` (no tensors), `forward` (forward passes), `backward`
   (forward and backward passes) or `inherited` (a subnet extracted from a supernet, its BN statistics
   recalibrated, then forward passes). The seconds one evaluation really takes are measured by the
@@ -21,22 +21,14 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from nas.objectives import Direction
-from search_spaces import SearchSpace, SpaceError
+from nas.directions import Direction
+from search_spaces import SearchSpace
 
 if TYPE_CHECKING:
     from nas.proxies.context import ProxyContext
 
 ProxyNeeds = Literal["nothing", "batch", "supernet"]
 ProxyCost = Literal["counting", "forward", "backward", "inherited"]
-
-
-class ProxyError(RuntimeError):
-    """A proxy cannot be computed for this subnet or space (the message says why and what to do)."""
-
-
-class UnknownProxyError(SpaceError):
-    """No proxy of that name is registered, or it is not available for the chosen space."""
 
 
 class Proxy(abc.ABC):
@@ -78,54 +70,3 @@ class Proxy(abc.ABC):
             "cost": self.cost,
             "description": self.description,
         }
-
-
-_PROXIES: dict[str, Proxy] = {}
-
-
-def register_proxy(cls: type[Proxy]) -> type[Proxy]:
-    """Class decorator: make a proxy available by its `name`."""
-    if cls.name in _PROXIES and type(_PROXIES[cls.name]) is not cls:
-        raise ValueError(
-            f"proxy {cls.name!r} is already registered by {type(_PROXIES[cls.name]).__qualname__}"
-        )
-    _PROXIES[cls.name] = cls()
-    return cls
-
-
-def list_proxies() -> list[str]:
-    """Every registered proxy, whatever space it suits."""
-    return sorted(_PROXIES)
-
-
-def get_proxy(name: str) -> Proxy:
-    try:
-        return _PROXIES[name]
-    except KeyError:
-        raise UnknownProxyError(
-            f"unknown proxy {name!r}; known proxies: {list_proxies()}", field="proxy", allowed=list_proxies()
-        ) from None
-
-
-def available_proxies(space: SearchSpace, *, supernet: bool | None = None) -> dict[str, Direction]:
-    """The proxies that can score subnets of `space`, with their directions.
-
-    Proxies that need a batch need a task for the space (`nas.proxies.tasks.has_task`); proxies that
-    need a supernet also need a trained checkpoint of it. `supernet` says whether one is available;
-    by default `nas.proxies.supernet.find_checkpoint` looks for one (under `$NAS_SUPERNET_DIR`).
-    """
-    from nas.proxies.supernet import find_checkpoint
-    from nas.proxies.tasks import has_task
-
-    with_task = has_task(space)
-    if supernet is None:
-        supernet = with_task and find_checkpoint(space) is not None
-    out: dict[str, Direction] = {}
-    for name, proxy in sorted(_PROXIES.items()):
-        if proxy.needs == "batch" and not with_task:
-            continue
-        if proxy.needs == "supernet" and not (with_task and supernet):
-            continue
-        if proxy.supports(space):
-            out[name] = proxy.direction
-    return out

@@ -8,8 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.proxies._base import ProxyError
-from nas.proxies.tasks import make_task, proxy_batch
+from nas.proxies.errors import ProxyError
+from nas.proxies.supernet_checkpoints import (
+    DEFAULT_SUPERNET_DIR,
+    LoadedSupernet,
+    find_checkpoint,
+    load_supernet,
+)
+from nas.proxies.task_data import make_task, proxy_batch
 from nas.training.data import Batch
 from nas.training.tasks import TrainingTask
 from search_spaces import SearchSpace
@@ -32,6 +38,7 @@ class ProxyContext:
         seed: int = 0,
         batch_size: int = DEFAULT_BATCH_SIZE,
         supernet_checkpoint: str | Path | None = None,
+        supernet_dir: str | Path = DEFAULT_SUPERNET_DIR,
     ):
         if batch_size < 2:
             raise ValueError(
@@ -41,9 +48,10 @@ class ProxyContext:
         self.seed = seed
         self.batch_size = batch_size
         self.supernet_checkpoint = None if supernet_checkpoint is None else Path(supernet_checkpoint)
+        self.supernet_dir = Path(supernet_dir)
         self._task: TrainingTask | None = None
         self._batch: Batch | None = None
-        self._supernet: Any = None
+        self._supernet: LoadedSupernet | None = None
 
     @property
     def task(self) -> TrainingTask:
@@ -70,12 +78,11 @@ class ProxyContext:
             model = self.space.build(config)
         return model.float().train()
 
-    def supernet(self) -> Any:
-        """The trained supernet (`nas.proxies.supernet.LoadedSupernet`), loaded on first use."""
+    def supernet(self) -> LoadedSupernet:
+        """The trained supernet, loaded on first use: `supernet_checkpoint`, else the one
+        `find_checkpoint` finds for the space under `supernet_dir`."""
         if self._supernet is None:
-            from nas.proxies.supernet import find_checkpoint, load_supernet
-
-            path = self.supernet_checkpoint or find_checkpoint(self.space)
+            path = self.supernet_checkpoint or find_checkpoint(self.space, self.supernet_dir)
             if path is None:
                 raise ProxyError(
                     f"no trained supernet checkpoint for space {self.space.name!r} at options "

@@ -9,116 +9,24 @@ eval mode on the task's held-out batch. Spaces without BatchNorm skip the recali
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from nas.proxies._base import Proxy, ProxyError, register_proxy
+from nas.proxies._base import Proxy
 from nas.proxies.context import ProxyContext
-from nas.proxies.tasks import classification_output, is_classification, make_task
-from nas.training.checkpoint import latest_checkpoint, load_checkpoint
+from nas.proxies.errors import ProxyError
+from nas.proxies.registry import register_proxy
+from nas.proxies.task_data import classification_output, is_classification, make_task
 from nas.training.tasks import TrainingTask
-from search_spaces import SearchSpace, Supernet, config_id
-
-#: Environment variable naming the directory of trained supernets (one run directory per space
-#: and options, see `supernet_run_dir`).
-SUPERNET_DIR_ENV = "NAS_SUPERNET_DIR"
-DEFAULT_SUPERNET_DIR = "var/supernets"
+from search_spaces import SearchSpace
 
 #: Held-out samples the inherited subnet is scored on.
 HELD_OUT_SIZE = 256
 #: Training batches (of `RECALIBRATION_BATCH` samples) that re-estimate BatchNorm statistics.
 RECALIBRATION_BATCHES = 4
 RECALIBRATION_BATCH = 64
-
-
-@dataclass
-class LoadedSupernet:
-    """A trained supernet in eval mode, with where it came from and the step it was saved at."""
-
-    supernet: Supernet
-    path: Path
-    step: int | None
-
-
-def supernet_root() -> Path:
-    """Where trained supernets live: `$NAS_SUPERNET_DIR`, by default `var/supernets`."""
-    return Path(os.environ.get(SUPERNET_DIR_ENV) or DEFAULT_SUPERNET_DIR)
-
-
-def supernet_run_dir(space: SearchSpace, root: str | Path | None = None) -> Path:
-    """The run directory of `space`'s supernet at its options: `<root>/<space>-<options id>`.
-
-    Training into this directory (`nas supernet train --out-dir ...`) is what makes the `supernet_*`
-    proxies available to searches of the space at those options without naming a checkpoint.
-    """
-    base = supernet_root() if root is None else Path(root)
-    return base / f"{space.name}-{config_id(space.options)}"
-
-
-def find_checkpoint(space: SearchSpace) -> Path | None:
-    """The checkpoint the `supernet_*` proxies use for `space` at its options, if there is one.
-
-    The newest checkpoint in `supernet_run_dir(space)`; failing that, of the run directories under
-    `supernet_root()`, the most recently written newest checkpoint trained on this space and options
-    (so `nas supernet train --out $NAS_SUPERNET_DIR/any-name ...` is found too).
-    """
-    canonical = latest_checkpoint(supernet_run_dir(space))
-    if canonical is not None:
-        return canonical
-    root = supernet_root()
-    if not root.is_dir():
-        return None
-    candidates = [path for run in root.iterdir() if (path := latest_checkpoint(run)) is not None]
-    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
-        if _trained_on(path) == (space.name, dict(space.options)):
-            return path
-    return None
-
-
-def _trained_on(path: Path) -> tuple[str | None, dict[str, Any]]:
-    """Space name and options of a checkpoint, read without loading its tensors (memory-mapped)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError):
-        return None, {}
-    return state.get("space"), dict(state.get("options") or {})
-
-
-def _checkpoint_file(path: Path) -> Path:
-    if path.is_dir():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise ProxyError(f"supernet checkpoint directory {str(path)!r} holds no step-*.pt checkpoint")
-        return latest
-    if not path.is_file():
-        raise ProxyError(f"supernet checkpoint {str(path)!r} does not exist")
-    return path
-
-
-def load_supernet(space: SearchSpace, path: str | Path) -> LoadedSupernet:
-    """The supernet of `space` with the weights of the checkpoint at `path` (a file or a run directory).
-
-    The checkpoint must have been trained on the same space and options.
-    """
-    file = _checkpoint_file(Path(path))
-    try:
-        state = load_checkpoint(file)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise ProxyError(f"cannot read supernet checkpoint {str(file)!r}: {exc}") from None
-    name, options = state.get("space"), state.get("options")
-    if name != space.name or dict(options or {}) != dict(space.options):
-        raise ProxyError(
-            f"checkpoint {str(file)!r} holds a supernet of space {name!r} at options {options}; "
-            f"this search needs space {space.name!r} at options {space.options}"
-        )
-    supernet = space.supernet()
-    supernet.load_state_dict(state["model"])
-    return LoadedSupernet(supernet.eval(), file, state.get("step"))
 
 
 def recalibrate(model: nn.Module, task: TrainingTask) -> None:

@@ -34,9 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from nas.proxies._base import Proxy, ProxyError, register_proxy
+from nas.proxies._base import Proxy
 from nas.proxies.context import ProxyContext
-from nas.proxies.tasks import merge_heads, model_inputs
+from nas.proxies.errors import ProxyError
+from nas.proxies.registry import register_proxy
+from nas.proxies.task_data import merge_heads, model_inputs
 from nas.training.data import Batch
 
 #: Activation functions whose sign pattern NASWOT reads (their input > 0 is a unit's code); modules

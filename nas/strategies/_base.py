@@ -1,74 +1,58 @@
-"""The `Strategy` contract: turn observed trials into the next configs to evaluate.
-
-A strategy sees configs and objective values only: it knows nothing of storage, Ray or HTTP (the
-runner owns the loop). It is reproducible from its seed: the same seed and the same sequence of
-`tell`s give the same `ask`s.
-
-- `ask(n)` returns up to `n` canonical configs not yet asked or told (deduplicated by config id);
-  fewer (possibly none) when the space is exhausted.
-- `tell(trials)` reports finished trials, in any order, including those restored from a store when
-  a search resumes (trials the strategy never asked for are accepted).
-
-A strategy names the `strategy_params` it accepts and how each is checked (`param_checks`); the base
-constructor checks them (unknown names and bad values are a `SpecError` naming the field) and hands
-the checked params to `setup`, where the strategy builds its state.
-"""
+"""The `Strategy` contract (see the class docstring): turn observed trials into the next configs to
+evaluate. Implementations are registered by name in `nas.strategies.registry`."""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from nas._trial import Trial
-from nas.objectives import Constraint, Objective, SpecError
+from nas.objectives import Constraint, Objective
+from nas.strategies.params import ParamCheck, check_strategy_params
 from search_spaces import Config, SearchSpace
-
-#: A strategy parameter's check: returns the (possibly converted) value or raises ValueError with a
-#: description of what is allowed.
-ParamCheck = Callable[[Any], Any]
-
-
-def int_at_least(minimum: int) -> ParamCheck:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"an int >= {minimum}")
-        return value
-
-    return check
-
-
-def probability(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError("a number in [0, 1]")
-    return float(value)
-
-
-def check_strategy_params(
-    strategy: str, params: Mapping[str, Any], allowed: Mapping[str, ParamCheck]
-) -> dict[str, Any]:
-    """Validate `strategy_params`: unknown names and bad values raise `SpecError` naming the field."""
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise SpecError(
-            f"unknown parameter {unknown[0]!r} for strategy {strategy!r}; allowed: {sorted(allowed)}",
-            field=f"strategy_params.{unknown[0]}",
-            allowed=sorted(allowed),
-        )
-    checked = {}
-    for name, value in params.items():
-        try:
-            checked[name] = allowed[name](value)
-        except ValueError as exc:
-            raise SpecError(
-                f"strategy parameter {name!r} of {strategy!r} must be {exc}, got {value!r}",
-                field=f"strategy_params.{name}",
-                allowed=str(exc),
-            ) from None
-    return checked
 
 
 class Strategy(abc.ABC):
+    """A search strategy: proposes subnets (`ask`) and learns from evaluated ones (`tell`).
+
+    A strategy sees configs and objective values only; it knows nothing of storage, Ray or HTTP. The
+    runner (`nas.runner.Runner`) owns the loop and is the only caller:
+
+    - It builds one strategy per run with `make_strategy(name, space, objectives, constraints,
+      seed=..., **strategy_params)`. The constructor checks the params against `param_checks`
+      (unknown names and bad values raise `SpecError` naming `strategy_params.<name>`, which the
+      service answers with a 422) and calls `setup`, where a strategy builds its state and may raise
+      `SpecError` for params that contradict the search (e.g. a latency target without a latency
+      objective).
+    - When the run resumes a search, it first calls `tell` once with every stored trial, ordered by
+      number (trials the strategy never asked for, failed and infeasible ones included).
+    - Whenever fewer than `parallelism` evaluations are in flight (and budget remains), it calls
+      `ask(n)` with the free slots: `1 <= n <= parallelism`. It canonicalises every config returned,
+      skips (with a warning) any whose config id it has seen before, and starts evaluating the rest.
+      When a call brings nothing new while nothing is in flight, it asks again, up to
+      `nas.runner.MAX_EMPTY_ASKS` times in a row, and then ends the search as exhausted.
+    - As each evaluation finishes, in completion order (not ask order), it stores the trial and then
+      calls `tell([trial])`.
+    - On a cancel, a deadline or the end of the budget it stops asking, and still tells the
+      evaluations that were in flight as they finish.
+
+    Both methods are called from one thread (the runner's), never concurrently: a strategy need not
+    be thread-safe. An exception from either ends the search as `failed` with the exception's type
+    and message as the search's error (`regularized_evolution.InfeasibleConstraintError` uses that to
+    stop a search whose constraints no subnet meets); a `SpecError`'s message should say what to do.
+
+    Determinism: the same `seed`, the same constructor arguments and the same sequence of `tell`s
+    give the same `ask`s (strategies seed every random generator they use from `seed`; stepwise
+    strategies use no randomness at all). A run with `parallelism` 1, or the in-process pool, is
+    therefore reproducible; on Ray the completion order, and so the sequence of `tell`s, may vary.
+
+    Subclasses set `name` (the registered name specs use), implement `ask` and `tell`, and name their
+    params in `param_checks`; `self.space`, `self.objectives`, `self.constraints`, `self.seed` and
+    `self.params` are set before `setup` runs.
+    """
+
+    #: The name specs and the registry use (`strategy: tpe`).
     name: ClassVar[str]
 
     def __init__(
@@ -96,7 +80,28 @@ class Strategy(abc.ABC):
         """Build the strategy's state from its checked params (the last step of the constructor)."""
 
     @abc.abstractmethod
-    def ask(self, n: int) -> list[Config]: ...
+    def ask(self, n: int) -> list[Config]:
+        """Up to `n` (>= 1) configs to evaluate next.
+
+        Every config is a canonical config of `self.space` (`space.canonicalize(config) == config`)
+        that has been neither asked nor told before: a strategy never proposes the same subnet twice
+        (by config id), also across a resume. Returning fewer than `n`, or none, is allowed: when
+        the strategy waits for evaluations in flight before it can decide (a stepwise strategy
+        between steps), or when it has nothing left to propose (the space, or its walk, is
+        exhausted; from then on it keeps returning `[]`). It may raise to end the search (see the
+        class docstring).
+        """
 
     @abc.abstractmethod
-    def tell(self, trials: Sequence[Trial]) -> None: ...
+    def tell(self, trials: Sequence[Trial]) -> None:
+        """Learn from finished trials (in any order; each config id at most once).
+
+        A trial is either `COMPLETE`, with `values` for every objective and for every constrained
+        objective (by objective name) and `feasible` False when a constraint is violated (such a
+        trial counts as evaluated; whether it may breed or join a front is the strategy's choice,
+        and the runner keeps it off the front), or `FAILED`, with empty `values` and the `error`
+        (the subnet could not be priced or built, a proxy failed, or its evaluation worker died on
+        every retry). Trials the strategy never asked for (restored from a store on resume) must
+        be accepted, and their configs are then never asked. Returns nothing; raising ends the
+        search (see the class docstring).
+        """

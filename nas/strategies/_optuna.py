@@ -12,7 +12,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState as OptunaTrialState
 
 from nas._trial import Trial, TrialState
-from nas.strategies._base import ParamCheck, Strategy, int_at_least
+from nas.strategies._base import Strategy
+from nas.strategies.params import ParamCheck, int_at_least
 from search_spaces import Config, ConfigError, config_id
 
 _Known = tuple[list[float] | None, dict[str, float]]

@@ -29,6 +29,10 @@ class Action:
     old: Any
     new: Any
 
+    def to_dict(self) -> dict[str, Any]:
+        """The action as a step's log shows it: `{"choice", "from", "to"}`."""
+        return {"choice": self.choice, "from": self.old, "to": self.new}
+
 
 class StepwiseStrategy(Strategy):
     """Base of greedy stepwise strategies; see the module docstring."""

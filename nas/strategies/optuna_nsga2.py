@@ -7,9 +7,9 @@ from typing import Any
 
 import optuna
 
-from nas.strategies import register_strategy
-from nas.strategies._base import ParamCheck, int_at_least, probability
 from nas.strategies._optuna import OptunaStrategy
+from nas.strategies.params import ParamCheck, int_at_least, probability
+from nas.strategies.registry import register_strategy
 
 
 @register_strategy
@@ -34,14 +34,19 @@ class NSGA2Strategy(OptunaStrategy):
 
     def make_sampler(self, params: Mapping[str, Any], seed: int) -> optuna.samplers.BaseSampler:
         self.population_size: int = params.get("population_size", 20)
-        return optuna.samplers.NSGAIISampler(
-            population_size=self.population_size,
-            crossover_prob=params.get("crossover_prob", 0.9),
-            swapping_prob=params.get("swapping_prob", 0.5),
-            mutation_prob=params.get("mutation_prob"),
-            seed=seed,
-        )
+        return optuna.samplers.NSGAIISampler(**genetic_sampler_args(params), seed=seed)
 
     @property
     def generation_size(self) -> int:
         return self.population_size
+
+
+def genetic_sampler_args(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments Optuna's NSGA-II and NSGA-III samplers share, from checked params (defaults
+    where absent)."""
+    return {
+        "population_size": params.get("population_size", 20),
+        "crossover_prob": params.get("crossover_prob", 0.9),
+        "swapping_prob": params.get("swapping_prob", 0.5),
+        "mutation_prob": params.get("mutation_prob"),
+    }

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from nas._trial import Trial
-from nas.strategies import register_strategy
-from nas.strategies._base import ParamCheck, Strategy, int_at_least
+from nas.strategies._base import Strategy
+from nas.strategies.params import ParamCheck, int_at_least
+from nas.strategies.registry import register_strategy
 from search_spaces import Config, config_id
 
 

@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError
-from nas.strategies import register_strategy
-from nas.strategies._base import ParamCheck
 from nas.strategies._stepwise import Action, StepwiseStrategy
-from nas.strategies.evolving import _number, _start
+from nas.strategies.params import ParamCheck, config_or_reference, positive_number
+from nas.strategies.registry import register_strategy
 from search_spaces import Config
 
 #: Choices an action may reduce, by the last part of their name: a stage's depth, a stage's width,
@@ -66,8 +65,8 @@ class SlimmingStrategy(StepwiseStrategy):
             "latency": str,
             "alpha": _weights,
             "units": _weights,
-            "start": _start,
-            "target_ms": _number,
+            "start": config_or_reference,
+            "target_ms": positive_number,
         }
 
     def setup(self, params: Mapping[str, Any]) -> None:
@@ -125,7 +124,7 @@ class SlimmingStrategy(StepwiseStrategy):
         mes = self.mes(values)
         rows = [
             {
-                "actions": [{"choice": a.choice, "from": a.old, "to": a.new} for a in actions],
+                "actions": [a.to_dict() for a in actions],
                 "d_quality": q.to_min(values[q.name]) - q.to_min(probe[q.name]),
                 "d_mes": self.mes(probe) - mes,
             }

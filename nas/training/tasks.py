@@ -27,30 +27,31 @@ from nas.training.data import (
     batch_generator,
 )
 from nas.training.errors import TrainingConfigError
-from search_spaces import SearchSpace, Supernet
+from search_spaces import Registry, SearchSpace, Supernet
 
-_TASKS: dict[str, type[TrainingTask]] = {}
+#: Training tasks by the name of the space they train.
+TASKS: Registry[type[TrainingTask]] = Registry(
+    "training task",
+    field="space",
+    error=TrainingConfigError,
+    key=lambda cls: cls.space_name,
+    unknown="no {kind} for space {name!r}",
+    known="spaces that can be trained",
+)
 
 
 def register_task(cls: type[TrainingTask]) -> type[TrainingTask]:
     """Class decorator: make `cls` the training task of the space `cls.space_name`."""
-    _TASKS[cls.space_name] = cls
-    return cls
+    return TASKS.register(cls)
 
 
 def trainable_spaces() -> list[str]:
-    return sorted(_TASKS)
+    return TASKS.names()
 
 
 def task_class(space_name: str) -> type[TrainingTask]:
-    try:
-        return _TASKS[space_name]
-    except KeyError:
-        raise TrainingConfigError(
-            f"no training task for space {space_name!r}; spaces that can be trained: {trainable_spaces()}",
-            field="space",
-            allowed=trainable_spaces(),
-        ) from None
+    """The task of the space `space_name`; `TrainingConfigError` naming the trainable spaces if none."""
+    return TASKS.get(space_name)
 
 
 class TrainingTask(abc.ABC):
@@ -272,6 +273,7 @@ def make_task(space: SearchSpace, seed: int = 0) -> TrainingTask:
 
 
 __all__ = [
+    "TASKS",
     "DenoisingTask",
     "ImageClassificationTask",
     "TemporalDenoisingTask",

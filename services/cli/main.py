@@ -107,7 +107,9 @@ def _submit_demo(api: Any, settings: Settings, spec_data: dict[str, Any]) -> Non
     if queue.count() > 0:
         out.print("[dim]--demo: the database already holds searches; nothing submitted.[/dim]")
         return
-    spec = check_spec(SearchSpec.model_validate(spec_data), api.state.lut).spec
+    spec = check_spec(
+        SearchSpec.model_validate(spec_data), api.state.lut, supernet_dir=settings.supernet_dir
+    ).spec
     search_id = queue.submit(spec).id
     base = f"http://{settings.host}:{settings.port}"
     out.print(f"Submitted demo search [bold]{search_id}[/bold] ({spec.name or spec.space}). Follow it with:")

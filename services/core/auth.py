@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from services.core.db import ApiKeyRow, utcnow
+from nas import utcnow
+from services.core.db import ApiKeyRow
 
 TOKEN_PREFIX = "nas_"
 _TOKEN = re.compile(r"^nas_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})$")

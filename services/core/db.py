@@ -20,6 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from nas import utcnow
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -33,10 +35,6 @@ class SearchStatus(enum.StrEnum):
     @property
     def finished(self) -> bool:
         return self in (SearchStatus.SUCCEEDED, SearchStatus.FAILED, SearchStatus.CANCELLED)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_search_id() -> str:
@@ -68,7 +66,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    """Declarative base of the service's own tables (the LUT tables live in `latency_lut._sql`)."""
+    """Declarative base of the service's own tables (the LUT tables live in `latency_lut.sql_table`)."""
 
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime,

@@ -22,10 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from latency_lut import BUILTIN_DEVICES, LatencyEntry, SqlLatencyTable, needed_blocks
-from latency_lut._sql import lut_entries, upsert_entries
 from latency_lut.aggregate import RunSamples, aggregate_runs
+from latency_lut.sql_table import lut_entries, upsert_entries
+from nas import utcnow
 from search_spaces import BlockSpec, SearchSpace, SpaceError, get_space
-from services.core.db import DeviceRow, SampleRow, utcnow
+from services.core.db import DeviceRow, SampleRow
 
 _DEVICES = DeviceRow.__table__
 _SAMPLES = SampleRow.__table__

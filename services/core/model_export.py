@@ -4,19 +4,15 @@ limits that keep one request from taking the server down: at most `MAX_EXPORT_PA
 
 from __future__ import annotations
 
-import io
-import tempfile
 import threading
-import warnings
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from latency_lut.backends import BackendUnavailableError
+from latency_lut.coreml_backend import import_coremltools
+from latency_lut.export import export_subnet
 from search_spaces import SearchSpace
 
-ModelFormat = Literal["torchscript", "onnx", "coreml"]
 MAX_EXPORT_PARAMS = 100_000_000
 #: Exports built at once by this process (each builds a whole subnet); more are refused (503).
 MAX_CONCURRENT_EXPORTS = 2
@@ -59,9 +55,7 @@ def export_model(
         )
     if fmt == "coreml":
         try:
-            from latency_lut._coreml import _coremltools
-
-            _coremltools()
+            import_coremltools()
         except BackendUnavailableError as exc:
             raise ExportRefusedError(501, "format", str(exc), ["torchscript", "onnx"]) from None
     if not _EXPORTS.acquire(blocking=False):
@@ -69,38 +63,8 @@ def export_model(
             503, "format", f"{MAX_CONCURRENT_EXPORTS} exports are running; retry in a few seconds"
         )
     try:
-        content = _build_export(space, canonical, fmt, precision)
+        content = export_subnet(space, canonical, fmt, precision)
     finally:
         _EXPORTS.release()
     suffix, media_type = _FILES[fmt]
     return ModelFile(content, media_type, f"{space.name}-{space.config_id(canonical)}{suffix}")
-
-
-def _build_export(space: SearchSpace, config: dict[str, Any], fmt: str, precision: str) -> bytes:
-    import torch
-
-    module = space.build(config).eval()
-    inputs = space.example_inputs()
-    if fmt == "onnx":
-        from latency_lut._onnx import export_onnx
-
-        buffer = io.BytesIO()
-        export_onnx(module, inputs, buffer)
-        return buffer.getvalue()
-    if fmt == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape checks baked into the graph
-            traced = torch.jit.trace(module, tuple(inputs), check_trace=False)
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-        return buffer.getvalue()
-    from latency_lut._coreml import CoreMLBackend
-
-    with tempfile.TemporaryDirectory() as folder:
-        package = CoreMLBackend(precision=precision).export(module, inputs, Path(folder) / "model.mlpackage")
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(package.rglob("*")):
-                if path.is_file():
-                    archive.write(path, Path("model.mlpackage") / path.relative_to(package))
-        return buffer.getvalue()

@@ -25,8 +25,9 @@ from latency_lut.accuracy import AccuracyReport, accuracy_report
 from latency_lut.calibration import CalibrationPoint, SubnetCalibration, fit_calibration
 from latency_lut.fallback import FallbackModel, entry_features, fit_fallback
 from latency_lut.features import BlockFeatures, block_features
+from nas import utcnow
 from search_spaces import BlockSpec, SearchSpace, config_id
-from services.core.db import AccuracyPairRow, utcnow
+from services.core.db import AccuracyPairRow
 from services.core.measurement_store import MeasurementStore, options_json
 
 _PAIRS = AccuracyPairRow.__table__
@@ -150,7 +151,7 @@ class PredictionService:
             return None
 
     def _version(self, device: str, space: SearchSpace) -> tuple[Any, ...]:
-        from latency_lut._sql import lut_entries
+        from latency_lut.sql_table import lut_entries
 
         with self.engine.connect() as conn:
             table = conn.execute(

@@ -209,7 +209,7 @@ class Scheduler:
     def _run(self, search_id: str) -> None:
         row = self.queue.get(search_id)
         spec = SearchSpec.model_validate(row.spec)
-        resolved = resolve(spec, known_devices(self.lut.devices()))
+        resolved = resolve(spec, known_devices(self.lut.devices()), supernet_dir=self.settings.supernet_dir)
         should_stop = self._stop_check(search_id)
         self._measure_luts(search_id, resolved, should_stop)
         luts = {device: self.lut.snapshot(device) for device in resolved.devices}
@@ -227,6 +227,7 @@ class Scheduler:
             elapsed_before_s=row.elapsed_s,
             evaluation_retries=self.settings.evaluation_retries,
             evaluator_factory=self.evaluator_factory,
+            supernet_dir=self.settings.supernet_dir,
         )
         result = runner.run()
         if result.state == "abandoned":

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,9 +24,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from latency_lut import LatencyTable, known_devices
-from nas import ResolvedSpec, SearchSpec, resolve
+from nas import ResolvedSpec, SearchSpec, resolve, utcnow
+from nas.proxies import DEFAULT_SUPERNET_DIR
 from nas.runner import RunAbandoned
-from services.core.db import SearchRow, SearchStatus, utcnow
+from services.core.db import SearchRow, SearchStatus
 
 _S = SearchRow.__table__
 
@@ -52,13 +54,15 @@ class SearchStateError(RuntimeError):
     """The search is in a state that does not allow the operation (e.g. cancelling a finished one)."""
 
 
-def check_spec(spec: SearchSpec, table: LatencyTable) -> ResolvedSpec:
-    """Resolve a spec against the registered spaces and strategies and the devices known here
-    (built-in or with a table), and build its strategy once so bad `strategy_params` fail now, not
-    when the search runs. Raises `SpecError` naming the field."""
+def check_spec(
+    spec: SearchSpec, table: LatencyTable, *, supernet_dir: str | Path = DEFAULT_SUPERNET_DIR
+) -> ResolvedSpec:
+    """Resolve a spec against the registered spaces and strategies, the devices known here (built-in
+    or with a table) and the supernets trained under `supernet_dir`, and build its strategy once so bad
+    `strategy_params` fail now, not when the search runs. Raises `SpecError` naming the field."""
     from nas.strategies import make_strategy
 
-    resolved = resolve(spec, known_devices(table.devices()))
+    resolved = resolve(spec, known_devices(table.devices()), supernet_dir=supernet_dir)
     make_strategy(
         spec.strategy,
         resolved.space,

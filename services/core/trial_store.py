@@ -1,4 +1,5 @@
-"""`SqlTrialStore`: the `nas.store.TrialStore` contract on the service database (SQLite or PostgreSQL)."""
+"""`SqlTrialStore`: the `nas.trial_store.TrialStore` contract on the service database (SQLite or
+PostgreSQL)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from latency_lut import LatencyTable, MemoryLatencyTable, SqlLatencyTable
-from latency_lut._sql import lut_entries
+from latency_lut.sql_table import lut_entries
 from search_spaces import BlockSpec, Choice, Config, OptionSpec, SearchSpace, Supernet
 
 POSTGRES_URL = os.environ.get("NAS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

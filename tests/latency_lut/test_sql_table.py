@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from latency_lut import LatencyEntry, SqlLatencyTable
-from latency_lut._sql import lut_entries, metadata
+from latency_lut.sql_table import lut_entries, metadata
 
 
 def _entries(device: str, n: int, median: float = 1.0) -> list[LatencyEntry]:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nas_testing import DEVICE, TinySpace
+from nas_testing import DEVICE, TinySpace, objectives
 
-from nas import SpecError
+from nas import Objective, SpecError
 from nas.evaluate import SubnetEvaluator
 from search_spaces import SearchSpace, _counting, count_params
 
 LATENCY = f"latency:{DEVICE}"
 
 
-def evaluator(space: SearchSpace, objectives: list[str], luts) -> SubnetEvaluator:
-    return SubnetEvaluator(space.name, space.options, objectives, luts, space=space)
+def evaluator(space: SearchSpace, names: list[str], luts) -> SubnetEvaluator:
+    return SubnetEvaluator(space.name, space.options, objectives(names, [DEVICE, "phone"]), luts, space=space)
 
 
 def tiny_configs(space: TinySpace) -> list[dict]:
@@ -97,16 +97,17 @@ def test_bad_configs_and_crashes_become_errors(tiny_space: TinySpace, tiny_luts)
     assert "no blocks today" in outcome.metrics["traceback"]
 
 
-def test_unknown_objective_is_a_spec_error(tiny_space: TinySpace) -> None:
+def test_unknown_objective_is_a_spec_error_before_any_evaluator(tiny_space: TinySpace) -> None:
     with pytest.raises(SpecError, match="unknown objective 'accuracy'") as info:
-        evaluator(tiny_space, ["accuracy"], {})
+        SubnetEvaluator(tiny_space.name, tiny_space.options, [Objective("accuracy", "minimize")], {})
     assert info.value.field == "objectives"
+    assert info.value.allowed == ["params", "macs", "latency:<device>", "proxy:<name>"]
 
 
 def test_builds_registered_spaces_by_name(effv2_space: SearchSpace) -> None:
     blocks = effv2_space.all_blocks()
     luts = {DEVICE: {b.key: 1.0 for b in blocks}}
-    ev = SubnetEvaluator(effv2_space.name, effv2_space.options, ["params", LATENCY], luts)
+    ev = SubnetEvaluator(effv2_space.name, effv2_space.options, objectives(["params", LATENCY]), luts)
     assert ev.space.options == effv2_space.options
     rng = np.random.default_rng(0)
     for config in [effv2_space.reference_config("s0"), effv2_space.sample(rng)]:

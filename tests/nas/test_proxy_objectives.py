@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from nas_testing import DEVICE, TinySpace, make_resolved
+from nas_testing import DEVICE, TinySpace, make_resolved, objectives
 
 from nas import MemoryTrialStore, SearchSpec, SpecError, TrialState, parse_objective, resolve
 from nas.evaluate import SubnetEvaluator
@@ -97,7 +97,9 @@ def test_directions_and_parsing_without_a_space() -> None:
 
 def test_evaluator_computes_proxies_and_records_their_cost(effv2_space: SearchSpace) -> None:
     names = [f"proxy:{n}" for n in BATCH_PROXIES]
-    ev = SubnetEvaluator(effv2_space.name, effv2_space.options, ["params", *names, "proxy:params"], {})
+    ev = SubnetEvaluator(
+        effv2_space.name, effv2_space.options, objectives(["params", *names, "proxy:params"]), {}
+    )
     config = effv2_space.reference_config("s0")
     outcome = ev.evaluate(config)
     assert outcome.error is None, outcome.error
@@ -108,16 +110,16 @@ def test_evaluator_computes_proxies_and_records_their_cost(effv2_space: SearchSp
         assert isinstance(seconds, float) and seconds >= 0
     assert outcome.values["proxy:params"] == outcome.values["params"]
     # Same config, new evaluator: the same values (seeded init and data).
-    again = SubnetEvaluator(effv2_space.name, effv2_space.options, names, {}).evaluate(config)
+    again = SubnetEvaluator(effv2_space.name, effv2_space.options, objectives(names), {}).evaluate(config)
     assert {k: again.values[k] for k in names} == {k: outcome.values[k] for k in names}
 
 
 def test_evaluator_rejects_unavailable_proxies_naming_the_space(tiny_space: TinySpace) -> None:
     with pytest.raises(SpecError, match=r"proxy 'snip' is not available.*for space 'tiny-test'") as info:
-        SubnetEvaluator(tiny_space.name, tiny_space.options, ["proxy:snip"], {}, space=tiny_space)
+        SubnetEvaluator(tiny_space.name, tiny_space.options, objectives(["proxy:snip"]), {}, space=tiny_space)
     assert info.value.allowed == ["params", "macs", "proxy:macs", "proxy:params"]
     outcome = SubnetEvaluator(
-        tiny_space.name, tiny_space.options, ["proxy:params"], {}, space=tiny_space
+        tiny_space.name, tiny_space.options, objectives(["proxy:params"]), {}, space=tiny_space
     ).evaluate(tiny_space.largest())
     assert outcome.values == {
         "proxy:params": float(sum(b.params for b in tiny_space.blocks(tiny_space.largest())))
@@ -127,7 +129,11 @@ def test_evaluator_rejects_unavailable_proxies_naming_the_space(tiny_space: Tiny
 def test_proxy_failure_is_the_trials_error(effv2_space: SearchSpace, tmp_path) -> None:
     missing = tmp_path / "no-such-run"
     ev = SubnetEvaluator(
-        effv2_space.name, effv2_space.options, ["proxy:supernet_loss"], {}, supernet_checkpoint=str(missing)
+        effv2_space.name,
+        effv2_space.options,
+        objectives(["proxy:supernet_loss"]),
+        {},
+        supernet_checkpoint=str(missing),
     )
     outcome = ev.evaluate(effv2_space.smallest())
     assert outcome.values == {}

@@ -1,5 +1,6 @@
 """Every registered space with a task: each of its proxies gives a finite, repeatable value on a small
-subnet at small options (the registry is the test matrix: a new space is covered once listed here)."""
+subnet at small options (the registry is the test matrix: a new space is covered once its small
+options are in `nas_testing.SMALL_OPTIONS`)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,10 @@ import math
 
 import numpy as np
 import pytest
+from nas_testing import SMALL_OPTIONS
 
 from nas.proxies import ProxyContext, available_proxies, get_proxy
 from search_spaces import get_space, list_spaces
-
-SMALL_OPTIONS = {
-    "efficientformerv2": {"resolution": 32, "num_classes": 10},
-    "unet": {"latent_size": 8, "text_tokens": 4, "cross_attention_dim": 32, "width_scale": 0.0625},
-    "temporal": {
-        "frames": 2,
-        "latent_size": 8,
-        "text_tokens": 4,
-        "cross_attention_dim": 32,
-        "width_scale": 0.0625,
-    },
-}
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("space_name", list_spaces())
 def test_every_proxy_of_every_space_is_finite_and_repeatable(space_name: str) -> None:
     if space_name not in SMALL_OPTIONS:
-        pytest.skip(f"no small options for space {space_name!r} in SMALL_OPTIONS of this test")
+        pytest.skip(f"no small options for space {space_name!r} in SMALL_OPTIONS of nas_testing.py")
     space = get_space(space_name, **SMALL_OPTIONS[space_name])
     offered = available_proxies(space, supernet=False)
     assert {"params", "macs"} <= set(offered)

@@ -10,17 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from nas import SearchSpec, resolve
-from nas.proxies import ProxyContext, ProxyError, available_proxies, get_proxy
-from nas.proxies.supernet import (
-    HELD_OUT_SIZE,
-    RECALIBRATION_BATCH,
-    RECALIBRATION_BATCHES,
-    SUPERNET_DIR_ENV,
+from nas.proxies import (
+    ProxyContext,
+    ProxyError,
+    available_proxies,
     find_checkpoint,
-    inherited_subnet,
+    get_proxy,
     load_supernet,
     supernet_run_dir,
 )
+from nas.proxies.supernet import HELD_OUT_SIZE, RECALIBRATION_BATCH, RECALIBRATION_BATCHES, inherited_subnet
 from nas.training import SupernetTrainer, TrainConfig, load_checkpoint
 from search_spaces import SearchSpace, get_space
 
@@ -41,16 +40,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, effv2_space: SearchSpac
 
 
 @pytest.fixture
-def supernet_dir(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SUPERNET_DIR_ENV, str(checkpoint.parent.parent))
+def supernet_dir(checkpoint: Path) -> Path:
+    """The directory of trained supernets that holds `checkpoint`'s run directory."""
+    return checkpoint.parent.parent
 
 
-@pytest.mark.usefixtures("supernet_dir")
 def test_checkpoint_in_the_run_directory_makes_the_proxies_available(
-    effv2_space: SearchSpace, checkpoint: Path
+    effv2_space: SearchSpace, checkpoint: Path, supernet_dir: Path
 ) -> None:
-    assert find_checkpoint(effv2_space) == checkpoint
-    offered = available_proxies(effv2_space)
+    assert find_checkpoint(effv2_space, supernet_dir) == checkpoint
+    offered = available_proxies(effv2_space, supernet_dir=supernet_dir)
     assert offered["supernet_loss"] == "minimize" and offered["supernet_accuracy"] == "maximize"
     spec = SearchSpec(
         space=effv2_space.name,
@@ -58,16 +57,15 @@ def test_checkpoint_in_the_run_directory_makes_the_proxies_available(
         objectives=["proxy:supernet_accuracy", "params"],
         constraints=["proxy:supernet_loss <= 5"],
     )
-    resolved = resolve(spec, [])
+    resolved = resolve(spec, [], supernet_dir=supernet_dir)
     assert resolved.objectives[0].direction == "maximize"
     assert resolved.constraints[0].objective.direction == "minimize"
 
 
-@pytest.mark.usefixtures("supernet_dir")
 def test_inherited_subnet_has_the_checkpoint_weights_and_recalibrated_statistics(
-    effv2_space: SearchSpace, checkpoint: Path
+    effv2_space: SearchSpace, checkpoint: Path, supernet_dir: Path
 ) -> None:
-    context = ProxyContext(effv2_space)
+    context = ProxyContext(effv2_space, supernet_dir=supernet_dir)
     config = effv2_space.reference_config("s0")
     model = inherited_subnet(context, config)
     assert not model.training
@@ -96,17 +94,16 @@ def test_inherited_subnet_has_the_checkpoint_weights_and_recalibrated_statistics
 
 
 def test_any_run_directory_under_the_root_is_searched_by_space_and_options(
-    effv2_space: SearchSpace, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    effv2_space: SearchSpace, checkpoint: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "my-run"
     run.mkdir()
     os.link(checkpoint, run / checkpoint.name)
     (tmp_path / "empty-run").mkdir()
-    monkeypatch.setenv(SUPERNET_DIR_ENV, str(tmp_path))
-    assert find_checkpoint(effv2_space) == run / checkpoint.name
+    assert find_checkpoint(effv2_space, tmp_path) == run / checkpoint.name
     other = get_space("efficientformerv2", resolution=64, num_classes=10)
-    assert find_checkpoint(other) is None
-    assert "supernet_loss" not in available_proxies(other)
+    assert find_checkpoint(other, tmp_path) is None
+    assert "supernet_loss" not in available_proxies(other, supernet_dir=tmp_path)
 
 
 def test_checkpoint_of_other_options_is_refused(checkpoint: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nas_testing import DEVICE, TinySpace, make_resolved
+from nas_testing import DEVICE, TinySpace, make_resolved, objectives
 
 from nas import MemoryTrialStore, ResolvedSpec, SpecError, TrialState
 from nas.evaluate import SubnetEvaluator
@@ -40,7 +40,7 @@ def check_consistent(
 def anchor_normalizer(resolved: ResolvedSpec, luts) -> Normalizer:
     space = resolved.space
     names = [o.name for o in resolved.objectives]
-    ev = SubnetEvaluator(space.name, space.options, names, luts, space=space)
+    ev = SubnetEvaluator(space.name, space.options, resolved.objectives, luts, space=space)
     outcomes = [ev.evaluate(space.smallest()), ev.evaluate(space.largest())]
     assert all(o.error is None for o in outcomes)
     return Normalizer.from_points([[o.values[n] for n in names] for o in outcomes])
@@ -118,7 +118,9 @@ def test_cancel_between_trials(tiny_space: TinySpace, tiny_luts, store) -> None:
 def test_constraint_on_a_non_objective_marks_infeasible_trials(
     tiny_space: TinySpace, tiny_luts, store
 ) -> None:
-    ev = SubnetEvaluator(tiny_space.name, tiny_space.options, [LATENCY], tiny_luts, space=tiny_space)
+    ev = SubnetEvaluator(
+        tiny_space.name, tiny_space.options, objectives([LATENCY]), tiny_luts, space=tiny_space
+    )
     latencies = sorted(
         ev.evaluate(tiny_space.sample(np.random.default_rng(i))).values[LATENCY] for i in range(20)
     )

@@ -1,5 +1,6 @@
-"""NSGA-III, TPE and regularized evolution on the tiny space: the `Strategy` contract, constraints
-reaching Optuna, and evolution's end on a constraint no subnet can meet."""
+"""NSGA-III, TPE and regularized evolution on the tiny space: constraints reaching Optuna, TPE's
+batches, evolution's population and its end on a constraint no subnet can meet (the contract every
+strategy keeps is tested in test_strategy_conformance.py)."""
 
 from __future__ import annotations
 
@@ -19,58 +20,9 @@ from nas_testing import (
 from nas import MemoryTrialStore, SpecError, Trial
 from nas.runner import Runner
 from nas.strategies import list_strategies
-from nas.strategies.evolution import EvolutionStrategy, InfeasibleConstraintError
-from nas.strategies.optuna_extra import NSGA3Strategy
+from nas.strategies.optuna_nsga3 import NSGA3Strategy
+from nas.strategies.regularized_evolution import EvolutionStrategy, InfeasibleConstraintError
 from search_spaces import config_id
-
-STRATEGIES = ["nsga3", "tpe", "evolution"]
-DISTINCT_TINY_SUBNETS = 28
-
-
-def test_all_strategies_are_registered() -> None:
-    assert {"random", "nsga2", "nsga3", "tpe", "evolution", "evolving", "slimming"} <= set(list_strategies())
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_asks_are_canonical_batched_and_never_repeat(name: str, tiny_space: TinySpace, tiny_luts) -> None:
-    strategy = make(name, tiny_space, seed=3)
-    asked = drive(strategy, Evaluations(tiny_space, tiny_luts, fail_every=5), rounds=6)
-    assert len(asked) == 18
-    for config in asked:
-        assert tiny_space.canonicalize(config) == config
-    ids = [config_id(c) for c in asked]
-    assert len(set(ids)) == len(ids)
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_space_exhaustion_returns_fewer_and_then_none(name: str, tiny_space: TinySpace, tiny_luts) -> None:
-    strategy = make(name, tiny_space, seed=1)
-    asked = drive(strategy, Evaluations(tiny_space, tiny_luts), rounds=12, batch=4)
-    assert len({config_id(c) for c in asked}) == len(asked) == DISTINCT_TINY_SUBNETS
-    assert strategy.ask(3) == []
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_same_seed_same_sequence(name: str, tiny_space: TinySpace, tiny_luts) -> None:
-    runs = [
-        drive(make(name, tiny_space, seed=seed), Evaluations(tiny_space, tiny_luts), 5) for seed in (7, 7, 8)
-    ]
-    assert runs[0] == runs[1]
-    assert runs[0] != runs[2]
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_resume_by_telling_unasked_trials(name: str, tiny_space: TinySpace, tiny_luts) -> None:
-    evaluate = Evaluations(tiny_space, tiny_luts, fail_every=4)
-    rng = np.random.default_rng(0)
-    previous = {config_id(c): c for c in (tiny_space.sample(rng) for _ in range(30))}
-    stored = [evaluate(c) for c in previous.values()]
-    strategy = make(name, tiny_space, seed=5)
-    strategy.tell(stored)
-    asked = drive(strategy, evaluate, rounds=10, batch=2)
-    asked_ids = {config_id(c) for c in asked}
-    assert not asked_ids & set(previous)
-    assert len(asked_ids) == len(asked) == DISTINCT_TINY_SUBNETS - len(previous)
 
 
 def test_nsga3_resumed_trials_join_generations(tiny_space: TinySpace, tiny_luts) -> None:

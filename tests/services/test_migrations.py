@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from latency_lut import LatencyEntry, SqlLatencyTable
-from latency_lut._sql import metadata as lut_metadata
+from latency_lut.sql_table import metadata as lut_metadata
 from nas import SearchSpec, Trial
 from services.cli import app
 from services.core import migrations

@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 from svc_helpers import empty_service_database, service_settings, wait_until
 
 from latency_lut import SqlLatencyTable
-from nas import DuplicateTrialError, SearchSpec, Trial
-from services.core.db import SearchRow, utcnow
+from nas import DuplicateTrialError, SearchSpec, Trial, utcnow
+from services.core.db import SearchRow
 from services.core.scheduler import Scheduler
 from services.core.search_queue import LeaseLostError, SearchQueue
 from services.core.trial_store import SqlTrialStore

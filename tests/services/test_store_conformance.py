@@ -1,5 +1,5 @@
-"""The `TrialStore` contract (nas/store.py), run against every implementation: in memory, SQL on a SQLite
-file, SQL on PostgreSQL (skipped with a reason when no server answers)."""
+"""The `TrialStore` contract (nas/trial_store.py), run against every implementation: in memory, SQL on a
+SQLite file, SQL on PostgreSQL (skipped with a reason when no server answers)."""
 
 from __future__ import annotations
 

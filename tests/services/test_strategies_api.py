@@ -9,7 +9,7 @@ import httpx
 import pytest
 from svc_helpers import SMALL_SPEC, wait_for
 
-from nas.strategies.evolving import BLOCK_COUNT_SUFFIXES
+from nas.strategies.block_evolving import BLOCK_COUNT_SUFFIXES
 from search_spaces import get_space
 
 # Six real searches on the live server (Ray actors, LUT measurement): minutes, not seconds.

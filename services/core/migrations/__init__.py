@@ -1,5 +1,5 @@
 """Alembic migrations of the service database: the service's tables (`services.core.db`) and the latency
-tables (`latency_lut._sql`), on SQLite and PostgreSQL.
+tables (`latency_lut.sql_table`), on SQLite and PostgreSQL.
 
 The scripts ship inside the package (`env.py`, `versions/`), so an installed service migrates without
 an `alembic.ini`: `init_db` (every start of the API, the CLI's database commands) and `nas db upgrade`
@@ -64,7 +64,7 @@ class UpgradeReport:
 
 def target_metadata() -> list[sa.MetaData]:
     """Every table the migrations manage: the service's and the latency tables."""
-    from latency_lut._sql import metadata as lut_metadata
+    from latency_lut.sql_table import metadata as lut_metadata
     from services.core.db import Base
 
     return [Base.metadata, lut_metadata]

@@ -19,7 +19,7 @@ from services.core.db import SearchRow, SearchStatus
 from services.core.model_export import export_model
 from services.core.search_queue import SearchQueue, check_spec
 from services.core.trial_export import TrialsFormat, trials_file
-from services.server.deps import LutDep, QueueDep, ReadsDep, Scope, StoreDep, scope_by_method
+from services.server.deps import LutDep, QueueDep, ReadsDep, Scope, SettingsDep, StoreDep, scope_by_method
 from services.server.errors import ResourceNotFoundError, space_at
 from services.server.schemas import (
     EXPORT_RESPONSES,
@@ -51,9 +51,10 @@ router = APIRouter(
 
 
 @router.post("", status_code=202, response_model=SearchCreated)
-def submit(spec: SearchSpec, queue: QueueDep, lut: LutDep) -> SearchCreated:
+def submit(spec: SearchSpec, queue: QueueDep, lut: LutDep, settings: SettingsDep) -> SearchCreated:
     """Validate a search spec and queue it; the scheduler picks it up."""
-    row = queue.submit(check_spec(spec, lut).spec)  # the resolved spec: `proxy:default` expanded
+    resolved = check_spec(spec, lut, supernet_dir=settings.supernet_dir)
+    row = queue.submit(resolved.spec)  # the resolved spec: `proxy:default` expanded
     return SearchCreated(id=row.id, status=SearchStatus(row.status), links=SearchLinks.of(row.id))
 
 

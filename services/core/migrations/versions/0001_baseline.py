@@ -1,4 +1,4 @@
-"""Baseline: every table of the service (`services.core.db`) and the latency tables (`latency_lut._sql`).
+"""Baseline: every table of the service (`services.core.db`) and the latency tables (`latency_lut.sql_table`).
 
 Written from the models by autogenerate on an empty database; later changes go in new revisions.
 

@@ -7,25 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError
-from nas.strategies import register_strategy
-from nas.strategies._base import ParamCheck, int_at_least
 from nas.strategies._stepwise import Action, StepwiseStrategy
+from nas.strategies.params import ParamCheck, config_or_reference, int_at_least, positive_number
+from nas.strategies.registry import register_strategy
 from search_spaces import Config
 
 #: Choices whose value counts blocks (the last part of the choice name): the removable blocks.
 BLOCK_COUNT_SUFFIXES = ("resnets", "transformers", "transformer_depth", "depth", "vit", "temporal_count")
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("a number > 0")
-    return float(value)
-
-
-def _start(value: Any) -> Any:
-    if not isinstance(value, (str, dict)):
-        raise ValueError("a reference config name or a config object")
-    return value
 
 
 def _names(value: Any) -> list[str]:
@@ -65,8 +53,8 @@ class EvolvingStrategy(StepwiseStrategy):
         return {
             "quality": str,
             "latency": str,
-            "target_ms": _number,
-            "base": _start,
+            "target_ms": positive_number,
+            "base": config_or_reference,
             "group_size": int_at_least(1),
             "choices": _names,
         }
@@ -133,7 +121,7 @@ class EvolvingStrategy(StepwiseStrategy):
         lat = self.latency.name
         rows = [
             {
-                "actions": [_describe(a) for a in actions],
+                "actions": [a.to_dict() for a in actions],
                 "d_quality": -self._quality_loss(values, probe),
                 "d_latency_ms": probe[lat] - values[lat],
                 "latency_ms": probe[lat],
@@ -154,7 +142,7 @@ class EvolvingStrategy(StepwiseStrategy):
             removals.sort(key=lambda ra: -ra[0]["d_quality"] / -ra[0]["d_latency_ms"])
             taken = [a for _, actions in removals[: self.group_size] for a in actions]
             nxt = self.apply(current, taken) or self.apply(current, removals[0][1])
-            return nxt, {**entry, "kind": "remove", "taken": [_describe(a) for a in taken]}
+            return nxt, {**entry, "kind": "remove", "taken": [a.to_dict() for a in taken]}
         helpful = [
             (r, a)
             for r, (a, _) in zip(rows, probes, strict=True)
@@ -175,7 +163,3 @@ class EvolvingStrategy(StepwiseStrategy):
 def _gain_per_ms(row: Mapping[str, float]) -> float:
     cost = row["d_latency_ms"]
     return float("inf") if cost <= 0 else row["d_quality"] / cost
-
-
-def _describe(action: Action) -> dict[str, Any]:
-    return {"choice": action.choice, "from": action.old, "to": action.new}

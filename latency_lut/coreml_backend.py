@@ -31,7 +31,8 @@ COMPUTE_UNITS = {"all": "ALL", "cpu": "CPU_ONLY", "cpu_gpu": "CPU_AND_GPU", "cpu
 PRECISIONS = ("fp16", "fp32")
 
 
-def _coremltools() -> Any:
+def import_coremltools() -> Any:
+    """The coremltools module; `BackendUnavailableError` saying how to install it where it is absent."""
     try:
         # On Linux coremltools reports at import that its native Core ML bindings are absent and that
         # this torch is newer than it was tested with; exports work regardless, so that stays quiet.
@@ -93,7 +94,7 @@ class CoreMLBackend(MeasurementBackend):
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.compute_units = compute_units
         self.precision = precision
-        self._ct = _coremltools()
+        self._ct = import_coremltools()
 
     @property
     def can_time(self) -> bool:

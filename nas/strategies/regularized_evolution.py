@@ -11,8 +11,9 @@ import numpy as np
 
 from nas._trial import Trial, TrialState
 from nas.objectives import SpecError
-from nas.strategies import register_strategy
-from nas.strategies._base import ParamCheck, Strategy, int_at_least, probability
+from nas.strategies._base import Strategy
+from nas.strategies.params import ParamCheck, int_at_least, probability
+from nas.strategies.registry import register_strategy
 from search_spaces import Config, config_id
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.proxies.errors import ProxyError
 from nas.training.data import Batch, batch_generator
 from nas.training.errors import TrainingConfigError
 from nas.training.tasks import ImageClassificationTask, TrainingTask, trainable_spaces
@@ -35,8 +36,6 @@ class _Stop(Exception):
 
 def make_task(space: SearchSpace, seed: int = 0) -> TrainingTask:
     """The space's task; `ProxyError` naming the spaces with tasks if it has none at its options."""
-    from nas.proxies._base import ProxyError
-
     try:
         return make_training_task(space, seed)
     except TrainingConfigError as exc:
