@@ -2,18 +2,29 @@
 
 from latency_lut._table import LatencyEntry, LatencyTable, MemoryLatencyTable
 from latency_lut.devices import BUILTIN_DEVICES, Device, device_info, known_devices
-from latency_lut.predict import LatencyEstimate, predict
+from latency_lut.predictors import (
+    LatencyEstimate,
+    LatencyPredictor,
+    MeasuredSubnet,
+    TableView,
+    select_predictor,
+    table_predictors,
+)
 
 __all__ = [
     "BUILTIN_DEVICES",
     "Device",
     "LatencyEntry",
     "LatencyEstimate",
+    "LatencyPredictor",
     "LatencyTable",
+    "MeasuredSubnet",
     "MemoryLatencyTable",
+    "TableView",
     "device_info",
     "known_devices",
-    "predict",
+    "select_predictor",
+    "table_predictors",
 ]
 
 # pandas-based file import/export stays out of the package import: `from latency_lut.io import ...`.

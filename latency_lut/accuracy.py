@@ -1,7 +1,11 @@
-"""How well a device's table predicts whole subnets: RMSE, RMSPE and the shares within +-5/10/15%.
+"""How well latency predictions match whole subnets measured end to end, and how well two
+measurements of the same subnets match each other (the ceiling no predictor can beat).
 
-These are the measures nn-Meter reports for its predictors; a pair is (predicted, measured) latency
-of one subnet in ms, measured end to end on the device with the backend that filled its table.
+The measures are nn-Meter's (RMSE, RMSPE, the shares within +-5/10/15%) plus Spearman's rank
+correlation, which is what a search needs of a latency (the order of subnets). A pair is (predicted,
+measured) latency of one subnet in ms, measured with the backend that filled the device's table. The
+sign convention everywhere: error = (predicted - measured) / measured, so a positive mean error means
+the predictions are too high.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ BANDS = (0.05, 0.10, 0.15)
 
 @dataclass(frozen=True)
 class AccuracyReport:
-    """`rmspe` and `mean_error` are fractions (0.05 = 5%); `within_*` are shares of the pairs."""
+    """`rmspe` and `mean_error` are fractions (0.05 = 5%); `within_*` are shares of the pairs;
+    `spearman` is the rank correlation of predicted and measured latencies."""
 
     n: int
     rmse_ms: float | None
@@ -26,6 +31,7 @@ class AccuracyReport:
     within_5: float | None
     within_10: float | None
     within_15: float | None
+    spearman: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +44,7 @@ def accuracy_report(pairs: Iterable[tuple[float, float]]) -> AccuracyReport:
     """
     data = np.asarray(list(pairs), dtype=np.float64).reshape(-1, 2)
     if data.size == 0:
-        return AccuracyReport(0, None, None, None, None, None, None)
+        return AccuracyReport(0, None, None, None, None, None, None, None)
     predicted, measured = data[:, 0], data[:, 1]
     if np.any(measured <= 0) or not np.all(np.isfinite(data)):
         raise ValueError("accuracy needs finite predictions and positive measured latencies")
@@ -52,4 +58,21 @@ def accuracy_report(pairs: Iterable[tuple[float, float]]) -> AccuracyReport:
         within_5=shares[0],
         within_10=shares[1],
         within_15=shares[2],
+        spearman=spearman(predicted, measured),
     )
+
+
+def repeatability_report(pairs: Iterable[tuple[float, float]]) -> AccuracyReport:
+    """The same figures for (second measurement, first measurement) of the same subnets: how well the
+    measurement agrees with itself, i.e. the best any predictor judged by one measurement can do."""
+    return accuracy_report(pairs)
+
+
+def spearman(a: Iterable[float], b: Iterable[float]) -> float | None:
+    """Spearman's rank correlation (None for fewer than 3 points or a constant side)."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(list(a), dtype=np.float64), np.asarray(list(b), dtype=np.float64)
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    return float(spearmanr(x, y).statistic)

@@ -17,12 +17,13 @@ when they are built, saying what is missing.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import importlib
 import platform
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,13 +37,35 @@ class BackendUnavailableError(RuntimeError):
     """A backend cannot run here: its runtime is not installed or its hardware is absent."""
 
 
+#: One forward pass of a module prepared for a runtime (exported, in a session, on its device).
+Runnable = Callable[[], object]
+
+
+class Passthrough(nn.Module):
+    """Returns its inputs: timed on a block's inputs, it is the runtime's cost of one call (dispatch,
+    a session's run with its input and output handling) without the block's work."""
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        copies = tuple(x.clone() for x in inputs)
+        return copies[0] if len(copies) == 1 else copies
+
+
 class MeasurementBackend(abc.ABC):
     """Times modules on one runtime.
 
-    `measure` runs `module(*inputs)` `warmup` times untimed, then `repeats` times timed, and returns
-    one wall-clock sample in milliseconds per repeat. `provenance` describes the runtime and machine
-    (JSON-able), and is stored with every table entry the samples become. Backends of runtimes that
-    need an exported model (ONNX, Core ML) also implement `export`.
+    A backend prepares a module for its runtime (`runnable`: export it, build a session, move it to
+    the device) and times calls of it on its `clock` (`time`). Three measurements of a block go into a
+    device's table (see `latency_lut.timings`):
+
+    - `measure`: the block alone, `warmup` untimed then `repeats` timed calls, one sample (ms) each;
+    - `measure_in_context`: the block timed right after an untimed call of the block before it in a
+      network, so that it finds the caches as a network leaves them (its weights partly evicted, its
+      input just written);
+    - `measure_call_overhead`: a module that only passes its inputs through, on the block's inputs:
+      what one call of the runtime costs besides the work.
+
+    `provenance` describes the runtime and machine (JSON-able), stored with every entry the samples
+    become. Backends of runtimes that need an exported model (ONNX, Core ML) also implement `export`.
     """
 
     #: The name `get_backend` knows the backend by (and `Device.backend` refers to).
@@ -51,16 +74,55 @@ class MeasurementBackend(abc.ABC):
     runtime: ClassVar[str]
     #: Suffix of the files `export` writes ("" when the backend runs modules as they are).
     export_suffix: ClassVar[str] = ""
+    #: The clock samples are taken on (see `CLOCKS`; `device` for runtimes that time themselves).
+    clock: str = "wall"
 
     @abc.abstractmethod
-    def measure(
-        self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
-    ) -> list[float]:
-        """Milliseconds per forward pass, one sample per repeat."""
+    def runnable(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor]
+    ) -> contextlib.AbstractContextManager[Runnable]:
+        """`module` ready to run on this runtime on `inputs`; calling the result runs one forward pass.
+        Leaving the context restores whatever preparing changed (threads, training flag, device)."""
 
     @abc.abstractmethod
     def provenance(self) -> dict[str, Any]:
         """Where and how samples are taken: backend, runtime and library versions, CPU, host, time."""
+
+    def time(
+        self, call: Runnable, *, warmup: int, repeats: int, before: Runnable | None = None
+    ) -> list[float]:
+        """Milliseconds of `repeats` calls of `call` after `warmup` untimed ones; with `before`, every
+        call (timed or not) follows an untimed call of `before`."""
+        return time_calls(call, warmup, repeats, self.clock, before=before)
+
+    def measure(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
+    ) -> list[float]:
+        """Milliseconds per forward pass of `module` alone, one sample per repeat."""
+        check_counts(warmup, repeats)
+        with self.runnable(module, inputs) as call:
+            return self.time(call, warmup=warmup, repeats=repeats)
+
+    def measure_in_context(
+        self,
+        module: nn.Module,
+        inputs: Sequence[torch.Tensor],
+        *,
+        before: tuple[nn.Module, Sequence[torch.Tensor]],
+        warmup: int,
+        repeats: int,
+    ) -> list[float]:
+        """Milliseconds per forward pass of `module`, each timed right after an untimed forward pass of
+        `before` (a module and its inputs: the block before it in a network)."""
+        check_counts(warmup, repeats)
+        with self.runnable(*before) as prior, self.runnable(module, inputs) as call:
+            return self.time(call, warmup=warmup, repeats=repeats, before=prior)
+
+    def measure_call_overhead(
+        self, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
+    ) -> list[float]:
+        """Milliseconds of one call of the runtime on `inputs` that does no work but pass them through."""
+        return self.measure(Passthrough(), inputs, warmup=warmup, repeats=repeats)
 
     @property
     def can_time(self) -> bool:
@@ -113,15 +175,20 @@ def base_provenance(backend: str) -> dict[str, Any]:
     }
 
 
-# Kept under its old name for callers of the first version.
-_base_provenance = base_provenance
-
-
 #: Clocks a CPU backend can time with: `wall` (elapsed time, what a dedicated device sees) or
 #: `thread` (CPU time of the calling thread: on a host shared with other jobs it leaves out the time the
 #: thread waits for a core, which wall-clock samples would count; it needs the runtime to compute in
 #: the calling thread, i.e. one intra-op thread).
 CLOCKS = {"wall": time.perf_counter_ns, "thread": time.thread_time_ns}
+#: The clock CPU backends use unless told otherwise: on a shared host the thread clock repeats best
+#: (docs/lut.md: two measurements of a subnet agree within 5% for 89-96% of subnets at load 7,
+#: against about half with the wall clock); it needs one intra-op thread, else `wall` is used.
+DEFAULT_CLOCK = "thread"
+
+
+def default_clock(threads: int) -> str:
+    """`DEFAULT_CLOCK` where it works (one intra-op thread), else `wall`."""
+    return DEFAULT_CLOCK if threads == 1 else "wall"
 
 
 def check_clock(clock: str, threads: int) -> str:
@@ -134,13 +201,20 @@ def check_clock(clock: str, threads: int) -> str:
     return clock
 
 
-def time_calls(call: Callable[[], object], warmup: int, repeats: int, clock: str = "wall") -> list[float]:
-    """Milliseconds of `repeats` calls of `call` after `warmup` untimed ones, on `clock`."""
+def time_calls(
+    call: Runnable, warmup: int, repeats: int, clock: str = "wall", *, before: Runnable | None = None
+) -> list[float]:
+    """Milliseconds of `repeats` calls of `call` after `warmup` untimed ones, on `clock`; with `before`,
+    each call follows an untimed call of `before`."""
     now = CLOCKS[clock]
     for _ in range(warmup):
+        if before is not None:
+            before()
         call()
     samples = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         start = now()
         call()
         samples.append((now() - start) / 1e6)
@@ -158,14 +232,12 @@ class TorchCPUBackend(MeasurementBackend):
     name = "torch-cpu"
     runtime = "torch"
 
-    def __init__(self, threads: int = 1, clock: str = "wall"):
+    def __init__(self, threads: int = 1, clock: str | None = None):
         self.threads = check_threads(threads)
-        self.clock = check_clock(clock, threads)
+        self.clock = check_clock(clock or default_clock(threads), threads)
 
-    def measure(
-        self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
-    ) -> list[float]:
-        check_counts(warmup, repeats)
+    @contextlib.contextmanager
+    def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
         inputs = tuple(inputs)
         previous_threads = torch.get_num_threads()
         was_training = module.training
@@ -173,7 +245,7 @@ class TorchCPUBackend(MeasurementBackend):
         torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                return time_calls(lambda: module(*inputs), warmup, repeats, self.clock)
+                yield lambda: module(*inputs)
         finally:
             torch.set_num_threads(previous_threads)
             module.train(was_training)
@@ -198,6 +270,7 @@ class TorchCUDABackend(MeasurementBackend):
 
     name = "torch-cuda"
     runtime = "torch"
+    clock = "cuda-events"
 
     def __init__(self, device_index: int = 0):
         if not torch.cuda.is_available():
@@ -211,29 +284,37 @@ class TorchCUDABackend(MeasurementBackend):
             )
         self.device = torch.device("cuda", device_index)
 
-    def measure(
-        self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
-    ) -> list[float]:
-        check_counts(warmup, repeats)
+    @contextlib.contextmanager
+    def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
         was_training = module.training
         module.eval().to(self.device)
         gpu_inputs = tuple(t.to(self.device) for t in inputs)
-        samples: list[float] = []
         try:
             with torch.inference_mode():
-                for _ in range(warmup):
-                    module(*gpu_inputs)
-                torch.cuda.synchronize(self.device)
-                for _ in range(repeats):
-                    start = torch.cuda.Event(enable_timing=True)
-                    end = torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    module(*gpu_inputs)
-                    end.record()
-                    end.synchronize()
-                    samples.append(float(start.elapsed_time(end)))
+                yield lambda: module(*gpu_inputs)
         finally:
             module.to("cpu").train(was_training)
+
+    def time(
+        self, call: Runnable, *, warmup: int, repeats: int, before: Runnable | None = None
+    ) -> list[float]:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                if before is not None:
+                    before()
+                call()
+            torch.cuda.synchronize(self.device)
+            samples: list[float] = []
+            for _ in range(repeats):
+                if before is not None:
+                    before()
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                call()
+                end.record()
+                end.synchronize()
+                samples.append(float(start.elapsed_time(end)))
         return samples
 
     def provenance(self) -> dict[str, Any]:
@@ -243,6 +324,7 @@ class TorchCUDABackend(MeasurementBackend):
             "runtime": "torch",
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
+            "clock": self.clock,
             "gpu": props.name,
         }
 

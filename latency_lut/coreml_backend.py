@@ -22,9 +22,8 @@ from torch import nn
 from latency_lut.backends import (
     BackendUnavailableError,
     MeasurementBackend,
+    Runnable,
     base_provenance,
-    check_counts,
-    time_calls,
 )
 
 COMPUTE_UNITS = {"all": "ALL", "cpu": "CPU_ONLY", "cpu_gpu": "CPU_AND_GPU", "cpu_ne": "CPU_AND_NE"}
@@ -147,10 +146,8 @@ class CoreMLBackend(MeasurementBackend):
         self.convert(module, inputs).save(str(path))
         return path
 
-    def measure(
-        self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
-    ) -> list[float]:
-        check_counts(warmup, repeats)
+    @contextlib.contextmanager
+    def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
         if not self.can_time:
             raise BackendUnavailableError(
                 f"Core ML timing needs macOS (this is {platform.system()}); on this host the 'coreml' "
@@ -162,12 +159,13 @@ class CoreMLBackend(MeasurementBackend):
             units = getattr(ct.ComputeUnit, COMPUTE_UNITS[self.compute_units])
             model = ct.models.MLModel(str(path), compute_units=units)
             feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
-            return time_calls(lambda: model.predict(feeds), warmup, repeats)
+            yield lambda: model.predict(feeds)
 
     def provenance(self) -> dict[str, Any]:
         return {
             **base_provenance(self.name),
             "runtime": "coreml",
+            "clock": self.clock,
             "coremltools": self._ct.__version__,
             "torch": torch.__version__,
             "compute_units": self.compute_units,

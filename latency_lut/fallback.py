@@ -19,6 +19,7 @@ import numpy as np
 from latency_lut._lstsq import relative_lstsq, rms
 from latency_lut._table import LatencyEntry
 from latency_lut.features import BlockFeatures
+from latency_lut.timings import split_timing_key
 
 FEATURE_NAMES = ("macs", "params", "bytes_moved")
 #: Entries a kind needs for a fit of its own (the model has four coefficients).
@@ -102,16 +103,20 @@ def entry_features(entry: LatencyEntry) -> BlockFeatures | None:
         return None
 
 
-def fit_fallback(device: str, entries: Iterable[LatencyEntry], features_of: FeaturesOf) -> FallbackModel:
-    """Fit the fallback of `device` on its `entries` (entries of other devices are ignored).
+def fit_fallback(
+    device: str, entries: Iterable[LatencyEntry], features_of: FeaturesOf, *, statistic: str = "median"
+) -> FallbackModel:
+    """Fit the fallback of `device` on its isolated `entries` (entries of other devices, and
+    in-context and call-overhead entries, are ignored), on their `statistic` (`median` or `p10`).
 
     `features_of(entry)` gives an entry's features, or None to leave the entry out (a key the
-    caller's space cannot build). Entries with a zero median cannot enter a relative fit and are
-    left out too.
+    caller's space cannot build). Entries with a zero value cannot enter a relative fit and are left
+    out too.
     """
     by_kind: dict[str, tuple[list[BlockFeatures], list[float]]] = {}
     for entry in entries:
-        if entry.device != device or entry.median_ms <= 0:
+        value = entry.p10_ms if statistic == "p10" else entry.median_ms
+        if entry.device != device or value <= 0 or split_timing_key(entry.key)[0] != "isolated":
             continue
         features = features_of(entry)
         if features is None:
@@ -119,7 +124,7 @@ def fit_fallback(device: str, entries: Iterable[LatencyEntry], features_of: Feat
         kind = entry.kind or entry.key.split("|", 1)[0]
         feats, medians = by_kind.setdefault(kind, ([], []))
         feats.append(features)
-        medians.append(entry.median_ms)
+        medians.append(value)
     fits = {
         kind: fit_linear(kind, feats, medians)
         for kind, (feats, medians) in by_kind.items()

@@ -1,4 +1,5 @@
-"""Fill a device's table on this host: measure the blocks a space needs that the table lacks."""
+"""Fill a device's table on this host: measure the blocks a space needs that the table lacks, with
+each timing asked for (`latency_lut.timings`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from typing import Any
 from latency_lut._table import LatencyEntry, LatencyTable
 from latency_lut.backends import MeasurementBackend, check_counts, summarize
 from latency_lut.devices import device_backend
+from latency_lut.timings import TIMINGS, Timing, check_timings, predecessors, timing_key
 from search_spaces import BlockSpec, SearchSpace
+
+#: What a table needs for the service's default predictors: the in-context entries they sum and the
+#: isolated ones the fallback and the comparisons use (call overheads are cheap to add).
+DEFAULT_TIMINGS: tuple[Timing, ...] = TIMINGS
 
 #: `progress(done, total, key)`, called after each measured block.
 ProgressCallback = Callable[[int, int, str], None]
@@ -18,8 +24,8 @@ ProgressCallback = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class MeasureReport:
-    """What `measure_missing` did: distinct block keys needed, how many the table already had, how
-    many were measured now (their keys in order), and the wall-clock seconds it took."""
+    """What `measure_missing` did: table entries needed (distinct blocks x timings), how many the table
+    already had, how many were measured now (their keys in order), and the wall-clock seconds it took."""
 
     device: str
     needed: int
@@ -27,6 +33,7 @@ class MeasureReport:
     measured: int
     seconds: float
     measured_keys: list[str] = field(default_factory=list)
+    clock: str | None = None
 
 
 def needed_blocks(
@@ -55,80 +62,97 @@ def measure_missing(
     backend: MeasurementBackend | None = None,
     warmup: int = 10,
     repeats: int = 30,
+    timings: Iterable[str] = DEFAULT_TIMINGS,
     progress: ProgressCallback | None = None,
     batch_size: int = 16,
 ) -> MeasureReport:
-    """Measure the blocks needed by `configs` (or the whole space) that `device`'s table lacks.
+    """Measure the entries needed by `configs` (or the whole space) that `device`'s table lacks.
 
-    Each missing block is built with `space.build_block`, timed by `backend` (default: the device's
-    local backend, see `device_backend`; a device measured elsewhere raises `NoLocalBackendError`
-    when something is missing), summarised and written to `table` with its provenance, the space's
-    name and options. Entries are written every `batch_size` blocks, so an interruption loses at most
-    one batch and a second call resumes where the first stopped.
+    For every block and every timing in `timings` (see `latency_lut.timings`) the block is built with
+    `space.build_block`, timed by `backend` (default: the device's local backend, see
+    `device_backend`; a device measured elsewhere raises `NoLocalBackendError` when something is
+    missing), summarised and written to `table` with its provenance (timing, clock, predecessor),
+    the space's name and options. Entries are written every `batch_size` entries, so an interruption
+    loses at most one batch and a second call resumes where the first stopped.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     check_counts(warmup, repeats)
+    wanted = check_timings(timings)
     started = time.perf_counter()
-    specs = needed_blocks(space, configs)
-    missing = set(table.missing(device, [spec.key for spec in specs]))
-    todo = [spec for spec in specs if spec.key in missing]
+    canonical = None if configs is None else [space.canonicalize(c) for c in configs]
+    specs = needed_blocks(space, canonical)
+    needed = [(spec, t) for spec in specs for t in wanted]
+    missing = set(table.missing(device, [timing_key(spec.key, t) for spec, t in needed]))
+    todo = [(spec, t) for spec, t in needed if timing_key(spec.key, t) in missing]
     measured: list[str] = []
+    timer = backend
     if todo:
         timer = backend if backend is not None else device_backend(device)
-        measured = _measure(space, device, table, todo, timer, warmup, repeats, progress, batch_size)
+        before = predecessors(space, specs, canonical) if any(t == "in_context" for _, t in todo) else {}
+        job = _Job(space, device, table, timer, warmup, repeats, progress, batch_size, before)
+        measured = job.run(todo)
     return MeasureReport(
         device=device,
-        needed=len(specs),
-        already_present=len(specs) - len(todo),
+        needed=len(needed),
+        already_present=len(needed) - len(todo),
         measured=len(measured),
         seconds=time.perf_counter() - started,
         measured_keys=measured,
+        clock=None if timer is None else timer.clock,
     )
 
 
-def _measure(
-    space: SearchSpace,
-    device: str,
-    table: LatencyTable,
-    todo: list[BlockSpec],
-    backend: MeasurementBackend,
-    warmup: int,
-    repeats: int,
-    progress: ProgressCallback | None,
-    batch_size: int,
-) -> list[str]:
-    """Time `todo` in order, writing entries every `batch_size` blocks; returns the keys measured."""
-    context = {
-        "space": space.name,
-        "space_options": dict(space.options),
-        "warmup": warmup,
-        "repeats": repeats,
-    }
-    pending: list[LatencyEntry] = []
-    measured: list[str] = []
-    for spec in todo:
-        module, inputs = space.build_block(spec)
-        samples = backend.measure(module, inputs, warmup=warmup, repeats=repeats)
-        median, p10, p90 = summarize(samples)
-        pending.append(
-            LatencyEntry(
-                device=device,
-                key=spec.key,
-                median_ms=median,
-                p10_ms=p10,
-                p90_ms=p90,
-                count=len(samples),
-                kind=spec.kind,
-                provenance={**backend.provenance(), **context},
+@dataclass
+class _Job:
+    space: SearchSpace
+    device: str
+    table: LatencyTable
+    backend: MeasurementBackend
+    warmup: int
+    repeats: int
+    progress: ProgressCallback | None
+    batch_size: int
+    before: dict[str, BlockSpec | None]
+
+    def run(self, todo: list[tuple[BlockSpec, Timing]]) -> list[str]:
+        """Time `todo` in order, writing entries every `batch_size`; returns the keys measured."""
+        context = {
+            "space": self.space.name,
+            "space_options": dict(self.space.options),
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+        }
+        pending: list[LatencyEntry] = []
+        measured: list[str] = []
+        for spec, timing in todo:
+            samples, extra = self._time(spec, timing)
+            median, p10, p90 = summarize(samples)
+            key = timing_key(spec.key, timing)
+            provenance = {**self.backend.provenance(), **context, "timing": timing, **extra}
+            pending.append(
+                LatencyEntry(self.device, key, median, p10, p90, len(samples), spec.kind, provenance)
             )
-        )
-        measured.append(spec.key)
-        if len(pending) >= batch_size:
-            table.put_many(pending)
-            pending = []
-        if progress is not None:
-            progress(len(measured), len(todo), spec.key)
-    if pending:
-        table.put_many(pending)
-    return measured
+            measured.append(key)
+            if len(pending) >= self.batch_size:
+                self.table.put_many(pending)
+                pending = []
+            if self.progress is not None:
+                self.progress(len(measured), len(todo), key)
+        if pending:
+            self.table.put_many(pending)
+        return measured
+
+    def _time(self, spec: BlockSpec, timing: Timing) -> tuple[list[float], dict[str, Any]]:
+        module, inputs = self.space.build_block(spec)
+        counts = {"warmup": self.warmup, "repeats": self.repeats}
+        if timing == "call_overhead":
+            return self.backend.measure_call_overhead(inputs, **counts), {}
+        if timing == "isolated":
+            return self.backend.measure(module, inputs, **counts), {}
+        prior = self.before.get(spec.key)
+        if prior is None:  # a network's first block: nothing runs before it
+            return self.backend.measure(module, inputs, **counts), {"after": None}
+        before = self.space.build_block(prior)
+        samples = self.backend.measure_in_context(module, inputs, before=before, **counts)
+        return samples, {"after": prior.key}

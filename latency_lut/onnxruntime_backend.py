@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ from torch import nn
 from latency_lut.backends import (
     BackendUnavailableError,
     MeasurementBackend,
+    Runnable,
     base_provenance,
     check_clock,
-    check_counts,
     check_threads,
-    time_calls,
+    default_clock,
 )
 
 #: Opset of every export: old enough for any ONNX Runtime of the last years, new enough for GELU.
@@ -58,17 +59,17 @@ class OnnxRuntimeBackend(MeasurementBackend):
     inter-op thread, sequential execution and all graph optimisations (what a deployment would use),
     timed on `clock` (see `latency_lut.backends.CLOCKS`).
 
-    Each `measure` exports the module, builds a session (untimed) and times `session.run` on the
-    example inputs, so the sample includes ONNX Runtime's per-call overhead exactly once per forward.
+    Preparing a module exports it and builds a session (untimed); a sample times one `session.run` on
+    the example inputs, so it includes ONNX Runtime's per-call overhead exactly once per forward.
     """
 
     name = "onnxruntime-cpu"
     runtime = "onnxruntime"
     export_suffix = ".onnx"
 
-    def __init__(self, threads: int = 1, clock: str = "wall"):
+    def __init__(self, threads: int = 1, clock: str | None = None):
         self.threads = check_threads(threads)
-        self.clock = check_clock(clock, threads)
+        self.clock = check_clock(clock or default_clock(threads), threads)
         self._ort = _onnxruntime()
 
     def session(self, model: bytes | str | Path) -> Any:
@@ -83,15 +84,13 @@ class OnnxRuntimeBackend(MeasurementBackend):
         source = model if isinstance(model, bytes) else str(model)
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
-    def measure(
-        self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
-    ) -> list[float]:
-        check_counts(warmup, repeats)
+    @contextlib.contextmanager
+    def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
         buffer = io.BytesIO()
         export_onnx(module, inputs, buffer)
         session = self.session(buffer.getvalue())
         feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
-        return time_calls(lambda: session.run(None, feeds), warmup, repeats, self.clock)
+        yield lambda: session.run(None, feeds)
 
     def export(self, module: nn.Module, inputs: Sequence[torch.Tensor], path: str | Path) -> Path:
         path = Path(path)

@@ -1,4 +1,5 @@
-"""`measure_missing` fills exactly the missing keys, and `predict` then prices subnets from them."""
+"""`measure_missing` fills exactly the missing keys, and a block sum then prices subnets from them
+(isolated timings here; `test_predictors.py` covers the other timings)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ from latency_lut import (
     LatencyTable,
     MemoryLatencyTable,
     NoLocalBackendError,
+    TableView,
     TorchCPUBackend,
     measure_missing,
     needed_blocks,
-    predict,
 )
+from latency_lut.predictors import BlockSum
 from search_spaces import SearchSpace, get_space
 
-FAST = {"warmup": 1, "repeats": 3}
+FAST = {"warmup": 1, "repeats": 3, "timings": ["isolated"]}
 HOST = "host-cpu-torch"
+
+
+def predict(table: LatencyTable, blocks: list) -> object:
+    """The plain sum of the table's median entries over `blocks`."""
+    return BlockSum(TableView.from_entries(HOST, table.entries(HOST), "median")).predict(blocks)
 
 
 def test_fills_exactly_the_missing_keys_then_nothing(
@@ -71,23 +78,22 @@ def test_predict_sums_medians_and_reports_removed_entries(space: SearchSpace) ->
     blocks = space.blocks(config)
     medians = table.snapshot(HOST)
 
-    estimate = predict(table, HOST, blocks)
+    estimate = predict(table, blocks)
     assert estimate.covered_share == 1.0 and estimate.complete
     assert math.isclose(estimate.total_ms, sum(medians[spec.key] for spec in blocks), rel_tol=1e-12)
-    assert predict(medians, HOST, blocks) == estimate
 
     # "big" repeats its 3x3 conv block: the missing key counts once per occurrence.
     removed = blocks[1].key
     assert [spec.key for spec in blocks].count(removed) == 2
     partial = MemoryLatencyTable(e for e in table.entries(HOST) if e.key != removed)
-    estimate = predict(partial, HOST, blocks)
+    estimate = predict(partial, blocks)
     assert estimate.missing_keys == [removed]
     assert estimate.covered_share == pytest.approx(2 / 4)
     assert math.isclose(estimate.total_ms, medians[blocks[0].key] + medians[blocks[3].key], rel_tol=1e-12)
 
     report = measure_missing(space, HOST, partial, configs=[config], **FAST)
     assert report.measured_keys == [removed]
-    assert predict(partial, HOST, blocks).covered_share == 1.0
+    assert predict(partial, blocks).covered_share == 1.0
 
 
 def test_whole_space_by_default_with_progress(space: SearchSpace) -> None:
@@ -162,7 +168,7 @@ def test_efficientformerv2_s0_is_fully_priced_after_measuring() -> None:
     report = measure_missing(effv2, HOST, table, configs=["s0"], **FAST)
     blocks = effv2.blocks(effv2.reference_config("s0"))
     assert report.needed == report.measured == len({spec.key for spec in blocks})
-    estimate = predict(table, HOST, blocks)
+    estimate = predict(table, blocks)
     assert estimate.covered_share == 1.0
     medians = table.snapshot(HOST)
     assert math.isclose(estimate.total_ms, sum(medians[spec.key] for spec in blocks), rel_tol=1e-12)

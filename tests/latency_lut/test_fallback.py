@@ -1,5 +1,4 @@
-"""The fitted fallback for missing keys, the subnet calibration, the accuracy measures, and
-`predict` combining them."""
+"""The fitted fallback for missing keys, and the accuracy measures."""
 
 from __future__ import annotations
 
@@ -8,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from latency_lut import LatencyEntry, MemoryLatencyTable, predict
-from latency_lut.accuracy import accuracy_report
-from latency_lut.calibration import CalibrationPoint, fit_calibration
+from latency_lut import LatencyEntry, MemoryLatencyTable, TableView
+from latency_lut.accuracy import accuracy_report, spearman
 from latency_lut.fallback import POOLED, entry_features, fit_fallback, fit_linear
 from latency_lut.features import BlockFeatures, block_features
+from latency_lut.predictors import BlockSum
 from search_spaces import SearchSpace
 
 DEVICE = "test-device"
@@ -96,10 +95,11 @@ def test_predict_estimates_missing_keys_of_a_real_space_and_marks_them(space: Se
             entries.append(_entry_for(key, spec.kind, features, _truth(features)))
     table = MemoryLatencyTable(entries)
     model = fit_fallback(DEVICE, table.entries(DEVICE), entry_features)
-    plain = predict(table, DEVICE, space.blocks(big))
+    view = TableView.from_entries(DEVICE, table.entries(DEVICE), "median")
+    plain = BlockSum(view).predict(space.blocks(big))
     assert set(plain.missing_keys) == set(wanted_missing) and not plain.estimated
 
-    estimate = predict(table, DEVICE, space.blocks(big), fallback=model, space=space)
+    estimate = BlockSum(view, fallback=model, space=space).predict(space.blocks(big))
     assert estimate.complete and estimate.estimated
     assert set(estimate.estimated_keys) == set(wanted_missing)
     exact = sum(_truth(block_features(space, spec)) for spec in space.blocks(big))
@@ -108,7 +108,7 @@ def test_predict_estimates_missing_keys_of_a_real_space_and_marks_them(space: Se
     assert estimate.estimated_error_ms >= 0
     assert estimate.covered_share == pytest.approx(1 - len(wanted_missing) / len(space.blocks(big)))
     with pytest.raises(ValueError, match="needs the space"):
-        predict(table, DEVICE, space.blocks(big), fallback=model)
+        BlockSum(view, fallback=model)
 
 
 def _entry_for(key: str, kind: str, features: BlockFeatures, median: float) -> LatencyEntry:
@@ -118,39 +118,6 @@ def _entry_for(key: str, kind: str, features: BlockFeatures, median: float) -> L
     return LatencyEntry(DEVICE, key, median, median, median, 3, kind, provenance)
 
 
-def test_calibration_recovers_scale_per_block_and_constant() -> None:
-    points = [
-        CalibrationPoint(s, n, 1.3 * s - 0.02 * n + 0.4)
-        for s, n in [(1.0, 10), (2.0, 25), (3.5, 20), (1.5, 30), (4.0, 35), (2.5, 12), (3.0, 28)]
-    ]
-    calibration = fit_calibration(points)
-    assert calibration is not None
-    assert (calibration.scale, calibration.per_block_ms, calibration.constant_ms) == pytest.approx(
-        (1.3, -0.02, 0.4)
-    )
-    assert calibration.rmspe < 1e-9 < calibration.raw_rmspe
-    assert calibration.apply(2.0, 20) == pytest.approx(2.6 - 0.4 + 0.4)
-
-
-def test_few_points_fit_the_scale_only_and_one_point_none() -> None:
-    calibration = fit_calibration([CalibrationPoint(1.0, 5, 1.2), CalibrationPoint(2.0, 8, 2.4)])
-    assert calibration is not None and calibration.scale == pytest.approx(1.2)
-    assert (calibration.per_block_ms, calibration.constant_ms, calibration.n) == (0.0, 0.0, 2)
-    assert fit_calibration([CalibrationPoint(1.0, 5, 1.2)]) is None
-
-
-def test_predict_applies_the_calibration_to_complete_sums_only() -> None:
-    calibration = fit_calibration([CalibrationPoint(1.0, 2, 2.0), CalibrationPoint(2.0, 2, 4.0)])
-    from search_spaces import BlockSpec
-
-    blocks = [BlockSpec.make("k", n=1), BlockSpec.make("k", n=2)]
-    table = {blocks[0].key: 0.5, blocks[1].key: 1.0}
-    full = predict(table, DEVICE, blocks, calibration=calibration)
-    assert full.calibrated and full.total_ms == pytest.approx(3.0) and full.table_ms == pytest.approx(1.5)
-    partial = predict({blocks[0].key: 0.5}, DEVICE, blocks, calibration=calibration)
-    assert not partial.calibrated and partial.total_ms == 0.5 and not partial.complete
-
-
 def test_accuracy_measures_on_known_pairs() -> None:
     report = accuracy_report([(1.04, 1.0), (1.12, 1.0), (0.8, 1.0), (2.0, 2.0)])
     assert report.n == 4
@@ -158,7 +125,40 @@ def test_accuracy_measures_on_known_pairs() -> None:
     assert report.rmspe == pytest.approx(math.sqrt((0.04**2 + 0.12**2 + 0.2**2) / 4))
     assert report.mean_error == pytest.approx((0.04 + 0.12 - 0.2) / 4)
     assert (report.within_5, report.within_10, report.within_15) == (0.5, 0.5, 0.75)
+    assert report.spearman == pytest.approx(spearman([1.04, 1.12, 0.8, 2.0], [1.0, 1.0, 1.0, 2.0]))
     empty = accuracy_report([])
     assert empty.n == 0 and empty.rmspe is None
     with pytest.raises(ValueError, match="positive measured"):
         accuracy_report([(1.0, 0.0)])
+
+
+def test_fallback_fits_isolated_entries_on_the_chosen_statistic() -> None:
+    """In-context and call-overhead entries are other timings of the same blocks: never fitted on."""
+    features = [BlockFeatures(1000 * (i + 1), 10, 10) for i in range(8)]
+    entries = [
+        LatencyEntry(
+            DEVICE,
+            f"k|i={i}",
+            2 * _truth(f),
+            _truth(f),
+            3 * _truth(f),
+            5,
+            "k",
+            _entry("k", i, f, 0).provenance,
+        )
+        for i, f in enumerate(features)
+    ]
+    polluted = [
+        LatencyEntry(DEVICE, f"ctx@k|i={i}", 100.0, 100.0, 100.0, 5, "k", e.provenance)
+        for i, e in enumerate(entries)
+    ]
+    p10 = fit_fallback(DEVICE, entries + polluted, entry_features, statistic="p10")
+    median = fit_fallback(DEVICE, entries, entry_features)
+    assert p10.fits["k"].n == 8
+    assert p10.fits["k"].predict(features[3]) == pytest.approx(_truth(features[3]), rel=1e-6)
+    assert median.fits["k"].predict(features[3]) == pytest.approx(2 * _truth(features[3]), rel=1e-6)
+
+
+def test_spearman_of_too_few_or_constant_values_is_none() -> None:
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
