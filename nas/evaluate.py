@@ -9,10 +9,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latency_lut import predict
+from latency_lut import LatencyPredictor, TableView
+from latency_lut.predictors import BlockSum
 from nas.objectives import Objective, check_offered
 from nas.proxies import DEFAULT_SUPERNET_DIR, ProxyContext, available_proxies, get_proxy
 from search_spaces import SearchSpace, get_space
+
+#: What prices `latency:<device>`: the device's predictor, or a plain table snapshot (block key -> ms).
+LatencySource = LatencyPredictor | Mapping[str, float]
+
+
+def as_predictor(device: str, source: LatencySource) -> LatencyPredictor:
+    """The predictor of a latency source: itself, or the `block_sum` of a table snapshot."""
+    if isinstance(source, LatencyPredictor):
+        return source
+    return BlockSum(TableView(device, "median", dict(source)))
 
 
 @dataclass
@@ -31,10 +42,16 @@ class EvalOutcome:
 class SubnetEvaluator:
     """Scores configs of one space (at fixed options) on the given (parsed) objectives.
 
-    `luts` maps a device to its LUT snapshot (block key -> median ms, as `LatencyTable.snapshot`
-    gives). `params` is the sum of the blocks' parameter counts (no tracing); `macs` comes from
-    `space.count` (fvcore, cached per block key); `latency:<device>` is the sum of the device's LUT
-    entries over the subnet's blocks and is an error when any block key is missing. `proxy:<name>` runs
+    `luts` maps a device to what prices it: its `LatencyPredictor` (the service passes the one chosen
+    for the device and space, see `latency_lut.predictors`) or a plain table snapshot (block key ->
+    ms, as `LatencyTable.snapshot` gives, summed). `params` is the sum of the blocks' parameter
+    counts (no tracing); `macs` comes from `space.count` (fvcore, cached per block key);
+    `latency:<device>` is the predictor's estimate, recorded with the metrics
+    `latency_predictor:<device>` (its name), `latency_expected_error:<device>` (its relative RMS
+    error on held-out subnets, where known), `latency_coverage:<device>` (the share of blocks with a
+    measured entry) and `latency_estimated_ms:<device>` (the part the fallback estimated for blocks
+    the table lacks). A subnet with a block neither the table nor its fallback can price is an
+    error naming the missing keys. `proxy:<name>` runs
     the proxy `name` of `nas.proxies` (in the evaluator's process: inside a Ray actor under the
     runner) and records its cost as the metric `proxy_seconds:<name>`; proxies are seeded with
     `proxy_seed`, so a config gets the same value in every evaluator. `supernet_checkpoint` names the
@@ -51,7 +68,7 @@ class SubnetEvaluator:
         space_name: str,
         space_options: Mapping[str, Any],
         objectives: Sequence[Objective],
-        luts: Mapping[str, Mapping[str, float]],
+        luts: Mapping[str, LatencySource],
         *,
         space: SearchSpace | None = None,
         proxy_seed: int = 0,
@@ -62,7 +79,7 @@ class SubnetEvaluator:
         self.objectives = list(objectives)
         self.devices = [o.device for o in self.objectives if o.device is not None]
         self.proxies = [o.proxy for o in self.objectives if o.proxy is not None]
-        self.luts = {device: dict(luts.get(device, {})) for device in self.devices}
+        self.predictors = {device: as_predictor(device, luts.get(device, {})) for device in self.devices}
         self.proxy_context: ProxyContext | None = None
         if self.proxies:
             offered = available_proxies(
@@ -101,12 +118,17 @@ class SubnetEvaluator:
         errors = []
         n_keys = len({spec.key for spec in blocks})
         for device in self.devices:
-            estimate = predict(self.luts[device], device, blocks)
+            estimate = self.predictors[device].predict(blocks)
             metrics[f"latency_coverage:{device}"] = estimate.covered_share
             if estimate.missing_keys:
                 errors.append(self._missing_message(device, estimate.missing_keys, n_keys))
-            else:
-                values[f"latency:{device}"] = estimate.total_ms
+                continue
+            values[f"latency:{device}"] = estimate.total_ms
+            metrics[f"latency_predictor:{device}"] = estimate.predictor
+            if estimate.expected_error is not None:
+                metrics[f"latency_expected_error:{device}"] = estimate.expected_error
+            if estimate.estimated:
+                metrics[f"latency_estimated_ms:{device}"] = estimate.estimated_ms
         if errors:
             # Before counting MACs: a subnet that cannot be priced is not worth tracing.
             return "; ".join(errors)

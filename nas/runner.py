@@ -34,7 +34,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from nas._trial import Trial, TrialState
-from nas.evaluate import EvalOutcome, SubnetEvaluator
+from nas.evaluate import EvalOutcome, LatencySource, SubnetEvaluator
 from nas.objectives import Objective
 from nas.pareto import Normalizer, ParetoFront, hypervolume
 from nas.proxies import DEFAULT_SUPERNET_DIR
@@ -107,19 +107,19 @@ class RunResult:
 #: Builds the evaluator of an actor from (space name, space options, parsed objectives, LUT snapshots);
 #: by default `SubnetEvaluator` with the runner's `supernet_dir`. It is pickled to the workers (tests
 #: pass evaluators that crash).
-EvaluatorFactory = Callable[[str, dict[str, Any], list[Objective], Mapping[str, Mapping[str, float]]], Any]
+EvaluatorFactory = Callable[[str, dict[str, Any], list[Objective], Mapping[str, LatencySource]], Any]
 
 
 @ray.remote(num_cpus=1, max_restarts=0)
 class EvaluatorActor:
-    """A Ray actor holding one `SubnetEvaluator` (space and LUT snapshots are loaded once)."""
+    """A Ray actor holding one `SubnetEvaluator` (space and latency predictors are loaded once)."""
 
     def __init__(
         self,
         space_name: str,
         space_options: dict[str, Any],
         objectives: list[Objective],
-        luts: Mapping[str, Mapping[str, float]],
+        luts: Mapping[str, LatencySource],
         factory: EvaluatorFactory | None = None,
     ):
         import torch
@@ -176,7 +176,7 @@ class _RayPool:
     ):
         self.capacity = size
         self.retries = retries
-        luts_ref = ray.put({d: dict(t) for d, t in luts.items()})
+        luts_ref = ray.put(dict(luts))
         self._args = (space_name, space_options, objectives, luts_ref, factory)
         self._idle = [self._spawn() for _ in range(size)]
         # Per evaluation in flight: its actor, its config and which attempt it is (1, 2, ...).
@@ -250,7 +250,9 @@ def _first_line(exc: BaseException) -> str:
 class Runner:
     """Runs (or resumes) one search; see the module docstring and `run`.
 
-    `luts` maps each device of the spec to its LUT snapshot (block key -> median ms). Construction
+    `luts` maps each device of the spec to its latency predictor (`latency_lut.LatencyPredictor`, as
+    the service selects it per device and space) or to a plain table snapshot (block key -> ms, summed
+    as `block_sum`). Construction
     validates the strategy and its params (`SpecError`); `run` itself never raises.
     `evaluator_factory` builds the evaluators of the Ray actors (default `SubnetEvaluator` with
     `supernet_dir`, where the `supernet_*` proxies look for the space's trained supernet);
@@ -262,7 +264,7 @@ class Runner:
         resolved: ResolvedSpec,
         search_id: str,
         store: TrialStore,
-        luts: Mapping[str, Mapping[str, float]],
+        luts: Mapping[str, LatencySource],
         *,
         should_stop: Callable[[], bool] | None = None,
         on_progress: Callable[[RunProgress], None] | None = None,
@@ -275,7 +277,7 @@ class Runner:
         self.resolved = resolved
         self.search_id = search_id
         self.store = store
-        self.luts = {device: dict(table) for device, table in luts.items()}
+        self.luts = dict(luts)
         self.should_stop = should_stop
         self.on_progress = on_progress
         self.use_ray = use_ray

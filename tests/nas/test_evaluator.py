@@ -115,3 +115,36 @@ def test_builds_registered_spaces_by_name(effv2_space: SearchSpace) -> None:
         assert outcome.error is None, outcome.error
         assert outcome.values["params"] == count_params(effv2_space.build(config))
         assert outcome.values[LATENCY] == pytest.approx(len(effv2_space.blocks(config)))
+
+
+def test_trials_record_the_predictor_its_error_and_the_fallback_share(
+    tiny_space: TinySpace, tiny_luts
+) -> None:
+    from latency_lut import LatencyEntry, TableView
+    from latency_lut.fallback import fit_fallback
+    from latency_lut.features import block_features
+    from latency_lut.predictors import InContextSum
+
+    # In-context entries 10% above the isolated ones; one block missing from both.
+    config = tiny_space.largest()
+    blocks = tiny_space.blocks(config)
+    missing = blocks[1].key
+    entries = []
+    for spec in tiny_space.all_blocks():
+        if spec.key == missing:
+            continue
+        ms = tiny_luts[DEVICE][spec.key]
+        entries.append(LatencyEntry(DEVICE, spec.key, ms, ms, ms, 3, spec.kind))
+        entries.append(LatencyEntry(DEVICE, f"ctx@{spec.key}", 1.1 * ms, 1.1 * ms, 1.1 * ms, 3, spec.kind))
+    table = TableView.from_entries(DEVICE, entries)
+    fallback = fit_fallback(DEVICE, entries, lambda e: block_features(tiny_space, e.key), statistic="p10")
+    predictor = InContextSum(table, fallback=fallback, space=tiny_space, expected_error=0.04)
+    outcome = evaluator(tiny_space, [LATENCY], {DEVICE: predictor}).evaluate(config)
+    assert outcome.error is None, outcome.error
+    metrics = outcome.metrics
+    assert metrics[f"latency_predictor:{DEVICE}"] == "in_context"
+    assert metrics[f"latency_expected_error:{DEVICE}"] == 0.04
+    estimated = metrics[f"latency_estimated_ms:{DEVICE}"]
+    assert estimated > 0 and metrics[f"latency_coverage:{DEVICE}"] < 1
+    measured = sum(1.1 * tiny_luts[DEVICE][b.key] for b in blocks if b.key != missing)
+    assert outcome.values[LATENCY] == pytest.approx(measured + estimated)
