@@ -26,8 +26,11 @@ devices_app = typer.Typer(no_args_is_help=True, help="Latency targets known to a
 BackendOpt = Annotated[str, typer.Option(help="runtime that times the blocks: torch, onnxruntime or coreml")]
 ThreadsOpt = Annotated[int, typer.Option(help="intra-op threads of the runtime (fixed for every block)")]
 ClockOpt = Annotated[
-    str,
-    typer.Option(help="wall (elapsed time) or thread (this thread's CPU time: hosts shared with other jobs)"),
+    str | None,
+    typer.Option(
+        help="thread (this thread's CPU time: the default with one thread, it repeats best on a shared "
+        "host) or wall (elapsed time; needed with several threads). Validate with the table's clock."
+    ),
 ]
 
 
@@ -52,7 +55,7 @@ def farm_run(
     warmup: Annotated[int, typer.Option(help="untimed runs per block")] = 10,
     repeats: Annotated[int, typer.Option(help="timed runs per block")] = 30,
     threads: ThreadsOpt = 1,
-    clock: ClockOpt = "wall",
+    clock: ClockOpt = None,
     torch_device: Annotated[str, typer.Option(help="cpu, or cuda (timed with CUDA events)")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="blocks per upload")] = 64,
     retries: Annotated[int, typer.Option(help="retries of a failed request (exponential backoff)")] = 6,
@@ -111,7 +114,7 @@ def _print_farm_report(report: Any, config: Any) -> None:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items())) or "nothing"
     if report.dry_run:
         out.print(
-            f"dry run: {report.planned} block(s) of {config.space} to measure on {report.device} with "
+            f"dry run: {report.planned} table entries of {config.space} to measure on {report.device} with "
             f"{report.backend} ({kinds}); nothing measured or uploaded",
             markup=False,
         )
@@ -121,7 +124,7 @@ def _print_farm_report(report: Any, config: Any) -> None:
     resumed = " (resumed)" if report.resumed else ""
     out.print(
         f"run {report.run_id}{resumed} on {report.device} with {report.backend}: "
-        f"{report.planned} block(s) to measure, {report.measured} measured, {report.uploaded} uploaded, "
+        f"{report.planned} table entries to measure, {report.measured} measured, {report.uploaded} uploaded, "
         f"{report.duplicates} already on the server, {report.calibrated} calibration subnet(s), "
         f"{report.seconds:.1f}s",
         markup=False,
@@ -139,7 +142,7 @@ def _print_farm_report(report: Any, config: Any) -> None:
     for key, error in list(report.failed.items())[:10]:
         err.print(f"failed: {key}: {error}", markup=False, soft_wrap=True)
     if report.failed:
-        err.print(f"{len(report.failed)} block(s) failed; run the command again to retry them", markup=False)
+        err.print(f"{len(report.failed)} entries failed; run the command again to retry them", markup=False)
 
 
 # --------------------------------------------------------------------------------------- devices
@@ -198,12 +201,13 @@ def lut_validate(
     warmup: Annotated[int, typer.Option(help="untimed runs per subnet")] = 10,
     repeats: Annotated[int, typer.Option(help="timed runs per subnet")] = 30,
     threads: ThreadsOpt = 1,
-    clock: ClockOpt = "wall",
+    clock: ClockOpt = None,
     torch_device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure random whole subnets end to end with the backend that filled the table, store the
-    (predicted, measured) pairs on the server and print the accuracy: RMSE, RMSPE, +-5/10/15%."""
+    """Measure random whole subnets end to end (twice each) with the backend that filled the table,
+    store them on the server as held-out subnets and print every predictor's accuracy (RMSE, RMSPE,
+    +-5/10/15%, Spearman) beside the measurement's own repeatability."""
     from search_spaces import get_space
     from services.farm import FarmConfig, validate_device
 
@@ -251,28 +255,45 @@ def lut_accuracy(
 
 
 def print_accuracy(report: dict[str, Any]) -> None:
+    """Every predictor's row on the held-out subnets, the measurement's own ceiling under them."""
+
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}%"
 
-    table = Table("device", "space", "subnets", "RMSE ms", "RMSPE", "±5%", "±10%", "±15%")
-    rmse = report["rmse_ms"]
-    table.add_row(
-        report["device"],
-        report["space"] or "all",
-        str(report["n"]),
-        "-" if rmse is None else f"{rmse:.4f}",
-        pct(report["rmspe"]),
-        pct(report["within_5"]),
-        pct(report["within_10"]),
-        pct(report["within_15"]),
+    def number(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    title = f"{report['device']}, {report['space'] or 'all spaces'}: {report['n']} held-out subnets"
+    table = Table(
+        "predictor", "subnets", "RMSE ms", "RMSPE", "mean err", "±5%", "±10%", "±15%", "rho", title=title
     )
+    selected = set((report.get("selected") or "").split(", "))
+    rows = [
+        (r["name"] + (" (prices searches)" if r["name"] in selected else ""), r) for r in report["predictors"]
+    ]
+    if report.get("ceiling"):
+        rows.append(("ceiling: measured twice", report["ceiling"]))
+    for name, r in rows:
+        table.add_row(
+            name,
+            str(r["n"]),
+            number(r["rmse_ms"], 4),
+            pct(r["rmspe"]),
+            pct(r["mean_error"]),
+            pct(r["within_5"]),
+            pct(r["within_10"]),
+            pct(r["within_15"]),
+            number(r["spearman"]),
+        )
     out.print(table)
-    notes = []
+    notes = [
+        f"statistic: {report['statistic']} of each subnet's samples; "
+        "error = (predicted - measured) / measured"
+    ]
     if report["estimated"]:
         notes.append(f"{report['estimated']} priced partly by the fallback")
     if report["unpriced"]:
         notes.append(f"{report['unpriced']} left out (missing blocks)")
     if report["excluded_calibration"]:
         notes.append(f"{report['excluded_calibration']} left out (calibration subnets)")
-    if notes:
-        out.print("; ".join(notes), markup=False)
+    out.print("; ".join(notes), markup=False)

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.cli import farm as cli_farm
 from services.cli.common import OptionsOpt, out, parse_options
 from services.cli.errors import user_errors
+from services.cli.farm import ClockOpt
 from services.settings import get_settings
 
 lut_app = typer.Typer(
@@ -44,9 +45,16 @@ def lut_measure(
     option: OptionsOpt = None,
     warmup: Annotated[int | None, typer.Option(help="untimed runs per block [NAS_LUT_WARMUP]")] = None,
     repeats: Annotated[int | None, typer.Option(help="timed runs per block [NAS_LUT_REPEATS]")] = None,
+    clock: ClockOpt = None,
+    timing: Annotated[
+        list[str] | None,
+        typer.Option(help="isolated, in_context or call_overhead, repeatable (default: all three)"),
+    ] = None,
 ) -> None:
-    """Measure the blocks a space needs that the device's table lacks, on this host."""
-    from latency_lut import measure_missing
+    """Measure the table entries a space needs that the device's table lacks, on this host: each block
+    alone, right after its predecessor (in context) and the runtime's per-call overhead."""
+    from latency_lut import device_backend, measure_missing
+    from latency_lut.measure import DEFAULT_TIMINGS
     from search_spaces import get_space
 
     settings = get_settings()
@@ -69,11 +77,14 @@ def lut_measure(
             configs=names,
             warmup=settings.lut_warmup if warmup is None else warmup,
             repeats=settings.lut_repeats if repeats is None else repeats,
+            timings=timing or DEFAULT_TIMINGS,
+            backend=device_backend(device, clock=clock) if clock else None,
             progress=progress,
         )
     out.print(
-        f"{report.device}: {report.needed} blocks needed, {report.already_present} already in the table, "
+        f"{report.device}: {report.needed} entries needed, {report.already_present} already in the table, "
         f"{report.measured} measured in {report.seconds:.1f}s"
+        + (f" (clock: {report.clock})" if report.clock else "")
     )
 
 

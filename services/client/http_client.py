@@ -163,11 +163,15 @@ class NasClient:
         options: Mapping[str, Any] | None = None,
         configs: list[Any] | None = None,
         search: str | None = None,
+        timings: list[str] | None = None,
         offset: int = 0,
         limit: int = 500,
     ) -> dict[str, Any]:
-        """One page of the blocks `device` lacks for a space (or for configs, or a search)."""
+        """One page of the table entries `device` lacks for a space (or for configs, or a search), for
+        each of `timings` (default: all)."""
         params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if timings:
+            params["timing"] = list(timings)
         if space is not None:
             params["space"] = space
         if options:
@@ -177,6 +181,15 @@ class NasClient:
         if search is not None:
             params["search"] = search
         return self._request("GET", f"/v1/devices/{device}/work", params=params)
+
+    def subnet_work(
+        self, device: str, space: str, *, options: Mapping[str, Any] | None = None, n: int = 16, seed: int = 0
+    ) -> dict[str, Any]:
+        """Whole subnets the device should measure end to end next (its calibration subnets)."""
+        params: dict[str, Any] = {"space": space, "n": n, "seed": seed}
+        if options:
+            params["options"] = json.dumps(dict(options))
+        return self._request("GET", f"/v1/devices/{device}/work/subnets", params=params)
 
     def upload_measurements(self, device: str, batch: Mapping[str, Any]) -> dict[str, Any]:
         """POST one batch of raw samples (`MeasurementBatch`); idempotent per (run id, key)."""

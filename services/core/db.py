@@ -191,9 +191,11 @@ class SampleRow(Base):
 class AccuracyPairRow(Base):
     """One whole subnet measured end to end on a device next to the latency its table predicted.
 
-    `role` is `validation` (pairs the accuracy report is computed from) or `calibration` (subnets
-    the device's subnet calibration is fitted on). Unique per (device, run id, config id), so a
-    retried upload is a no-op.
+    `role` is `validation` (held-out pairs the accuracy report is computed from) or `calibration`
+    (subnets the device's learned predictors are fitted on). `repeat_samples_ms` is a second
+    measurement of the same subnet by the same run (validation runs take one, so the report can say
+    how well the measurement agrees with itself). Unique per (device, run id, config id), so a retried
+    upload is a no-op.
     """
 
     __tablename__ = "lut_accuracy"
@@ -217,6 +219,7 @@ class AccuracyPairRow(Base):
     predicted_ms: Mapped[float | None]
     measured_ms: Mapped[float]
     samples_ms: Mapped[list[float]] = mapped_column(sa.JSON)
+    repeat_samples_ms: Mapped[list[float] | None] = mapped_column(sa.JSON)
     prediction: Mapped[dict[str, Any]]
     provenance: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

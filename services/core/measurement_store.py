@@ -23,7 +23,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from latency_lut import BUILTIN_DEVICES, LatencyEntry, SqlLatencyTable, needed_blocks
 from latency_lut.aggregate import RunSamples, aggregate_runs
+from latency_lut.measure import DEFAULT_TIMINGS
 from latency_lut.sql_table import lut_entries, upsert_entries
+from latency_lut.timings import Timing, check_timings, predecessors, split_timing_key, timing_key
 from nas import utcnow
 from search_spaces import BlockSpec, SearchSpace, SpaceError, get_space
 from services.core.db import DeviceRow, SampleRow
@@ -86,11 +88,13 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class MeasurementRow:
-    """One key's samples in a batch, with the block's features when the agent computed them."""
+    """One key's samples in a batch, with the block's features when the agent computed them and, for
+    an in-context timing, the key of the block it was timed after."""
 
     key: str
     samples_ms: Sequence[float]
     features: Mapping[str, int] | None = None
+    after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,25 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class WorkItem:
+    """One entry a device lacks: a block, how to time it and, in context, the block to run before it."""
+
+    spec: BlockSpec
+    timing: Timing
+    after: BlockSpec | None = None
+
+    @property
+    def key(self) -> str:
+        """The table key the entry is stored under."""
+        return timing_key(self.spec.key, self.timing)
+
+
+@dataclass(frozen=True)
 class WorkPage:
-    """Keys the device lacks for a space (at its options, for some configs or all its blocks)."""
+    """Entries the device lacks for a space (at its options, for some configs or all its blocks)."""
 
     needed: int
-    missing: list[BlockSpec]
+    missing: list[WorkItem]
 
 
 @functools.lru_cache(maxsize=64)
@@ -223,14 +241,31 @@ class MeasurementStore:
 
     # ----------------------------------------------------------------- work lists
     def work(
-        self, device: str, space: SearchSpace, configs: Iterable[Mapping[str, Any] | str] | None = None
+        self,
+        device: str,
+        space: SearchSpace,
+        configs: Iterable[Mapping[str, Any] | str] | None = None,
+        timings: Iterable[str] = DEFAULT_TIMINGS,
     ) -> WorkPage:
-        """The blocks of `configs` (or every block of the space) that the device's table lacks, in
-        the space's order."""
+        """The entries of `configs` (or of every block of the space) that the device's table lacks,
+        for each of `timings`, block by block in the space's order; an in-context item names the
+        block to time it after (`latency_lut.timings.predecessors`)."""
         self.device(device)
-        specs = needed_blocks(space, configs)
-        missing = set(self.lut.missing(device, [spec.key for spec in specs]))
-        return WorkPage(needed=len(specs), missing=[spec for spec in specs if spec.key in missing])
+        wanted = check_timings(timings)
+        canonical = None if configs is None else [space.canonicalize(c) for c in configs]
+        specs = needed_blocks(space, canonical)
+        items = [WorkItem(spec, t) for spec in specs for t in wanted]
+        missing = set(self.lut.missing(device, [item.key for item in items]))
+        todo = [item for item in items if item.key in missing]
+        if any(item.timing == "in_context" for item in todo):
+            before = predecessors(space, specs, canonical)
+            todo = [
+                WorkItem(item.spec, item.timing, before[item.spec.key])
+                if item.timing == "in_context"
+                else item
+                for item in todo
+            ]
+        return WorkPage(needed=len(items), missing=todo)
 
     # ----------------------------------------------------------------- uploads
     def check_batch(self, space: SearchSpace, rows: Sequence[MeasurementRow]) -> None:
@@ -248,7 +283,7 @@ class MeasurementStore:
                 )
             first_seen[row.key] = i
             try:
-                spec = BlockSpec.from_key(row.key)
+                spec = BlockSpec.from_key(split_timing_key(row.key)[1])
             except (ValueError, TypeError) as exc:
                 raise BadMeasurementError(
                     f"{where}: {exc}", field=where, allowed="kind|name=value|..."
@@ -301,12 +336,12 @@ class MeasurementStore:
                     "device": device,
                     "run_id": run_id,
                     "key": row.key,
-                    "kind": row.key.split("|", 1)[0],
+                    "kind": _kind(row.key),
                     "space": space.name,
                     "samples_ms": [float(v) for v in row.samples_ms],
                     "median_ms": RunSamples(run_id, row.samples_ms).median_ms,
                     "features": dict(row.features) if row.features is not None else None,
-                    "provenance": {**dict(provenance), **context},
+                    "provenance": {**dict(provenance), **context, **_timing_of(row)},
                     "outlier": False,
                     "created_at": now,
                 }
@@ -380,7 +415,7 @@ class MeasurementStore:
                     p10_ms=aggregate.p10_ms,
                     p90_ms=aggregate.p90_ms,
                     count=aggregate.count,
-                    kind=key.split("|", 1)[0],
+                    kind=_kind(key),
                     provenance=provenance,
                 )
             )
@@ -393,3 +428,13 @@ class MeasurementStore:
                             _SAMPLES.update().where(_SAMPLES.c.id == r["id"]).values(outlier=not r["outlier"])
                         )
         return upsert_entries(conn, entries), outliers
+
+
+def _kind(key: str) -> str:
+    """The block kind of a table key (of any timing)."""
+    return split_timing_key(key)[1].split("|", 1)[0]
+
+
+def _timing_of(row: MeasurementRow) -> dict[str, Any]:
+    timing = split_timing_key(row.key)[0]
+    return {"timing": timing, "after": row.after} if timing == "in_context" else {"timing": timing}

@@ -27,10 +27,12 @@ from collections.abc import Callable
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from latency_lut import BUILTIN_DEVICES, LatencyTable, SqlLatencyTable, known_devices, measure_missing
+from latency_lut import BUILTIN_DEVICES, LatencyPredictor, SqlLatencyTable, known_devices, measure_missing
 from nas import ResolvedSpec, SearchSpec, TrialState, resolve
 from nas.runner import EvaluatorFactory, RunAbandoned, Runner, RunProgress, init_ray
 from services.core.db import SearchStatus
+from services.core.measurement_store import MeasurementStore
+from services.core.prediction_service import PredictionService
 from services.core.search_queue import LeaseLostError, SearchQueue
 from services.core.trial_store import SqlTrialStore
 from services.settings import Settings
@@ -56,7 +58,7 @@ class Scheduler:
         settings: Settings,
         engine: Engine,
         *,
-        lut: LatencyTable | None = None,
+        lut: SqlLatencyTable | None = None,
         evaluator_factory: EvaluatorFactory | None = None,
     ):
         self.settings = settings
@@ -65,7 +67,8 @@ class Scheduler:
         self.queue = SearchQueue(engine)
         # Fenced: once another replica has reclaimed a search, this one can no longer write its trials.
         self.store = SqlTrialStore(engine, owner=self.replica_id)
-        self.lut: LatencyTable = lut if lut is not None else SqlLatencyTable(engine)
+        self.lut = lut if lut is not None else SqlLatencyTable(engine)
+        self.predictions = PredictionService(MeasurementStore(engine, self.lut))
         self.evaluator_factory = evaluator_factory
         self._stopping = threading.Event()
         self._loop_thread: threading.Thread | None = None
@@ -212,7 +215,7 @@ class Scheduler:
         resolved = resolve(spec, known_devices(self.lut.devices()), supernet_dir=self.settings.supernet_dir)
         should_stop = self._stop_check(search_id)
         self._measure_luts(search_id, resolved, should_stop)
-        luts = {device: self.lut.snapshot(device) for device in resolved.devices}
+        luts = self._predictors(search_id, resolved)
         self._ensure_ray()
         done_before = self.store.count(search_id)
         message = f"searching: {done_before}/{spec.budget.trials} trials (starting evaluators)"
@@ -257,6 +260,29 @@ class Scheduler:
             message = "interrupted by a service shutdown; resumes from its stored trials on restart"
             self._finish(search_id, SearchStatus.QUEUED, message=message, **counts)
 
+    def _predictors(self, search_id: str, resolved: ResolvedSpec) -> dict[str, LatencyPredictor]:
+        """Each device's selected predictor for the search's space (see `PredictionService`). A table
+        that lacks blocks of the space prices them with its fallback (trials say so): logged here."""
+        predictors = {}
+        all_keys = {spec.key for spec in resolved.space.all_blocks()}
+        for device in resolved.devices:
+            chosen = self.predictions.predictor(device, resolved.space)
+            predictors[device] = chosen.predictor
+            lacking = len(all_keys - set(chosen.table.isolated) - set(chosen.table.in_context))
+            log.info(
+                "search %s: latency:%s priced by %s (expected error %s); table lacks %d of %d blocks%s",
+                search_id,
+                device,
+                chosen.predictor.label,
+                "unknown"
+                if chosen.predictor.expected_error is None
+                else f"{chosen.predictor.expected_error:.1%}",
+                lacking,
+                len(all_keys),
+                " (estimated by the fallback where it can)" if lacking else "",
+            )
+        return predictors
+
     def _measure_luts(self, search_id: str, resolved: ResolvedSpec, should_stop: Callable[[], bool]) -> None:
         """Fill the missing entries of every device of the search that this host can measure."""
         for device in resolved.devices:
@@ -265,7 +291,7 @@ class Scheduler:
                 continue
 
             def progress(done: int, total: int, _key: str, device: str = device) -> None:
-                message = f"measuring LUT for {device}: {done}/{total} blocks"
+                message = f"measuring LUT for {device}: {done}/{total} entries"
                 self._update(search_id, status_message=message)
                 if should_stop():
                     raise _Interrupted

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from latency_lut import MeasurementBackend, get_backend
 from latency_lut.features import block_features
+from latency_lut.timings import timing_key
 from latency_lut.validate import measure_subnet, sample_configs
 from search_spaces import BlockSpec, SearchSpace, get_space
 from services.client import ClientError, NasClient, ServerUnreachableError
@@ -68,7 +69,7 @@ class FarmConfig:
     warmup: int = 10
     repeats: int = 30
     threads: int = 1
-    clock: str = "wall"
+    clock: str | None = None
     torch_device: str = "cpu"
     batch_size: int = 64
     page_size: int = 500
@@ -242,7 +243,7 @@ class FarmAgent:
         items = self._work() if known else self._local_work()
         report.planned = len(items)
         for item in items:
-            kind = item["key"].split("|", 1)[0]
+            kind = item["block_key"].split("|", 1)[0]
             report.kinds[kind] = report.kinds.get(kind, 0) + 1
         if cfg.dry_run:
             report.seconds = time.perf_counter() - started
@@ -332,13 +333,21 @@ class FarmAgent:
                 return items
 
     def _local_work(self) -> list[dict[str, Any]]:
-        """The work of a device the server does not know yet (dry runs): every block needed."""
+        """The work of a device the server does not know yet (dry runs): every entry needed."""
         from latency_lut import needed_blocks
+        from latency_lut.measure import DEFAULT_TIMINGS
 
         space = self._space(self.config.space, self.config.options)
         return [
-            {"key": spec.key, "space": space.name, "options": dict(space.options)}
+            {
+                "key": timing_key(spec.key, timing),
+                "block_key": spec.key,
+                "timing": timing,
+                "space": space.name,
+                "options": dict(space.options),
+            }
             for spec in needed_blocks(space, self.config.configs)
+            for timing in DEFAULT_TIMINGS
         ]
 
     def _space(self, name: str, options: Mapping[str, Any]) -> SearchSpace:
@@ -357,19 +366,19 @@ class FarmAgent:
             key = item["key"]
             space = self._space(item["space"], item["options"])
             try:
-                spec = BlockSpec.from_key(key)
+                spec = BlockSpec.from_key(item["block_key"])
                 module, inputs = space.build_block(spec)
-                if cfg.export_dir is not None:
+                if cfg.export_dir is not None and item["timing"] == "isolated":
                     self._export(backend, module, inputs, spec, report)
                 if backend.can_time:
-                    samples = backend.measure(module, inputs, warmup=cfg.warmup, repeats=cfg.repeats)
-                    features = block_features(space, spec)
+                    samples = self._time(backend, space, item, module, inputs)
                     row = {
                         "key": key,
                         "space": space.name,
                         "options": dict(space.options),
                         "samples_ms": samples,
-                        "features": features.__dict__,
+                        "features": block_features(space, spec).__dict__,
+                        "after": item.get("after"),
                     }
                     spool.append(row)
                     pending.append(row)
@@ -385,6 +394,23 @@ class FarmAgent:
                 pending = []
         if pending:
             self._upload(pending, spool, run_id, report)
+
+    def _time(
+        self,
+        backend: MeasurementBackend,
+        space: SearchSpace,
+        item: Mapping[str, Any],
+        module: Any,
+        inputs: Sequence[Any],
+    ) -> list[float]:
+        """The samples of one work item, timed as the item says (`latency_lut.timings`)."""
+        counts = {"warmup": self.config.warmup, "repeats": self.config.repeats}
+        if item["timing"] == "call_overhead":
+            return backend.measure_call_overhead(inputs, **counts)
+        if item["timing"] == "in_context" and item.get("after"):
+            before = space.build_block(BlockSpec.from_key(item["after"]))
+            return backend.measure_in_context(module, inputs, before=before, **counts)
+        return backend.measure(module, inputs, **counts)
 
     def _export(
         self,
@@ -423,7 +449,12 @@ class FarmAgent:
                 "space_options": group[0]["options"],
                 "provenance": provenance,
                 "measurements": [
-                    {"key": r["key"], "samples_ms": r["samples_ms"], "features": r.get("features")}
+                    {
+                        "key": r["key"],
+                        "samples_ms": r["samples_ms"],
+                        "features": r.get("features"),
+                        "after": r.get("after"),
+                    }
                     for r in group
                 ],
             }
@@ -454,14 +485,20 @@ class FarmAgent:
     def _calibrate(self, run_id: str, report: FarmReport) -> None:
         cfg = self.config
         space = self._space(cfg.space, cfg.options)
-        # Seeded by the run id: a resumed run measures the same subnets, a new run other ones.
-        seed = int(run_id[:8], 16)
+        # The server proposes them (where the device's predictors are least sure); seeded by the run id,
+        # so a resumed run measures the same subnets and a new run other ones.
+        seed = int(run_id[:7], 16)
+        work = self._retrying(
+            lambda: self.client.subnet_work(
+                cfg.device, space.name, options=cfg.options, n=cfg.calibrate, seed=seed
+            )
+        )
         report.calibrated = measure_and_upload_subnets(
             self.client,
             cfg.device,
             space,
             self.backend_required(),
-            sample_configs(space, cfg.calibrate, seed=seed),
+            [item["config"] for item in work["items"]],
             run_id=run_id,
             role="calibration",
             warmup=cfg.warmup,
@@ -489,13 +526,22 @@ def measure_and_upload_subnets(
     retrying: Callable[[Callable[[], Any]], Any],
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = 10,
+    repeat: bool = False,
 ) -> dict[str, Any]:
     """Measure `configs` end to end and upload them as `role` pairs; returns the last response
-    and how many pairs were stored."""
+    and how many pairs were stored. With `repeat`, every subnet is measured a second time after all
+    of them were measured once (so the two measurements of a subnet are minutes apart, as two
+    measurements of a device would be), and both are uploaded: the accuracy report's ceiling."""
     provenance = {**backend.provenance(), "warmup": warmup, "repeats": repeats}
     pending: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
     stored = 0
+    total = len(configs) * (2 if repeat else 1)
+    first = []
+    for done, config in enumerate(configs, start=1):
+        first.append(measure_subnet(space, config, backend, warmup=warmup, repeats=repeats))
+        if progress is not None:
+            progress(done, total)
 
     def flush() -> None:
         nonlocal last, stored
@@ -511,11 +557,14 @@ def measure_and_upload_subnets(
         stored += sum(1 for p in last["pairs"] if not p["duplicate"])
         pending.clear()
 
-    for done, config in enumerate(configs, start=1):
-        run = measure_subnet(space, config, backend, warmup=warmup, repeats=repeats)
-        pending.append({"config": run.config, "samples_ms": list(run.samples_ms)})
-        if progress is not None:
-            progress(done, len(configs))
+    for done, run in enumerate(first, start=len(configs) + 1):
+        pair: dict[str, Any] = {"config": run.config, "samples_ms": list(run.samples_ms)}
+        if repeat:
+            again = measure_subnet(space, run.config, backend, warmup=warmup, repeats=repeats)
+            pair["repeat_samples_ms"] = list(again.samples_ms)
+            if progress is not None:
+                progress(done, total)
+        pending.append(pair)
         if len(pending) >= batch_size:
             flush()
     if pending:
@@ -538,8 +587,9 @@ def validate_device(
     progress: Callable[[int, int], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Measure `samples` random subnets end to end on `backend`, store them as validation pairs of
-    `device` (each with the prediction the server makes now) and return the run's accuracy report."""
+    """Measure `samples` random subnets end to end on `backend`, twice each, store them as validation
+    pairs of `device` (each with the prediction the server makes now) and return the run's accuracy
+    report (every candidate predictor, and the repeatability ceiling of the two measurements)."""
     run_id = run_id or uuid.uuid4().hex
     client.device(device)
 
@@ -559,6 +609,7 @@ def validate_device(
         repeats=repeats,
         retrying=retrying,
         progress=progress,
+        repeat=True,
     )
     return retrying(lambda: client.accuracy(device, space=space.name, run_id=run_id))
 

@@ -8,6 +8,7 @@ declared type of that field (enum values, literal values, numeric range, known f
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import types
 import typing
@@ -22,7 +23,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from sqlalchemy.exc import OperationalError
 
-from search_spaces import OptionError, SearchSpace, SpaceError, UnknownSpaceError, get_space
+from search_spaces import FieldError, OptionError, SearchSpace, SpaceError, UnknownSpaceError, get_space
 from services.core.model_export import ExportRefusedError
 from services.core.search_queue import SearchNotFoundError, SearchStateError
 
@@ -70,19 +71,43 @@ def canonical_at(space: SearchSpace, config: Any, *, field: str = "config") -> d
         raise type(exc)(str(exc), field=where, allowed=exc.allowed) from None
 
 
+class QueryParamError(ValueError):
+    """A query parameter whose text is not what the route reads from it (422 naming the parameter)."""
+
+    def __init__(self, field: str, message: str, allowed: Any = None):
+        super().__init__(message)
+        self.field, self.allowed = field, allowed
+
+
+def json_query_param(name: str, text: str | None, kind: type[dict] | type[list]) -> Any:
+    """A query parameter holding JSON (an object or a list), None when absent; else `QueryParamError`."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        shape = "a JSON object" if kind is dict else "a JSON list"
+        raise QueryParamError(name, f"{name} must be {shape}, got {text!r}", shape)
+    return value
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(SpaceError, _space_error)
+    # FieldError: the base of SpaceError, TrainingConfigError and the other errors that name a field.
+    app.add_exception_handler(FieldError, _space_error)
     app.add_exception_handler(ResourceNotFoundError, _resource_not_found)
     app.add_exception_handler(SearchNotFoundError, _search_not_found)
     app.add_exception_handler(SearchStateError, _search_state_error)
     app.add_exception_handler(ExportRefusedError, _export_refused)
+    app.add_exception_handler(QueryParamError, _query_param_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(Exception, _internal_error)
 
 
 async def _space_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, SpaceError)
+    assert isinstance(exc, FieldError)
     return JSONResponse(status_code=422, content={"detail": [exc.to_dict()]})
 
 
@@ -97,6 +122,11 @@ async def _search_not_found(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _search_state_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "status", str(exc), ["queued", "running"])
+
+
+async def _query_param_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueryParamError)
+    return error_response(422, exc.field, str(exc), exc.allowed)
 
 
 async def _export_refused(_request: Request, exc: Exception) -> JSONResponse:

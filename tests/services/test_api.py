@@ -203,6 +203,11 @@ def test_small_search_runs_to_success(http: httpx.Client, finished_search: dict)
 
     devices = {d["name"]: d for d in http.get("/v1/devices").json()}
     assert devices["host-cpu-torch"]["entries"] > 0  # measured by the scheduler before the run
+    # Every trial says what priced its latency: the local device's table has in-context entries (the
+    # scheduler times every block three ways) and no measured subnets, so the in-context sum.
+    trials = http.get(f"/v1/searches/{search['id']}/trials").json()["items"]
+    assert {t["metrics"]["latency_predictor:host-cpu-torch"] for t in trials} == {"in_context"}
+    assert all("latency_expected_error:host-cpu-torch" not in t["metrics"] for t in trials)
 
 
 def test_trials_are_paginated(http: httpx.Client, finished_search: dict) -> None:

@@ -46,6 +46,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/devices"): LUT,
     ("GET", "/v1/devices/{device}"): R,
     ("GET", "/v1/devices/{device}/work"): R,
+    ("GET", "/v1/devices/{device}/work/subnets"): R,
     ("POST", "/v1/devices/{device}/measurements"): LUT,
     ("GET", "/v1/devices/{device}/samples"): R,
     ("GET", "/v1/devices/{device}/table"): R,

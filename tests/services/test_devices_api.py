@@ -120,7 +120,13 @@ def test_work_list_pages_through_every_missing_block(api: httpx.Client, device: 
     while True:
         page = api.get(
             f"/v1/devices/{device}/work",
-            params={"space": SPACE, "options": json.dumps(OPTIONS), "offset": offset, "limit": 40},
+            params={
+                "space": SPACE,
+                "options": json.dumps(OPTIONS),
+                "timing": "isolated",
+                "offset": offset,
+                "limit": 40,
+            },
         ).json()
         assert page["needed"] == page["total"] == len(expected)
         keys += [item["key"] for item in page["items"]]
@@ -134,9 +140,11 @@ def test_work_list_pages_through_every_missing_block(api: httpx.Client, device: 
     assert (item["kind"], item["params"]) == (spec.kind, spec.params)
 
     s0 = api.get(
-        f"/v1/devices/{device}/work", params={"space": SPACE, "options": json.dumps(OPTIONS), "configs": "s0"}
+        f"/v1/devices/{device}/work",
+        params={"space": SPACE, "options": json.dumps(OPTIONS), "configs": "s0", "timing": "isolated"},
     )
-    s0_keys = list(dict.fromkeys(spec.key for spec in space.blocks(space.reference_config("s0"))))
+    s0_blocks = list({spec.key: spec for spec in space.blocks(space.reference_config("s0"))}.values())
+    s0_keys = [spec.key for spec in s0_blocks]
     assert [i["key"] for i in s0.json()["items"]] == s0_keys
     as_json = api.get(
         f"/v1/devices/{device}/work",
@@ -144,15 +152,32 @@ def test_work_list_pages_through_every_missing_block(api: httpx.Client, device: 
             "space": SPACE,
             "options": json.dumps(OPTIONS),
             "configs": json.dumps([space.reference_config("s0")]),
+            "timing": "isolated",
         },
     )
     assert [i["key"] for i in as_json.json()["items"]] == s0_keys
+
+    # By default every timing: each block alone, after its predecessor in s0, and one call's overhead.
+    every = api.get(
+        f"/v1/devices/{device}/work", params={"space": SPACE, "options": json.dumps(OPTIONS), "configs": "s0"}
+    ).json()
+    assert every["total"] == 3 * len(s0_keys)
+    by_key = {i["key"]: i for i in every["items"]}
+    s0_order = space.blocks(space.reference_config("s0"))
+    second = s0_blocks[1]
+    context = by_key[f"ctx@{second.key}"]
+    assert context["timing"] == "in_context" and context["block_key"] == second.key
+    assert context["after"] == s0_order[[b.key for b in s0_order].index(second.key) - 1].key
+    assert by_key[f"ctx@{s0_keys[0]}"]["after"] is None
+    assert by_key[f"call@{second.key}"]["timing"] == "call_overhead"
+    assert by_key[second.key]["timing"] == "isolated" and by_key[second.key]["after"] is None
 
     # Uploaded keys leave the list.
     rows = [{"key": key, "samples_ms": [0.5, 0.6]} for key in s0_keys[:5]]
     assert api.post(f"/v1/devices/{device}/measurements", json=batch("r1", rows)).status_code == 201
     after = api.get(
-        f"/v1/devices/{device}/work", params={"space": SPACE, "options": json.dumps(OPTIONS), "configs": "s0"}
+        f"/v1/devices/{device}/work",
+        params={"space": SPACE, "options": json.dumps(OPTIONS), "configs": "s0", "timing": "isolated"},
     )
     assert [i["key"] for i in after.json()["items"]] == s0_keys[5:]
     assert after.json()["needed"] == len(s0_keys)
@@ -164,7 +189,7 @@ def test_work_list_of_a_search_uses_its_space_and_options(api: httpx.Client, dev
     search = api.post("/v1/searches", json=spec).json()["id"]
     page = api.get(f"/v1/devices/{device}/work", params={"search": search, "limit": 1}).json()
     assert page["space"] == SPACE and page["options"]["resolution"] == 64
-    assert page["total"] == len(get_space(SPACE, resolution=64, num_classes=10).all_blocks())
+    assert page["total"] == 3 * len(get_space(SPACE, resolution=64, num_classes=10).all_blocks())
     assert (
         error(api.get(f"/v1/devices/{device}/work", params={"search": "f" * 32}), 404)["field"] == "search_id"
     )
@@ -333,7 +358,6 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
 ) -> None:
     space = get_space(SPACE, **OPTIONS)
     s0 = space.reference_config("s0")
-    s0_keys = {spec.key for spec in space.blocks(s0)}
     # The table: every block of the space but the s0 FFNs at the widest stage-3 width, with features.
     held_back = {spec.key for spec in space.blocks(s0) if spec.kind == "effv2.ffn" and spec["dim"] == 176}
     assert held_back
@@ -343,7 +367,8 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
         truth[spec.key] = _linear_ms(features.macs, features.bytes_moved)
         if spec.key not in held_back:
             rows.append({"key": spec.key, "samples_ms": [truth[spec.key]], "features": features.__dict__})
-    assert api.post(f"/v1/devices/{device}/measurements", json=batch("table", rows)).status_code == 201
+    timed = batch("table", rows, provenance={**PROVENANCE, "clock": "thread"})
+    assert api.post(f"/v1/devices/{device}/measurements", json=timed).status_code == 201
 
     body = {"space": SPACE, "space_options": OPTIONS, "configs": ["s0", space.reference_config("s1")]}
     predicted = api.post(f"/v1/devices/{device}/predict", json=body).json()
@@ -353,16 +378,18 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
     assert first["total_ms"] == pytest.approx(exact, rel=1e-3)
     assert first["estimated_error_ms"] >= 0 and first["missing_keys"] == []
     assert predicted["fallback"]["fits"]["effv2.ffn"]["n"] > 6
-    assert predicted["calibration"] is None and not first["calibrated"]
+    # Only isolated entries and no measured subnets: the plain block sum prices, its error unknown.
+    assert predicted["predictor"]["name"] == "block_sum" and predicted["predictor"]["expected_error"] is None
+    assert first["predictor"] == "block_sum" and first["statistic"] == "p10"
     assert predicted["items"][1]["config_id"] == space.config_id(space.reference_config("s1"))
 
-    # Validation pairs: predicted now from the table, measured as uploaded.
+    # Validation pairs (measured twice): predicted now, measured as uploaded.
     measured = exact * 1.08
     pairs = {
         "run_id": "val-1",
         "space": SPACE,
         "space_options": OPTIONS,
-        "pairs": [{"config": s0, "samples_ms": [measured]}],
+        "pairs": [{"config": s0, "samples_ms": [measured], "repeat_samples_ms": [measured * 1.02]}],
     }
     stored = api.post(f"/v1/devices/{device}/accuracy", json=pairs)
     assert stored.status_code == 201, stored.text
@@ -370,10 +397,14 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
     assert pair["predicted_ms"] == pytest.approx(first["total_ms"]) and pair["estimated"]
     assert pair["error"] == pytest.approx(1 / 1.08 - 1, rel=1e-3)
     report = api.get(f"/v1/devices/{device}/accuracy", params={"space": SPACE}).json()
-    assert report["n"] == 1 and report["estimated"] == 1
+    assert report["n"] == 1 and report["estimated"] == 1 and report["selected"] == "block_sum"
     assert report["rmspe"] == pytest.approx(abs(1 / 1.08 - 1), rel=1e-3)
     assert (report["within_5"], report["within_10"], report["within_15"]) == (0.0, 1.0, 1.0)
     assert report["rmse_ms"] == pytest.approx(measured - first["total_ms"], rel=1e-3)
+    assert [r["name"] for r in report["predictors"]] == ["block_sum"]
+    # The ceiling: the second measurement judged as a prediction of the first.
+    assert report["ceiling"]["n"] == 1 and report["ceiling"]["rmspe"] == pytest.approx(0.02, rel=1e-6)
+    assert report["ceiling"]["within_5"] == 1.0
     assert report["pairs"] is None  # the points only on request (the dashboard's plot)
     points = api.get(f"/v1/devices/{device}/accuracy", params={"pairs": "true"}).json()["pairs"]
     expected = [(pair["config_id"], "val-1", True)]
@@ -389,13 +420,28 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
         error(api.post(f"/v1/devices/{device}/accuracy", json=bad), 422)["field"]
         == "pairs[0].config.stage0.depth"
     )
+    other_clock = {**pairs, "run_id": "val-3", "provenance": {"clock": "wall"}}
+    refused = error(api.post(f"/v1/devices/{device}/accuracy", json=other_clock), 422)
+    assert refused["field"] == "provenance.clock" and refused["allowed"] == ["thread"]
 
-    # Calibration subnets: measured 1.5x their block sums; s0 is among them, so it is no longer held out.
-    calibration = []
-    rng_configs = [space.reference_config(name) for name in ("s0", "s1", "s2")]
-    for config in rng_configs:
-        block_sum = sum(truth[spec.key] for spec in space.blocks(config))
-        calibration.append({"config": config, "samples_ms": [1.5 * block_sum]})
+    # Subnets to measure next: before any learned fit, spread over the space; none already measured.
+    work = api.get(
+        f"/v1/devices/{device}/work/subnets", params={"space": SPACE, "options": json.dumps(OPTIONS), "n": 12}
+    ).json()
+    assert len(work["items"]) == 12 and "spreads" in work["items"][0]["reason"]
+    ids = [item["config_id"] for item in work["items"]]
+    assert len(set(ids)) == 12 and pair["config_id"] not in ids
+
+    # Calibration subnets measured 1.5x their block sums (s0 among them, so no longer held out): the
+    # learned global model fits that exactly and wins the selection.
+    configs = [s0, *(item["config"] for item in work["items"])]
+    calibration = [
+        {
+            "config": c,
+            "samples_ms": [1.5 * sum(truth[spec.key] for spec in space.blocks(space.canonicalize(c)))],
+        }
+        for c in configs
+    ]
     cal = {
         "run_id": "cal-1",
         "role": "calibration",
@@ -404,15 +450,18 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
         "pairs": calibration,
     }
     assert api.post(f"/v1/devices/{device}/accuracy", json=cal).json()["accuracy"] is None
-    calibrated = api.post(f"/v1/devices/{device}/predict", json=body).json()
-    assert calibrated["calibration"]["n"] == 3
-    assert calibrated["calibration"]["scale"] == pytest.approx(1.5, rel=1e-2)
-    assert calibrated["items"][0]["calibrated"]
-    assert calibrated["items"][0]["total_ms"] == pytest.approx(1.5 * first["total_ms"], rel=1e-2)
+    learned = api.post(f"/v1/devices/{device}/predict", json=body).json()
+    assert learned["predictor"]["name"].startswith("learned:")
+    assert learned["predictor"]["expected_error"] < 0.01
+    candidates = {c["name"]: c for c in learned["predictor"]["candidates"]}
+    assert candidates["block_sum"]["rmspe"] == pytest.approx(1 - 1 / 1.5, rel=1e-2)
+    assert learned["items"][0]["total_ms"] == pytest.approx(1.5 * first["total_ms"], rel=1e-2)
+    plain = api.post(f"/v1/devices/{device}/predict", json={**body, "predictor": "block_sum"}).json()
+    assert plain["items"][0]["total_ms"] == pytest.approx(first["total_ms"])
+    unknown = error(api.post(f"/v1/devices/{device}/predict", json={**body, "predictor": "magic"}), 422)
+    assert unknown["field"] == "predictor" and "block_sum" in unknown["allowed"]
     report = api.get(f"/v1/devices/{device}/accuracy").json()
     assert report["n"] == 0 and report["excluded_calibration"] == 1
-    s2_keys = {spec.key for spec in space.blocks(space.reference_config("s2"))}
-    assert s0_keys - held_back <= s2_keys | s0_keys
 
 
 def test_table_files_round_trip_over_the_api(api: httpx.Client, device: str) -> None:

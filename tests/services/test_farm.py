@@ -72,10 +72,10 @@ def test_agent_processes_fill_the_table_and_validate_it(
     # Both agents at once: two farms uploading to one server.
     agents = {backend: farm(backend) for backend in devices}
     outputs = {backend: agent.communicate(timeout=600) for backend, agent in agents.items()}
-    n = len(all_keys())
+    n = 3 * len(all_keys())  # every block alone, in context and its call overhead
     for backend, (stdout, stderr) in outputs.items():
         assert agents[backend].returncode == 0, stderr
-        assert f"{n} block(s) to measure, {n} measured, {n} uploaded" in stdout, stdout
+        assert f"{n} table entries to measure, {n} measured, {n} uploaded" in stdout, stdout
         assert (
             "3 calibration subnet(s)" in stdout and f"registered the new device {devices[backend]}" in stdout
         )
@@ -93,6 +93,9 @@ def test_agent_processes_fill_the_table_and_validate_it(
         if backend == "onnxruntime":
             assert provenance["onnxruntime"] and provenance["onnx"] and provenance["opset"]
         assert set(sample["features"]) == {"macs", "params", "bytes_moved"}
+        assert provenance["timing"] == "isolated"
+        (context,) = api.get(f"/v1/devices/{device}/samples", params={"key": f"ctx@{all_keys()[1]}"}).json()
+        assert context["provenance"]["timing"] == "in_context" and "after" in context["provenance"]
 
         validated = nas("lut", "validate", "--server", live.url, "--device", device, "--backend", backend,
                         *OPTION_ARGS, *FAST, "--samples", "4", "--seed", "7", "--json")  # fmt: skip
@@ -101,14 +104,21 @@ def test_agent_processes_fill_the_table_and_validate_it(
         assert report["n"] + report["excluded_calibration"] == 4 and report["unpriced"] == 0
         assert report["n"] >= 1 and report["rmspe"] > 0 and report["rmse_ms"] > 0
         assert 0 <= report["within_5"] <= report["within_10"] <= report["within_15"] <= 1
-        assert report["calibrated"] == report["n"]  # the agent's calibration subnets were used
+        # Three calibration subnets fit no learned model: the table predictor best on them prices.
+        assert report["selected"] in {"block_sum", "in_context", "overhead_corrected"}
+        assert {r["name"] for r in report["predictors"]} == {"block_sum", "in_context", "overhead_corrected"}
+        assert report["ceiling"]["n"] == report["n"]  # every validation subnet measured twice
         predicted = api.post(
             f"/v1/devices/{device}/predict",
             json={"space": SPACE, "space_options": OPTIONS, "configs": ["s0"]},
         )
         item = predicted.json()["items"][0]
         assert item["complete"] and not item["estimated"] and item["covered_share"] == 1.0
-        assert predicted.json()["calibration"]["n"] == 3
+        candidates = {c["name"]: c for c in predicted.json()["predictor"]["candidates"]}
+        assert all(c["n"] == 3 for c in candidates.values())  # scored on the 3 calibration subnets
+        best = min(candidates.values(), key=lambda c: c["rmspe"])
+        assert item["predictor"] == report["selected"] == best["name"]
+        assert item["expected_error"] == pytest.approx(best["rmspe"])
 
         shown_table = nas("lut", "accuracy", "--server", live.url, "--device", device)
         assert shown_table.returncode == 0 and device in shown_table.stdout
@@ -116,7 +126,7 @@ def test_agent_processes_fill_the_table_and_validate_it(
     # Nothing left: a second run measures nothing and leaves no state behind.
     again = nas("farm", "run", "--server", live.url, "--device", devices["torch"], "--backend", "torch",
                 *OPTION_ARGS, *FAST, "--state-dir", str(tmp_path))  # fmt: skip
-    assert again.returncode == 0 and "0 block(s) to measure, 0 measured" in again.stdout
+    assert again.returncode == 0 and "0 table entries to measure, 0 measured" in again.stdout
     assert list(tmp_path.iterdir()) == []
 
     listed = nas("devices", "list", "--server", live.url)
@@ -132,9 +142,9 @@ def test_dry_run_lists_the_work_and_writes_nothing(
     result = nas("farm", "run", "--server", live.url, "--device", device, *OPTION_ARGS, "--configs", "s0",
                  "--dry-run", "--state-dir", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    n = len({spec.key for spec in get_space(SPACE, **OPTIONS).blocks("s0")})
+    n = 3 * len({spec.key for spec in get_space(SPACE, **OPTIONS).blocks("s0")})
     assert (
-        f"dry run: {n} block(s) of {SPACE}" in result.stdout
+        f"dry run: {n} table entries of {SPACE}" in result.stdout
         and "nothing measured or uploaded" in result.stdout
     )
     assert "effv2.ffn" in result.stdout
@@ -192,7 +202,7 @@ def test_an_interrupted_run_resumes_under_its_run_id_without_double_counting(
         report = FarmAgent(config, client).run()
     assert report.resumed and report.run_id == run_id
     assert report.respooled == 8 and report.duplicates == 5
-    n = len({spec.key for spec in get_space(SPACE, **OPTIONS).blocks("s0")})
+    n = 3 * len({spec.key for spec in get_space(SPACE, **OPTIONS).blocks("s0")})
     assert report.planned == n - 8 and report.uploaded == 3 + (n - 8)
     assert api.get(f"/v1/devices/{device}").json()["entries"] == n
     for key in uploaded_keys:

@@ -3,15 +3,16 @@ their work lists (uploads, table files, predictions and accuracy: `services.serv
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
+from latency_lut.measure import DEFAULT_TIMINGS
+from latency_lut.timings import Timing
 from search_spaces import SearchSpace
 from services.core.measurement_store import DeviceConflictError, DeviceInfo
 from services.server.deps import DeviceDep, MeasurementsDep, QueueDep, Scope, require_scope
-from services.server.errors import canonical_at, conflict, error_response, space_at
+from services.server.errors import canonical_at, conflict, error_response, json_query_param, space_at
 from services.server.schemas import DeviceIn, DeviceOut, WorkItem, WorkPage
 
 # Each route declares its scope: farms write with lut:write, reading (and predicting) needs searches:read.
@@ -56,25 +57,6 @@ def describe(device: DeviceDep, store: MeasurementsDep) -> DeviceOut:
     return device_out(store.device(device))
 
 
-def _json_param(name: str, text: str | None, kind: type) -> Any:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if not isinstance(value, kind):
-        shape = "a JSON object" if kind is dict else "a JSON list"
-        raise _QueryError(name, f"{name} must be {shape}, got {text!r}", shape)
-    return value
-
-
-class _QueryError(Exception):
-    def __init__(self, field: str, message: str, allowed: Any):
-        super().__init__(message)
-        self.field, self.message, self.allowed = field, message, allowed
-
-
 @router.get("/{device}/work", response_model=WorkPage, dependencies=READ)
 def work(
     device: DeviceDep,
@@ -89,23 +71,26 @@ def work(
         Query(description="JSON list of configs or reference names, or comma-separated reference names"),
     ] = None,
     search: Annotated[str | None, Query(description="a search id: its space and options")] = None,
+    timing: Annotated[
+        list[Timing] | None,
+        Query(
+            description="timings wanted (repeat the parameter; default: isolated, in_context, call_overhead)"
+        ),
+    ] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
-    """The blocks a space needs (at its options: all of its blocks, or those of `configs`; or the
-    space of a search) that the device's table lacks, in the space's order, paginated. Each item
-    names what builds it."""
-    try:
-        option_values = _json_param("options", options, dict) or {}
-        config_list: list[Any] | None = None
-        if configs is not None:
-            stripped = configs.strip()
-            if stripped.startswith("["):
-                config_list = _json_param("configs", stripped, list)
-            else:
-                config_list = [name.strip() for name in stripped.split(",") if name.strip()]
-    except _QueryError as exc:
-        return error_response(422, exc.field, exc.message, exc.allowed)
+    """The table entries a space needs (at its options: of all its blocks, or those of `configs`; or
+    the space of a search) that the device's table lacks, for each timing, in the space's order,
+    paginated. Each item names what builds it, how to time it and the key to upload it under."""
+    option_values = json_query_param("options", options, dict) or {}
+    config_list: list[Any] | None = None
+    if configs is not None:
+        stripped = configs.strip()
+        if stripped.startswith("["):
+            config_list = json_query_param("configs", stripped, list)
+        else:
+            config_list = [name.strip() for name in stripped.split(",") if name.strip()]
     if search is not None:
         spec = queue.get(search).spec
         if space is not None and space != spec["space"]:
@@ -122,16 +107,19 @@ def work(
     if config_list is not None:
         for i, config in enumerate(config_list):
             canonical_at(instance, config, field=f"configs[{i}]")
-    page = store.work(device, instance, config_list)
+    page = store.work(device, instance, config_list, timing or DEFAULT_TIMINGS)
     items = [
         WorkItem(
-            key=spec.key,
-            kind=spec.kind,
+            key=item.key,
+            block_key=item.spec.key,
+            timing=item.timing,
+            after=None if item.after is None else item.after.key,
+            kind=item.spec.kind,
             space=instance.name,
             options=dict(instance.options),
-            params=spec.params,
+            params=item.spec.params,
         )
-        for spec in page.missing[offset : offset + limit]
+        for item in page.missing[offset : offset + limit]
     ]
     return WorkPage(
         device=device,

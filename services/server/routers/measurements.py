@@ -13,13 +13,22 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from latency_lut.io import SUFFIXES, export_table, import_table
+from search_spaces import FieldError
 from services.core.measurement_store import MeasurementConflictError, MeasurementRow
-from services.core.prediction_service import PairConflictError, PairIn, estimate_dict
+from services.core.prediction_service import ClockMismatchError, PairConflictError, PairIn, estimate_dict
 from services.server.deps import DeviceDep, MeasurementsDep, PredictionsDep, Scope, require_scope
-from services.server.errors import ResourceNotFoundError, canonical_at, conflict, error_response, space_at
+from services.server.errors import (
+    ResourceNotFoundError,
+    canonical_at,
+    conflict,
+    error_response,
+    json_query_param,
+    space_at,
+)
 from services.server.schemas import (
     DEVICE_NAME_PATTERN,
     AccuracyBatch,
+    AccuracyFigures,
     AccuracyOut,
     AccuracyUploadOut,
     IngestOut,
@@ -27,7 +36,10 @@ from services.server.schemas import (
     PairOut,
     PredictIn,
     PredictionOut,
+    PredictorAccuracy,
     PredictOut,
+    SubnetWorkOut,
+    SubnetWorkPage,
 )
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
@@ -49,7 +61,7 @@ def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: Measu
     """
     space = space_at(batch.space, batch.space_options)
     rows = [
-        MeasurementRow(m.key, m.samples_ms, None if m.features is None else m.features.model_dump())
+        MeasurementRow(m.key, m.samples_ms, None if m.features is None else m.features.model_dump(), m.after)
         for m in batch.measurements
     ]
     try:
@@ -111,14 +123,20 @@ def import_file(
 # --------------------------------------------------------------------------------- predictions
 @router.post("/{device}/predict", response_model=PredictOut, dependencies=READ)
 def predict_configs(device: DeviceDep, body: PredictIn, predictions: PredictionsDep) -> PredictOut:
-    """Predict subnets (configs or reference names) from the device's table, with the fallback for
-    missing keys (marked estimated) and the device's subnet calibration for the space."""
+    """Predict subnets (configs or reference names) with the device's selected predictor (or the
+    candidate named by `predictor`), the fallback pricing blocks the table lacks (marked estimated)."""
     space = space_at(body.space, body.space_options)
-    predictor = predictions.predictor(device, space)
+    predictors = predictions.predictor(device, space)
+    try:
+        chosen = predictors.named(body.predictor)
+    except ValueError as exc:
+        raise FieldError(
+            str(exc), field="predictor", allowed=["best", *predictors.selection.predictors]
+        ) from None
     items = []
     for i, config in enumerate(body.configs):
         canonical = canonical_at(space, config, field=f"configs[{i}]")
-        estimate = predictor.predict(canonical, calibrate=body.calibrate)
+        estimate = chosen.predict(space.blocks(canonical))
         values = estimate_dict(estimate)
         values["total_ms"] = estimate.total_ms if estimate.complete else None
         items.append(PredictionOut(config_id=space.config_id(canonical), **values))
@@ -126,23 +144,48 @@ def predict_configs(device: DeviceDep, body: PredictIn, predictions: Predictions
         device=device,
         space=space.name,
         options=dict(space.options),
-        calibration=None if predictor.calibration is None else predictor.calibration.to_dict(),
-        fallback=predictor.fallback.to_dict(),
+        predictor=predictors.describe(),
+        fallback=predictors.fallback.to_dict(),
         items=items,
+    )
+
+
+@router.get("/{device}/work/subnets", response_model=SubnetWorkPage, dependencies=READ)
+def subnet_work(
+    device: DeviceDep,
+    predictions: PredictionsDep,
+    space: Annotated[str, Query(description="space name")],
+    options: Annotated[
+        str | None, Query(description='space options as JSON, e.g. {"resolution": 32}')
+    ] = None,
+    n: Annotated[int, Query(ge=1, le=1000, description="subnets wanted")] = 16,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> Any:
+    """Whole subnets the device should measure end to end next and upload as `calibration` subnets:
+    where its learned predictors are least sure, or, before it has any, spread over the space."""
+    option_values = json_query_param("options", options, dict) or {}
+    instance = space_at(space, option_values, field="options")
+    items = predictions.subnet_work(device, instance, n, seed=seed)
+    return SubnetWorkPage(
+        device=device,
+        space=instance.name,
+        options=dict(instance.options),
+        items=[SubnetWorkOut(config=w.config, config_id=w.config_id, reason=w.reason) for w in items],
     )
 
 
 # --------------------------------------------------------------------------------- accuracy
 @router.post("/{device}/accuracy", response_model=AccuracyUploadOut, status_code=201, dependencies=WRITE)
 def upload_pairs(device: DeviceDep, batch: AccuracyBatch, predictions: PredictionsDep) -> AccuracyUploadOut:
-    """Store whole subnets one run measured end to end: `validation` pairs get the prediction the
-    device's table makes now; `calibration` subnets feed the device's subnet calibration.
-    Idempotent per (run id, subnet)."""
+    """Store whole subnets one run measured end to end: `validation` pairs (held out, never fitted on)
+    get the prediction the device's selected predictor makes now; `calibration` subnets are what its
+    learned predictors are fitted on. Idempotent per (run id, subnet). Subnets timed on another clock
+    than the device's table: 422."""
     space = space_at(batch.space, batch.space_options)
     pairs = []
     for i, pair in enumerate(batch.pairs):
         canonical_at(space, pair.config, field=f"pairs[{i}].config")
-        pairs.append(PairIn(pair.config, pair.samples_ms))
+        pairs.append(PairIn(pair.config, pair.samples_ms, pair.repeat_samples_ms))
     try:
         stored = predictions.add_pairs(
             device,
@@ -154,6 +197,8 @@ def upload_pairs(device: DeviceDep, batch: AccuracyBatch, predictions: Predictio
         )
     except PairConflictError as exc:
         raise conflict(exc.fields, str(exc)) from None
+    except ClockMismatchError as exc:
+        raise FieldError(str(exc), field="provenance.clock", allowed=list(exc.table_clocks)) from None
     out = [
         PairOut(
             config_id=p.config_id,
@@ -184,7 +229,32 @@ def accuracy(
     run_id: Annotated[str | None, Query(description="only this validation run")] = None,
     pairs: Annotated[bool, Query(description="also return the (predicted, measured) points")] = False,
 ) -> AccuracyOut:
-    """RMSE, RMSPE and the shares within +-5/10/15% of the device's predictions of held-out subnets
-    measured end to end (`nas lut validate`); with `pairs=true` the points themselves."""
-    report, details = predictions.accuracy(device, space=space, run_id=run_id, include_pairs=pairs)
-    return AccuracyOut(device=device, space=space, run_id=run_id, **report.to_dict(), **details)
+    """Every candidate predictor's RMSE, RMSPE, mean error, shares within +-5/10/15% and Spearman's rho
+    on the device's held-out subnets (`nas lut validate`), the selected one's at the top level, and the
+    repeatability ceiling of the subnets measured twice; with `pairs=true` the selected predictor's
+    points."""
+    result = predictions.accuracy(device, space=space, run_id=run_id, include_pairs=pairs)
+    empty = AccuracyFigures(
+        n=0,
+        rmse_ms=None,
+        rmspe=None,
+        mean_error=None,
+        within_5=None,
+        within_10=None,
+        within_15=None,
+        spearman=None,
+    )
+    selected_name = result.selected.split(", ")[0] if result.selected else None
+    top = result.reports.get(selected_name) if selected_name else None
+    # Several spaces may each select another predictor: the top level then shows the first one's.
+    return AccuracyOut(
+        device=device,
+        space=space,
+        run_id=run_id,
+        selected=result.selected,
+        statistic=result.statistic,
+        predictors=[PredictorAccuracy(name=name, **r.to_dict()) for name, r in result.reports.items()],
+        ceiling=None if result.ceiling is None else AccuracyFigures(**result.ceiling.to_dict()),
+        **(empty.model_dump() if top is None else top.to_dict()),
+        **result.details,
+    )

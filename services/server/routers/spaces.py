@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from search_spaces import get_space, list_spaces
+from search_spaces import FieldError, get_space, list_spaces
 from services.core.measurement_store import UnknownDeviceError
 from services.core.model_export import ModelFile, export_model
 from services.option_values import parse_option_value
@@ -59,9 +59,9 @@ def describe(name: SpaceName, request: Request) -> SpaceDetail:
 def evaluate(
     name: SpaceName, body: EvaluateIn, store: MeasurementsDep, predictions: PredictionsDep
 ) -> EvaluateOut:
-    """Score one subnet now: parameters, MACs, and its latency on each device from the device's table
-    (with the covered share, the fallback for missing blocks marked as estimated, and the device's
-    calibration). Nothing is stored."""
+    """Score one subnet now: parameters, MACs, and its latency on each device by the device's selected
+    predictor (or the candidate `predictor` names), with the covered share and the fallback for blocks
+    the table lacks marked as estimated. Nothing is stored."""
     space = space_at(name, body.space_options)
     canonical = canonical_at(space, body.config)
     for i, device in enumerate(body.devices):
@@ -74,7 +74,13 @@ def evaluate(
     macs = int(space.count(canonical)["macs"]) if body.macs else None
     latency = {}
     for device in dict.fromkeys(body.devices):
-        estimate = predictions.predictor(device, space).predict(canonical, calibrate=body.calibrate)
+        predictors = predictions.predictor(device, space)
+        try:
+            estimate = predictors.predict(canonical, predictor=body.predictor)
+        except ValueError as exc:
+            raise FieldError(
+                str(exc), field="predictor", allowed=["best", *predictors.selection.predictors]
+            ) from None
         latency[device] = LatencyOut(
             total_ms=estimate.total_ms if estimate.complete else None,
             table_ms=estimate.table_ms,
@@ -82,7 +88,8 @@ def evaluate(
             complete=estimate.complete,
             estimated=estimate.estimated,
             estimated_ms=estimate.estimated_ms,
-            calibrated=estimate.calibrated,
+            predictor=estimate.predictor,
+            expected_error=estimate.expected_error,
             missing_keys=len(estimate.missing_keys),
             missing_examples=list(estimate.missing_keys[:10]),
         )

@@ -109,10 +109,14 @@ class DeviceIn(BaseModel):
 
 
 class WorkItem(BaseModel):
-    """One block a device lacks, with everything needed to build it: `get_space(space, **options)
-    .build_block(BlockSpec.from_key(key))`."""
+    """One table entry a device lacks: the block (build it with `get_space(space, **options)
+    .build_block(BlockSpec.from_key(block_key))`), how to time it (`timing`: `isolated`, `in_context`
+    right after the block `after`, or `call_overhead`) and the table key to upload its samples under."""
 
-    key: str
+    key: str = Field(description="the table key: the block key, with a `ctx@` or `call@` prefix by timing")
+    block_key: str
+    timing: Literal["isolated", "in_context", "call_overhead"]
+    after: str | None = Field(None, description="in_context: the key of the block to run before it")
     kind: str
     space: str
     options: dict[str, Any]
@@ -123,8 +127,8 @@ class WorkPage(BaseModel):
     device: str
     space: str
     options: dict[str, Any]
-    needed: int = Field(description="distinct blocks the space (or the configs) needs")
-    total: int = Field(description="of those, blocks the device's table lacks")
+    needed: int = Field(description="table entries the space (or the configs) needs: blocks x timings")
+    total: int = Field(description="of those, entries the device's table lacks")
     offset: int
     limit: int
     items: list[WorkItem]
@@ -146,6 +150,7 @@ class MeasurementIn(BaseModel):
     key: str = Field(..., min_length=1, max_length=1024)
     samples_ms: list[Milliseconds] = Field(..., min_length=1, max_length=MAX_SAMPLES)
     features: BlockFeaturesIn | None = None
+    after: str | None = Field(None, max_length=1024, description="in-context timings: the block run before")
 
 
 class MeasurementBatch(BaseModel):
@@ -186,7 +191,9 @@ class PredictIn(BaseModel):
     space: str
     space_options: dict[str, Any] = Field(default_factory=dict)
     configs: list[dict[str, Any] | str] = Field(..., min_length=1, max_length=1000)
-    calibrate: bool = True
+    predictor: str = Field(
+        "best", max_length=100, description="`best` (what searches price with) or a candidate's name"
+    )
 
 
 class PredictionOut(BaseModel):
@@ -201,14 +208,16 @@ class PredictionOut(BaseModel):
     estimated_ms: float
     estimated_error_ms: float
     missing_keys: list[str]
-    calibrated: bool
+    predictor: str = Field(description="the predictor that made total_ms")
+    statistic: str = Field(description="the statistic of the samples predicted (p10 or median)")
+    expected_error: float | None = Field(description="its relative RMS error on held-out subnets")
 
 
 class PredictOut(BaseModel):
     device: str
     space: str
     options: dict[str, Any]
-    calibration: dict[str, Any] | None
+    predictor: dict[str, Any] = Field(description="the selected predictor and every candidate's error")
     fallback: dict[str, Any]
     items: list[PredictionOut]
 
@@ -218,6 +227,9 @@ class PairIn(BaseModel):
 
     config: dict[str, Any]
     samples_ms: list[Milliseconds] = Field(..., min_length=1, max_length=MAX_SAMPLES)
+    repeat_samples_ms: list[Milliseconds] | None = Field(
+        None, min_length=1, max_length=MAX_SAMPLES, description="the same subnet measured a second time"
+    )
 
 
 class AccuracyBatch(BaseModel):
@@ -252,13 +264,10 @@ class AccuracyPoint(BaseModel):
     estimated: bool
 
 
-class AccuracyOut(BaseModel):
-    """nn-Meter's measures over held-out subnets: RMSE (ms), RMSPE and mean error (fractions), and
-    the shares of subnets predicted within +-5%, +-10%, +-15%."""
+class AccuracyFigures(BaseModel):
+    """nn-Meter's measures plus rank correlation: RMSE (ms), RMSPE and mean error (fractions; error =
+    (predicted - measured) / measured), the shares within +-5/10/15%, Spearman's rho."""
 
-    device: str
-    space: str | None
-    run_id: str | None
     n: int
     rmse_ms: float | None
     rmspe: float | None
@@ -266,15 +275,48 @@ class AccuracyOut(BaseModel):
     within_5: float | None
     within_10: float | None
     within_15: float | None
+    spearman: float | None
+
+
+class PredictorAccuracy(AccuracyFigures):
+    name: str
+
+
+class AccuracyOut(AccuracyFigures):
+    """The selected predictor's figures (top level) and every candidate's, on held-out subnets, with
+    the measurement's own repeatability (`ceiling`: a second measurement of the same subnets judged as
+    if it were a prediction)."""
+
+    device: str
+    space: str | None
+    run_id: str | None
+    selected: str | None = Field(description="the predictor searches price with")
+    statistic: str = Field(description="the statistic of the samples compared (p10 or median)")
+    predictors: list[PredictorAccuracy]
+    ceiling: AccuracyFigures | None = Field(description="two measurements of the same subnets compared")
     excluded_calibration: int = Field(description="validation subnets also used for calibration: left out")
     unpriced: int = Field(description="subnets the table could not price (missing keys): left out")
     estimated: int = Field(description="subnets priced partly by the fallback")
-    calibrated: int
     spaces: list[str]
     runs: list[dict[str, Any]]
     pairs: list[AccuracyPoint] | None = Field(
         None, description="with ?pairs=true: the held-out (predicted, measured) points, newest 5,000"
     )
+
+
+class SubnetWorkOut(BaseModel):
+    config: dict[str, Any]
+    config_id: str
+    reason: str
+
+
+class SubnetWorkPage(BaseModel):
+    """Whole subnets a device should measure end to end next (upload them with role `calibration`)."""
+
+    device: str
+    space: str
+    options: dict[str, Any]
+    items: list[SubnetWorkOut]
 
 
 class AccuracyUploadOut(BaseModel):
@@ -486,7 +528,9 @@ class EvaluateIn(BaseModel):
         description="devices to price the subnet on (their latency tables, with the fallback)",
     )
     macs: bool = Field(True, description="count MACs (traces each distinct block once, cached)")
-    calibrate: bool = True
+    predictor: str = Field(
+        "best", max_length=100, description="`best` (what searches price with) or a candidate's name"
+    )
 
 
 class LatencyOut(BaseModel):
@@ -496,7 +540,8 @@ class LatencyOut(BaseModel):
     complete: bool
     estimated: bool
     estimated_ms: float
-    calibrated: bool
+    predictor: str
+    expected_error: float | None
     missing_keys: int
     missing_examples: list[str]
 

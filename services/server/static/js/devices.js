@@ -27,8 +27,10 @@ export class DevicesView {
       this.capabilities.device_accuracy
         ? el('section', { class: 'panel', id: 'accuracy-panel' }, el('h2', {}, 'Prediction accuracy'),
           el('p', { class: 'muted small' },
-            'Held-out whole subnets measured end to end on the device (nas lut validate) against the latency the ' +
-            'table predicted for them: RMSE, RMSPE and the shares within \u00b15/10/15% (nn-Meter\u2019s measures). ' +
+            'Held-out whole subnets measured end to end on the device (nas lut validate) against the latency its ' +
+            'predictors give them: RMSE, RMSPE, the shares within \u00b15/10/15% (nn-Meter\u2019s measures) and Spearman\u2019s ' +
+            '\u03c1, for the predictor searches price with and every other candidate. The ceiling is the same subnets ' +
+            'measured a second time, judged as if it were a prediction: no predictor can do better. ' +
             'Orange points were priced partly by the fallback.'),
           this.accuracy = el('div', { id: 'accuracy' }, el('p', { class: 'muted' }, 'Loading…')))
         : el('p', { class: 'muted small', id: 'accuracy-note' },
@@ -58,15 +60,26 @@ export class DevicesView {
         'No device has validation subnets yet: run `nas lut validate --device D --space S` on a device with a table.'));
       return;
     }
-    const head = el('tr', {}, ['device', 'subnets', 'RMSE (ms)', 'RMSPE', '±5%', '±10%', '±15%', 'spaces'].map((h) => el('th', {}, h)));
-    const rows = reports.map((r) => el('tr', { dataset: { device: r.device, n: String(r.n) } },
-      el('td', {}, el('b', {}, r.device)), el('td', { class: 'num' }, fmt(r.n)),
+    const head = el('tr', {}, ['device', 'predictor', 'subnets', 'RMSE (ms)', 'RMSPE', '±5%', '±10%', '±15%', 'ρ',
+      'ceiling ±5%', 'ceiling ±10%', 'spaces'].map((h) => el('th', {}, h)));
+    const ceiling = (r, key) => (r.ceiling ? pct(r.ceiling[key]) : '–');
+    const rows = reports.map((r) => el('tr', { dataset: { device: r.device, n: String(r.n), predictor: r.selected || '' } },
+      el('td', {}, el('b', {}, r.device)), el('td', {}, r.selected || '–'), el('td', { class: 'num' }, fmt(r.n)),
       el('td', { class: 'num' }, fmt(r.rmse_ms)), el('td', { class: 'num' }, pct(r.rmspe)),
       el('td', { class: 'num' }, pct(r.within_5)), el('td', { class: 'num' }, pct(r.within_10)),
-      el('td', { class: 'num' }, pct(r.within_15)), el('td', {}, r.spaces.join(', '))));
+      el('td', { class: 'num' }, pct(r.within_15)), el('td', { class: 'num' }, r.spearman == null ? '–' : r.spearman.toFixed(3)),
+      el('td', { class: 'num ceiling', dataset: { within5: String(r.ceiling ? r.ceiling.within_5 : '') } }, ceiling(r, 'within_5')),
+      el('td', { class: 'num ceiling' }, ceiling(r, 'within_10')), el('td', {}, r.spaces.join(', '))));
     const plots = reports.map((r) => {
       const div = el('div', { class: 'plot accuracy-plot', dataset: { device: r.device, points: String(r.pairs.length) } });
-      return { div, r, wrap: el('div', { class: 'panel' }, el('h3', {}, r.device), div) };
+      const candidates = el('table', { class: 'grid small predictors', dataset: { device: r.device } },
+        el('thead', {}, el('tr', {}, ['predictor', 'subnets', 'RMSPE', 'mean error', '±5%', '±10%', 'ρ'].map((h) => el('th', {}, h)))),
+        el('tbody', {}, [...r.predictors, ...(r.ceiling ? [{ ...r.ceiling, name: 'ceiling (measured twice)' }] : [])].map((p) =>
+          el('tr', { dataset: { predictor: p.name } }, el('td', {}, p.name), el('td', { class: 'num' }, fmt(p.n)),
+            el('td', { class: 'num' }, pct(p.rmspe)), el('td', { class: 'num' }, pct(p.mean_error)),
+            el('td', { class: 'num' }, pct(p.within_5)), el('td', { class: 'num' }, pct(p.within_10)),
+            el('td', { class: 'num' }, p.spearman == null ? '–' : p.spearman.toFixed(3))))));
+      return { div, r, wrap: el('div', { class: 'panel' }, el('h3', {}, r.device), candidates, div) };
     });
     this.accuracy.replaceChildren(el('table', { class: 'grid', id: 'accuracy-table' }, el('thead', {}, head), el('tbody', {}, rows)),
       ...plots.map((p) => p.wrap));
