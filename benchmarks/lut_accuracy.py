@@ -1,161 +1,184 @@
-"""How well do latency tables predict whole subnets? RMSE, RMSPE and the shares within +-5/10/15%.
+"""How well does each latency predictor match whole subnets, next to how well the measurement matches
+itself? RMSE, RMSPE, mean error, the shares within +-5/10/15%, Spearman's rho, per predictor.
 
 For each device measurable on this host (`host-cpu-torch`: PyTorch eager; `host-cpu-onnxruntime`:
-ONNX Runtime; both one thread) and each space at options small enough for this machine:
+ONNX Runtime; one thread, thread clock by default) and each space setup:
 
-1. `--calibration` random subnets and `--subnets` other random subnets (seeded, distinct) are drawn;
-2. every block they contain is measured in isolation with the device's backend, as a farm agent
-   would (`build_block`, `--warmup` untimed and `--repeats` timed runs);
-3. every subnet is built with `space.build` and measured end to end with the same backend;
-4. the held-out subnets are predicted (a) by the plain sum of their blocks' entries and (b) by the sum
-   corrected with the device's subnet calibration (`latency_lut.calibration`), fitted on the
-   calibration subnets only.
+1. `--train` subnets are chosen as a farm's are (`latency_lut.sampling.choose_subnets`: the first half
+   spread over the space, the second half where the learned predictors fitted on the first half
+   disagree most) and `--test` random subnets are drawn apart from them (held out: never fitted on);
+2. every block they contain is timed the three ways a farm times it (alone, right after its
+   predecessor, and the runtime's call overhead), `--block-warmup` / `--block-repeats` runs each;
+3. the training subnets are measured end to end once and the test subnets twice (a full pass over
+   all of them, then a second pass), `--warmup` / `--repeats` runs each, with the same backend;
+4. `select_predictor` fits every candidate on the training subnets and picks the service's default;
+   every candidate then predicts the test subnets, judged against their first measurement, and the
+   second measurement is judged the same way: the *ceiling*.
 
-Prints one markdown table row per (device, space, predictor); `--json` also writes the raw pairs.
+Both sides use the same statistic of their samples (`--statistic`, p10 by default, as the service).
+Prints one markdown row per (device, setup, predictor) with the load average; `--json` writes every
+pair. About 90 minutes for the defaults on 2 cores; `--setups small` takes a few minutes.
 
-    python benchmarks/lut_accuracy.py                                  # all (about 15 minutes)
-    python benchmarks/lut_accuracy.py --devices host-cpu-onnxruntime --spaces efficientformerv2
+    python benchmarks/lut_accuracy.py
+    python benchmarks/lut_accuracy.py --devices host-cpu-onnxruntime --setups effv2-224 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from latency_lut import device_backend, needed_blocks, predict
+from latency_lut import (
+    MeasuredSubnet,
+    MemoryLatencyTable,
+    TableView,
+    device_backend,
+    measure_missing,
+    select_predictor,
+)
 from latency_lut.accuracy import AccuracyReport, accuracy_report
-from latency_lut.calibration import CalibrationPoint, fit_calibration
-from latency_lut.validate import SubnetMeasurement, measure_subnet, sample_configs
-from search_spaces import SearchSpace, get_space, list_spaces
+from latency_lut.measure import DEFAULT_TIMINGS
+from latency_lut.predictors import STATISTICS, sample_statistic
+from latency_lut.sampling import choose_subnets
+from latency_lut.validate import measure_subnet, sample_configs
+from search_spaces import SearchSpace, get_space
 
 DEVICES = ("host-cpu-torch", "host-cpu-onnxruntime")
-#: Statistics of samples a prediction can be made on: percentile of each block's and subnet's samples.
-STATISTICS = {"median": 50, "p10": 10, "min": 0}
 
 
 @dataclass(frozen=True)
-class SpaceSetup:
+class Setup:
     space: str
     options: dict[str, Any]
+    label: str
 
 
 SETUPS = {
-    "efficientformerv2": SpaceSetup("efficientformerv2", {"resolution": 64, "num_classes": 10}),
-    "unet": SpaceSetup(
-        "unet", {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32}
+    "effv2-224": Setup("efficientformerv2", {"resolution": 224, "num_classes": 1000}, "224 px, 1000 classes"),
+    "unet-32": Setup("unet", {"latent_size": 32, "width_scale": 0.25}, "latent 32, width 0.25"),
+    "temporal-16": Setup(
+        "temporal", {"latent_size": 16, "width_scale": 0.25, "frames": 8}, "latent 16, width 0.25, 8 frames"
     ),
-    "temporal": SpaceSetup(
-        "temporal",
-        {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32, "frames": 4},
-    ),
+    "small": Setup("efficientformerv2", {"resolution": 32, "num_classes": 10}, "32 px (the tests' size)"),
 }
+DEFAULT_SETUPS = ("effv2-224", "unet-32", "temporal-16", "small")
 
 
-def _row(device: str, setup: SpaceSetup, predictor: str, report: AccuracyReport, seconds: float) -> str:
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:.1f}%"
-
-    options = ",".join(f"{k}={v}" for k, v in setup.options.items() if k in ("resolution", "latent_size"))
-    return (
-        f"| {device} | {setup.space} ({options}) | {predictor} | {report.n} | {report.rmse_ms:.3f} | "
-        f"{pct(report.rmspe)} | {pct(report.mean_error)} | {pct(report.within_5)} | "
-        f"{pct(report.within_10)} | {pct(report.within_15)} | {seconds:.0f} |"
-    )
+def load() -> float:
+    return os.getloadavg()[0]
 
 
-def run_one(device: str, space: SearchSpace, args: argparse.Namespace) -> dict[str, Any]:
-    """Measure blocks and subnets of one (device, space); returns the predictions and timings."""
-    backend = device_backend(device, threads=args.threads, clock=args.clock)
-    calibration_configs = sample_configs(space, args.calibration, seed=args.seed)
-    test_configs = sample_configs(
-        space,
-        args.subnets,
-        seed=args.seed + 1,
-        exclude=[space.config_id(c) for c in calibration_configs],
-    )
+def _log(message: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')} load {load():.1f}] {message}", file=sys.stderr, flush=True)
+
+
+def _measure_all(
+    space: SearchSpace, configs: Sequence[dict[str, Any]], backend: Any, args: argparse.Namespace
+) -> list[Any]:
+    return [
+        measure_subnet(space, config, backend, warmup=args.warmup, repeats=args.repeats) for config in configs
+    ]
+
+
+def run_one(device: str, setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one (device, setup) and judge every predictor; returns the rows' data."""
+    space = get_space(setup.space, **setup.options)
+    backend = device_backend(device, threads=1, clock=args.clock)
     started = time.perf_counter()
-    # Every block once, as a farm agent would; all samples kept so any statistic can be compared.
-    block_samples: dict[str, list[float]] = {}
-    for spec in needed_blocks(space, calibration_configs + test_configs):
-        module, inputs = space.build_block(spec)
-        block_samples[spec.key] = backend.measure(module, inputs, warmup=args.warmup, repeats=args.repeats)
-    seconds = time.perf_counter() - started
-    print(f"  {device} {space.name}: {len(block_samples)} blocks in {seconds:.0f}s", file=sys.stderr)
+    loads = [load()]
+    table = MemoryLatencyTable()
 
-    def measure(configs: list[dict[str, Any]]) -> list[SubnetMeasurement]:
-        return [measure_subnet(space, c, backend, warmup=args.warmup, repeats=args.repeats) for c in configs]
-
-    # Calibration and test subnets are measured interleaved, so that a change of the host's load
-    # during the run affects both alike.
-    order = np.random.default_rng(args.seed).permutation(len(calibration_configs) + len(test_configs))
-    everything = calibration_configs + test_configs
-    runs = dict(zip(order.tolist(), measure([everything[i] for i in order]), strict=True))
-    calibration_runs = [runs[i] for i in range(len(calibration_configs))]
-    test_runs = [runs[i] for i in range(len(calibration_configs), len(everything))]
-    results: dict[str, Any] = {
-        "device": device,
-        "space": space.name,
-        "options": dict(space.options),
-        "blocks_measured": len(block_samples),
-        "seconds": time.perf_counter() - started,
-        "statistics": {},
-    }
-    for statistic in args.statistics:
-        results["statistics"][statistic] = _predictions(
-            space, device, block_samples, calibration_runs, test_runs, statistic
+    def fill(configs: Sequence[dict[str, Any]]) -> None:
+        report = measure_missing(
+            space,
+            device,
+            table,
+            configs=configs,
+            backend=backend,
+            warmup=args.block_warmup,
+            repeats=args.block_repeats,
+            timings=DEFAULT_TIMINGS,
         )
-    return results
+        _log(f"{device} {setup.space}: {report.measured} entries timed in {report.seconds:.0f}s")
 
+    def view() -> TableView:
+        return TableView.from_entries(device, table.entries(device), args.statistic)
 
-def _statistic(samples: Any, statistic: str) -> float:
-    return float(np.percentile(np.asarray(samples, dtype=np.float64), STATISTICS[statistic]))
+    def subnets(runs: Sequence[Any]) -> list[MeasuredSubnet]:
+        return [
+            MeasuredSubnet(space.blocks(r.config), sample_statistic(r.samples_ms, args.statistic))
+            for r in runs
+        ]
 
-
-def _predictions(
-    space: SearchSpace,
-    device: str,
-    block_samples: dict[str, list[float]],
-    calibration_runs: list[SubnetMeasurement],
-    test_runs: list[SubnetMeasurement],
-    statistic: str,
-) -> dict[str, Any]:
-    """Block sums and calibrated predictions of the test subnets, both sides on `statistic`."""
-    entries = {key: _statistic(samples, statistic) for key, samples in block_samples.items()}
-
-    def point(run: SubnetMeasurement, role: str) -> dict[str, Any]:
-        blocks = space.blocks(run.config)
-        return {
-            "role": role,
-            "config_id": run.config_id,
-            "n_blocks": run.n_blocks,
-            "params": sum(spec.params for spec in blocks),
-            "measured_ms": _statistic(run.samples_ms, statistic),
-            "block_sum_ms": predict(entries, device, blocks).total_ms,
+    # Training subnets in two rounds, as a farm asks for them: spread first, then where fits disagree.
+    pool = sample_configs(space, 20 * args.train, seed=args.seed)
+    first_half = [pool[i] for i, _ in choose_subnets(space, pool, args.train // 2, {})]
+    fill(first_half)
+    train_runs = _measure_all(space, first_half, backend, args)
+    loads.append(load())
+    early = select_predictor(view(), subnets(train_runs))
+    rest = [c for c in pool if c not in first_half]
+    second_half = [
+        rest[i] for i, _ in choose_subnets(space, rest, args.train - len(first_half), early.predictors)
+    ]
+    fill(second_half)
+    train_runs += _measure_all(space, second_half, backend, args)
+    train = first_half + second_half
+    test = sample_configs(space, args.test, seed=args.seed + 1, exclude=[space.config_id(c) for c in train])
+    fill(test)
+    loads.append(load())
+    first = _measure_all(space, test, backend, args)
+    loads.append(load())
+    second = _measure_all(space, test, backend, args)
+    loads.append(load())
+    selection = select_predictor(view(), subnets(train_runs))
+    measured = [sample_statistic(r.samples_ms, args.statistic) for r in first]
+    again = [sample_statistic(r.samples_ms, args.statistic) for r in second]
+    rows: dict[str, Any] = {}
+    for name, predictor in selection.predictors.items():
+        predicted = [predictor.predict(space.blocks(r.config)).total_ms for r in first]
+        rows[name] = {
+            "predicted": predicted,
+            "report": accuracy_report(zip(predicted, measured, strict=True)),
         }
-
-    calibration_points = [point(r, "calibration") for r in calibration_runs]
-    calibration = fit_calibration(
-        [CalibrationPoint(p["block_sum_ms"], p["n_blocks"], p["measured_ms"]) for p in calibration_points]
-    )
-    pairs = []
-    for run in test_runs:
-        pair = point(run, "test")
-        raw = pair["block_sum_ms"]
-        pair["calibrated_ms"] = calibration.apply(raw, run.n_blocks) if calibration is not None else raw
-        pairs.append(pair)
     return {
-        "calibration": None if calibration is None else calibration.to_dict(),
-        "calibration_points": calibration_points,
-        "pairs": pairs,
+        "device": device,
+        "setup": setup,
+        "selected": selection.predictor.label,
+        "rows": rows,
+        "ceiling": accuracy_report(zip(again, measured, strict=True)),
+        "measured": measured,
+        "again": again,
+        "train": len(train_runs),
+        "entries": len(table.entries(device)),
+        "seconds": time.perf_counter() - started,
+        "load": (min(loads), max(loads)),
     }
+
+
+def _row(result: dict[str, Any], name: str, report: AccuracyReport) -> str:
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.0f}%"
+
+    setup: Setup = result["setup"]
+    chosen = " **(default)**" if name == result["selected"] else ""
+    rho = "-" if report.spearman is None else f"{report.spearman:.3f}"
+    lo, hi = result["load"]
+    return (
+        f"| {result['device']} | {setup.space} ({setup.label}) | {name}{chosen} | {report.n} | "
+        f"{report.rmse_ms:.2f} | {pct(report.rmspe)} | {100 * (report.mean_error or 0):+.1f}% | "
+        f"{pct(report.within_5)} | {pct(report.within_10)} | {pct(report.within_15)} | {rho} | "
+        f"{lo:.1f}-{hi:.1f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,45 +186,55 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--devices", nargs="+", default=list(DEVICES), choices=DEVICES)
-    parser.add_argument("--spaces", nargs="+", default=[s for s in SETUPS if s in list_spaces()])
-    parser.add_argument("--subnets", type=int, default=50, help="held-out subnets per (device, space)")
-    parser.add_argument("--calibration", type=int, default=16, help="calibration subnets per (device, space)")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", default="thread", choices=["wall", "thread"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--setups", nargs="+", default=list(DEFAULT_SETUPS), choices=sorted(SETUPS))
     parser.add_argument(
-        "--statistics",
-        nargs="+",
-        default=["median", "p10", "min"],
-        choices=sorted(STATISTICS),
-        help="per-block and per-subnet statistic compared (both sides alike)",
+        "--train", type=int, default=80, help="measured subnets the learned predictors fit on"
     )
-    parser.add_argument("--json", type=Path, help="write every pair and calibration here")
+    parser.add_argument("--test", type=int, default=50, help="held-out subnets, measured twice")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per subnet measurement")
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per subnet measurement")
+    parser.add_argument("--block-warmup", type=int, default=3)
+    parser.add_argument("--block-repeats", type=int, default=11)
+    parser.add_argument("--clock", default="thread", choices=["wall", "thread"])
+    parser.add_argument("--statistic", default="p10", choices=STATISTICS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write every prediction and measurement here")
     args = parser.parse_args(argv)
-    unknown = [s for s in args.spaces if s not in SETUPS]
-    if unknown:
-        parser.error(f"unknown spaces {unknown}; allowed: {sorted(SETUPS)}")
     torch.manual_seed(args.seed)
-    results = []
+    torch.set_num_threads(1)
     lines = [
-        "| device | space | predictor | subnets | RMSE ms | RMSPE | mean error | ±5% | ±10% | ±15% | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| device | space | predictor | held-out subnets | RMSE ms | RMSPE | mean error | ±5% | ±10% | ±15% "
+        "| Spearman | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    dump = []
     for device in args.devices:
-        for name in args.spaces:
-            setup = SETUPS[name]
-            result = run_one(device, get_space(setup.space, **setup.options), args)
-            results.append(result)
-            for statistic, data in result["statistics"].items():
-                for predictor, column in (("block sum", "block_sum_ms"), ("calibrated", "calibrated_ms")):
-                    report = accuracy_report((p[column], p["measured_ms"]) for p in data["pairs"])
-                    lines.append(_row(device, setup, f"{predictor} ({statistic})", report, result["seconds"]))
-                    print(lines[-1], file=sys.stderr)
+        for name in args.setups:
+            result = run_one(device, SETUPS[name], args)
+            for predictor, data in result["rows"].items():
+                lines.append(_row(result, predictor, data["report"]))
+                print(lines[-1], file=sys.stderr, flush=True)
+            lines.append(_row(result, "ceiling: measured again", result["ceiling"]))
+            print(lines[-1], file=sys.stderr, flush=True)
+            _log(
+                f"{device} {name}: {result['seconds']:.0f}s, {result['entries']} entries, {result['train']} train"
+            )
+            dump.append(
+                {
+                    "device": device,
+                    "setup": name,
+                    "selected": result["selected"],
+                    "measured": result["measured"],
+                    "again": result["again"],
+                    "predicted": {k: v["predicted"] for k, v in result["rows"].items()},
+                    "seconds": result["seconds"],
+                    "load": result["load"],
+                }
+            )
+            if args.json is not None:  # after each setup: a long run keeps what it measured
+                args.json.write_text(json.dumps(dump, indent=1))
+    print(f"statistic {args.statistic}, clock {args.clock}; error = (predicted - measured) / measured")
     print("\n".join(lines))
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
