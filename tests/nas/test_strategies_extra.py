@@ -148,3 +148,13 @@ def test_default_strategy_per_space_is_registered() -> None:
     for space in list_spaces():
         assert default_strategy(space) in list_strategies()
     assert set(DEFAULT_STRATEGY) <= set(list_spaces())
+
+
+def test_a_spec_without_a_strategy_gets_its_spaces_default() -> None:
+    from nas import SearchSpec
+    from nas.strategies import default_strategy
+    from search_spaces import list_spaces
+
+    for space in list_spaces():
+        assert SearchSpec(space=space, objectives=["params"]).strategy == default_strategy(space)
+    assert SearchSpec(space="unet", objectives=["params"], strategy="random").strategy == "random"
