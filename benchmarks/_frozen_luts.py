@@ -21,8 +21,7 @@ from pathlib import Path
 
 from latency_lut import MemoryLatencyTable, measure_missing
 from latency_lut.io import export_table, import_table
-from search_spaces import SearchSpace, get_space
-from search_spaces._counting import block_mac_count
+from search_spaces import SearchSpace, count_macs, get_space
 
 LUT_DIR = Path(__file__).parent / "results" / "search_quality" / "luts"
 WARMUP, REPEATS = 2, 5
@@ -70,7 +69,7 @@ def frozen_macs(space: SearchSpace) -> dict[str, int]:
     if missing:
         start = time.perf_counter()
         for spec in missing:
-            macs[spec.key] = block_mac_count(space.name, spec, space.build_block).macs
+            macs[spec.key] = count_macs(*space.build_block(spec))
         print(f"counted MACs of {len(missing)} blocks of {space.name} in {time.perf_counter() - start:.0f} s")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dict(sorted(macs.items())), indent=0))

@@ -29,7 +29,7 @@ evaluations for the mean curve to reach plain Optuna NSGA-II's mean final value,
 per run), a goal table for `--default`, curves as CSV and PNG, and the optimizer's milliseconds per
 ask at 100 and 1,000 trials for every registered sampling strategy, with the load average.
 
-    python benchmarks/search_quality.py            # 3 spaces x 4 families x 5 seeds x 300 evaluations
+    python benchmarks/search_quality.py            # 3 spaces x 4 families x 3 seeds x 300 evaluations
     python benchmarks/search_quality.py --quick    # smoke run: 1 seed x 40 evaluations, no timing
 """
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES)
     parser.add_argument("--default", default="tpe-evolution", help="the strategy the goal table judges")
-    parser.add_argument("--seeds", type=int, help="default 5 (--quick: 1)")
+    parser.add_argument("--seeds", type=int, help="default 3 (--quick: 1)")
     parser.add_argument("--evals", type=int, help="default 300 (--quick: 40)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--every", type=int, default=10)
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "--report", action="store_true", help="print the tables of every summary*.json in --out; run nothing"
     )
     args = parser.parse_args(argv)
-    for name, full, quick in (("seeds", 5, 1), ("evals", 300, 40), ("timing_trials", 1000, 0)):
+    for name, full, quick in (("seeds", 3, 1), ("evals", 300, 40), ("timing_trials", 1000, 0)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     if args.report:
