@@ -134,11 +134,11 @@ class SubnetEvaluator:
             return "; ".join(errors)
         wanted = {o.name for o in self.objectives}
         if "macs" in wanted:
-            counts = self.space.count(canonical)
-            values["macs"] = float(counts["macs"])
-            if "params" in wanted:
-                values["params"] = float(counts["params"])
-        elif "params" in wanted:
+            mac_count = self.space.mac_count(canonical)
+            values["macs"] = float(mac_count.macs)
+            if mac_count.uncounted:
+                metrics["macs_uncounted_ops"] = mac_count.uncounted
+        if "params" in wanted:
             values["params"] = float(sum(spec.params for spec in blocks))
         for name in self.proxies:
             assert self.proxy_context is not None

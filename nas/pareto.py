@@ -7,10 +7,14 @@ Conventions shared by every function here:
 - the hypervolume is the measure of the region dominated by the points and bounded by the reference
   point `ref`; points that are not strictly better than `ref` in every objective add nothing.
 
-The runner reports the hypervolume of *normalised* points (see `Normalizer`: 0 at the lower anchor,
-1 at the upper anchor, per objective) against the reference point 1.1 in every dimension, so values
-are comparable across objectives of different units: a front with no point better than 1.1 in every
-normalised objective scores 0, a single point at the lower anchor in every objective scores 1.1 ** d.
+The runner, the dashboard and the benchmarks report one figure, `normalized_hypervolume`: the
+hypervolume of the points mapped by a `Normalizer` (0 at the lower bound, 1 at the upper bound, per
+objective, values below the lower bound clipped to 0) against the reference point `HV_REFERENCE` =
+1.1 in every dimension. It therefore lies in [0, 1.1 ** d] whatever the points: 0 for a front with
+no point better than 1.1 in every normalised objective, 1.1 ** d for a point at (or beyond) the lower
+bound in every objective. With the same bounds (the runner takes them from the space's smallest and
+largest subnets, which depend only on the space, its options, the objectives and the LUTs) the
+figures of two searches are comparable; see `Normalizer` for what clipping costs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Normalizer", "ParetoFront", "dominates", "hypervolume", "non_dominated"]
+__all__ = [
+    "HV_REFERENCE",
+    "Normalizer",
+    "ParetoFront",
+    "dominates",
+    "hypervolume",
+    "non_dominated",
+    "normalized_hypervolume",
+]
+
+#: Reference point of every reported hypervolume, per normalised objective.
+HV_REFERENCE = 1.1
 
 
 def _as_points(points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
@@ -189,12 +204,16 @@ class ParetoFront:
 
 
 class Normalizer:
-    """Per-objective affine map of minimised values onto the span of two anchors.
+    """Per-objective affine map of minimised values onto the span of two bounds, clipped below at 0.
 
     `lo` and `hi` are the per-objective bounds (the runner takes them from the space's smallest and
-    largest subnets). A value `v` maps to `(v - lo) / (hi - lo)`, and to 1 in a dimension where
-    `hi == lo` (no span to scale by). Values outside `[lo, hi]` map outside `[0, 1]`; against the
-    reference point 1.1, values above 1.1 then contribute nothing to the hypervolume.
+    largest subnets). A value `v` maps to `max(0, (v - lo) / (hi - lo))`, and to 1 in a dimension
+    where `hi == lo` (no span to scale by). Values above `hi` map above 1 (beyond the reference
+    point 1.1 they add nothing to the hypervolume). Values below `lo` are clipped to 0: the bounds are
+    fixed, so hypervolumes under the same bounds stay comparable and never exceed 1.1 ** d, at the
+    price that two points both beyond `lo` in an objective tie there (clipping is monotone, so a
+    point that dominates another never scores less). Bounds that truly bound the objectives lose
+    nothing to it, which is why MACs count every attention matmul (`search_spaces._counting`).
     """
 
     def __init__(self, lo: Sequence[float], hi: Sequence[float]):
@@ -221,9 +240,20 @@ class Normalizer:
             raise ValueError(f"points have {array.shape[1]} objectives, the bounds {len(self.lo)}")
         span = self.hi - self.lo
         flat = span == 0
-        out = (array - self.lo) / np.where(flat, 1.0, span)
+        out = np.maximum((array - self.lo) / np.where(flat, 1.0, span), 0.0)
         out[:, flat] = 1.0
         return out
+
+
+def normalized_hypervolume(
+    points: np.ndarray | Sequence[Sequence[float]], normalizer: Normalizer, ref: float = HV_REFERENCE
+) -> float:
+    """The reported hypervolume: `points` (minimisation form) mapped by `normalizer`, against `ref` in
+    every objective; in [0, ref ** d] (0 for no points)."""
+    array = _as_points(points) if len(points) else np.zeros((0, len(normalizer.lo)))
+    if len(array) == 0:
+        return 0.0
+    return hypervolume(normalizer(array), [ref] * array.shape[1])
 
 
 def hypervolume(points: np.ndarray | Sequence[Sequence[float]], ref: Sequence[float]) -> float:

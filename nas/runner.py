@@ -12,10 +12,13 @@ goes on. A store or callback that raises `RunAbandoned` (the service's scheduler
 search) ends the run at once without recording anything more.
 
 Infeasible trials (a constraint violated) are stored with `feasible=False` and never join the front.
-The reported hypervolume is that of the front in minimisation form, normalised per objective by the
-space's smallest and largest subnets (evaluated once in-process, not stored) with reference point 1.1
-(see `nas.pareto`); if either anchor cannot be evaluated, the bounds are the per-objective minimum and
-maximum over the complete trials seen so far.
+The reported hypervolume is `nas.pareto.normalized_hypervolume` of the front: normalised per
+objective by the space's smallest and largest subnets (evaluated once in-process, not stored), values
+below those bounds clipped, reference point 1.1, so it lies in [0, 1.1 ** d] and searches of one space
+and objectives compare. Each trial is stored with the hypervolume after it (`metrics["hypervolume"]`),
+which the dashboard plots, so its curve ends at the search's figure. If either anchor cannot be
+evaluated, the bounds are the per-objective minimum and maximum over the complete trials seen so far
+(nothing to clip; they move as trials arrive, so no per-trial figure is stored then).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ray.exceptions import RayActorError, RayError
 from nas._trial import Trial, TrialState
 from nas.evaluate import EvalOutcome, LatencySource, SubnetEvaluator
 from nas.objectives import Objective
-from nas.pareto import Normalizer, ParetoFront, hypervolume
+from nas.pareto import HV_REFERENCE, Normalizer, ParetoFront, normalized_hypervolume
 from nas.proxies import DEFAULT_SUPERNET_DIR
 from nas.spec import ResolvedSpec
 from nas.strategies import make_strategy
@@ -44,9 +47,6 @@ from nas.trial_store import TrialStore
 from search_spaces import Config, config_id
 
 logger = logging.getLogger(__name__)
-
-#: Reference point of the reported hypervolume, per normalised objective (see `nas.pareto`).
-HV_REFERENCE = 1.1
 
 #: Default re-runs of a config whose evaluation worker died, before its trial is recorded failed.
 EVALUATION_RETRIES = 2
@@ -475,13 +475,16 @@ class Runner:
                 metrics=outcome.metrics,
                 duration_s=outcome.duration_s,
             )
+        joined = self._observe(trial)
+        self._hypervolume = self._compute_hypervolume()
+        if self._normalizer is not None and len(self.objectives) <= 3:
+            # The curve the dashboard plots (0 while no trial is on the front).
+            trial.metrics["hypervolume"] = self._hypervolume or 0.0
         self.store.add(self.search_id, trial)
         self._next_number += 1
-        joined = self._observe(trial)
         self.strategy.tell([trial])
         if joined:
             self.store.set_pareto(self.search_id, self.front.members)
-        self._hypervolume = self._compute_hypervolume()
         if trial.state == TrialState.FAILED:
             logger.debug("search %s: trial %d failed: %s", self.search_id, number, trial.error)
         every = max(1, self.budget.trials // 20)
@@ -531,8 +534,7 @@ class Runner:
         if len(self.front) == 0 or len(self.objectives) > 3:
             return None
         normalizer = self._normalizer or Normalizer(self._seen_lo, self._seen_hi)
-        points = normalizer(self.front.points)
-        return hypervolume(points, [HV_REFERENCE] * len(self.objectives))
+        return normalized_hypervolume(self.front.points, normalizer, HV_REFERENCE)
 
     def _elapsed(self) -> float:
         return self.elapsed_before_s + (time.monotonic() - self._start)

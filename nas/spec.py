@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nas.objectives import Constraint, Objective, SpecError, parse_constraint, parse_objective
 from nas.proxies import DEFAULT_SUPERNET_DIR, available_proxies, default_proxy
-from nas.strategies import strategy_class
+from nas.strategies import default_strategy, strategy_class
 from search_spaces import SearchSpace, SpaceError, get_space
 
 MAX_TRIALS = 100_000
@@ -40,11 +40,20 @@ class SearchSpec(BaseModel):
     space_options: dict[str, Any] = Field(default_factory=dict)
     objectives: list[str] = Field(..., min_length=1, max_length=3)
     constraints: list[str] = Field(default_factory=list, max_length=16)
-    #: TPE had the highest final hypervolume on every space (benchmarks/search_quality.py).
-    strategy: str = "tpe"
+    strategy: str = Field(
+        "",
+        description="registered strategy; omitted: the space's measured default "
+        "(nas.strategies.DEFAULT_STRATEGY, chosen by benchmarks/search_quality.py)",
+    )
     strategy_params: dict[str, Any] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _space_default_strategy(self) -> SearchSpec:
+        if not self.strategy:
+            self.strategy = default_strategy(self.space)
+        return self
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from search_spaces._blocks import BlockSpec
-from search_spaces._counting import block_macs
+from search_spaces._counting import MacCount, block_mac_count
 from search_spaces.errors import FieldError
 
 Config = dict[str, Any]
@@ -352,13 +352,21 @@ class SearchSpace(abc.ABC):
         return out
 
     def count(self, config: Mapping[str, Any]) -> dict[str, int]:
-        """Parameters and MACs of a subnet, summed over its blocks (MACs counted by fvcore per block
-        and cached by block key, so pricing a new subnet costs only its unseen blocks)."""
+        """Parameters and MACs of a subnet, summed over its blocks (MACs as `mac_count` counts them)."""
         specs = self.blocks(self.canonicalize(config))
         return {
             "params": sum(spec.params for spec in specs),
-            "macs": sum(block_macs(self.name, spec, self.build_block) for spec in specs),
+            "macs": sum(block_mac_count(self.name, spec, self.build_block).macs for spec in specs),
         }
+
+    def mac_count(self, config: Mapping[str, Any]) -> MacCount:
+        """MACs of a subnet (attention matmuls included; see `search_spaces._counting`), summed over
+        its blocks, with every operation fvcore skipped. Counted by fvcore per block and cached by
+        block key, so pricing a new subnet costs only its unseen blocks."""
+        total = MacCount(0)
+        for spec in self.blocks(self.canonicalize(config)):
+            total = total + block_mac_count(self.name, spec, self.build_block)
+        return total
 
     def describe(self) -> dict[str, Any]:
         """JSON description for the API: choices, options, reference configs, cardinality."""

@@ -9,6 +9,7 @@ from nas.strategies import (  # noqa: F401
     random_search,
     regularized_evolution,
     slimming,
+    tpe_evolution,
 )
 from nas.strategies._base import Strategy
 from nas.strategies.registry import (

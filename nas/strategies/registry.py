@@ -19,10 +19,14 @@ STRATEGIES: Registry[type[Strategy]] = Registry(
     "strategy", field="strategy", error=UnknownStrategyError, known="known strategies"
 )
 
-#: The strategy each space's searches should use, chosen from the numbers of
-#: `benchmarks/search_quality.py` (docs/benchmarks.md): the highest final hypervolume after 300
-#: evaluations over 5 seeds, and the fewest evaluations to reach plain Optuna NSGA-II's final value.
-DEFAULT_STRATEGY: dict[str, str] = {"efficientformerv2": "tpe", "unet": "tpe", "temporal": "tpe"}
+#: The strategy each space's searches use when a spec names none, chosen by
+#: `benchmarks/search_quality.py` over four problem families per space (docs/benchmarks.md, "Search
+#: quality"): against plain Optuna TPE, Optuna NSGA-II and pymoo NSGA-II.
+DEFAULT_STRATEGY: dict[str, str] = {
+    "efficientformerv2": "tpe-evolution",
+    "unet": "tpe-evolution",
+    "temporal": "tpe-evolution",
+}
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
@@ -40,8 +44,8 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def default_strategy(space_name: str) -> str:
-    """The measured best strategy for `space_name`; `tpe` (best on every measured space) otherwise."""
-    return DEFAULT_STRATEGY.get(space_name, "tpe")
+    """The measured default strategy of `space_name`; `tpe-evolution` for a space not measured."""
+    return DEFAULT_STRATEGY.get(space_name, "tpe-evolution")
 
 
 def make_strategy(

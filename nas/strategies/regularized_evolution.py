@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +144,11 @@ class EvolutionStrategy(Strategy):
             field="constraints",
             allowed=f"bounds the space can meet, e.g. near {shown}",
         )
+
+    def exclude(self, config_ids: Iterable[str]) -> None:
+        """Never propose these configs (asked by another strategy that shares the search, see
+        `tpe_evolution`): they count as seen, without values."""
+        self._seen.update(config_ids)
 
     # ------------------------------------------------------------------ tell
     def tell(self, trials: Sequence[Trial]) -> None:

@@ -6,7 +6,8 @@ array per objective) and extended incrementally as the search appends trials. Fr
 - `plot_points`: the Pareto front *in the objectives the user picked* (every member), plus a
   stratified sample of the other trials (one per cell of a grid over the plotted range, so outliers and
   sparse regions survive thinning, topped up at random);
-- `hypervolume_curve`: the hypervolume after each of up to `max_points` evaluation counts;
+- `hypervolume_curve`: the hypervolume after each of up to `max_points` evaluation counts, as the
+  runner recorded it with each trial (so it ends at the search's own figure);
 - `sort_numbers`: trial numbers ordered by any column, for the sortable table;
 - `structure`: a config grouped stage by stage for the subnet drawing.
 
@@ -28,8 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from nas.objectives import objective_direction
-from nas.pareto import Normalizer, hypervolume, non_dominated
-from nas.runner import HV_REFERENCE
+from nas.pareto import HV_REFERENCE, Normalizer, non_dominated, normalized_hypervolume
 from search_spaces import SpaceError
 from services.core.db import TrialRow
 
@@ -53,6 +53,8 @@ class TrialColumns:
     complete: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     feasible: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The search's hypervolume after each trial, as the runner stored it (NaN where it did not).
+    hypervolume: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=float))
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -76,6 +78,8 @@ class TrialColumns:
         self.complete = np.concatenate([self.complete, np.asarray(done, dtype=bool)])
         feasible = [bool(row["feasible"]) for row in rows]
         self.feasible = np.concatenate([self.feasible, np.asarray(feasible, dtype=bool)])
+        recorded = [math.nan if row.get("hypervolume") is None else float(row["hypervolume"]) for row in rows]
+        self.hypervolume = np.concatenate([self.hypervolume, np.asarray(recorded, dtype=float)])
 
 
 class TrialColumnsCache:
@@ -106,7 +110,13 @@ class TrialColumnsCache:
 
     def _read(self, search_id: str, *, after: int) -> list[Mapping[str, Any]]:
         query = (
-            sa.select(_T.c.number, _T.c.state, _T.c["values"], _T.c.feasible)
+            sa.select(
+                _T.c.number,
+                _T.c.state,
+                _T.c["values"],
+                _T.c.feasible,
+                _T.c.metrics["hypervolume"].as_float().label("hypervolume"),
+            )
             .where(_T.c.search_id == search_id, _T.c.number > after)
             .order_by(_T.c.number)
         )
@@ -235,31 +245,42 @@ def _stratified_sample(points: np.ndarray, index: np.ndarray, budget: int, seed:
 def hypervolume_curve(columns: TrialColumns, names: Sequence[str], *, max_points: int) -> dict[str, Any]:
     """Hypervolume of the feasible front after 1..n evaluations (at most `max_points` of them).
 
-    Points are normalised by the per-objective minimum and maximum over all complete trials (the
-    runner's live figure uses the space's smallest and largest subnets instead, so the two scales
-    differ) against the reference point `HV_REFERENCE` in each dimension.
+    `normalized_by: "anchors"`: every trial carries the hypervolume the runner computed after it
+    (`nas.pareto.normalized_hypervolume` with the bounds of the space's smallest and largest
+    subnets), and the curve is those figures, so it ends at the search's own (`live_hypervolume`).
+    `normalized_by: "observed"`: some trial lacks one (the runner could not evaluate its anchors, or
+    the trials predate the figure); then the same function runs here with the per-objective minimum
+    and maximum over all complete trials as bounds, as the runner does in that case.
     """
     empty = {"evaluations": [], "hypervolume": [], "reference": HV_REFERENCE, "normalized_by": "observed"}
     if not 1 <= len(names) <= 3 or not len(columns):
         return {**empty, "reason": "hypervolume is computed for 1 to 3 objectives" if len(columns) else ""}
+    n = len(columns)
+    stops = np.unique(np.linspace(1, n, num=min(n, max_points)).round().astype(np.int64))
+    if np.isfinite(columns.hypervolume).all():
+        curve = columns.hypervolume[stops - 1].tolist()
+        return {
+            **empty,
+            "evaluations": stops.tolist(),
+            "hypervolume": curve,
+            "normalized_by": "anchors",
+            "reason": "",
+        }
     points = _min_form(columns, names)
     valid = columns.complete & np.all(np.isfinite(points), axis=1)
     if not valid.any():
         return {**empty, "reason": "no complete trial yet"}
-    normalized = Normalizer.from_points(points[valid])(np.where(valid[:, None], points, 0.0))
+    normalizer = Normalizer.from_points(points[valid])
     usable = valid & columns.feasible
-    n = len(columns)
-    stops = np.unique(np.linspace(1, n, num=min(n, max_points)).round().astype(np.int64))
     front = np.zeros((0, len(names)))
     start = 0
     curve = []
-    ref = [HV_REFERENCE] * len(names)
     for stop in stops.tolist():
-        chunk = normalized[start:stop][usable[start:stop]]
+        chunk = points[start:stop][usable[start:stop]]
         if len(chunk):
             merged = np.vstack([front, chunk])
             front = merged[non_dominated(merged)]
-        curve.append(hypervolume(front, ref) if len(front) else 0.0)
+        curve.append(normalized_hypervolume(front, normalizer))
         start = stop
     return {**empty, "evaluations": stops.tolist(), "hypervolume": curve, "reason": ""}
 

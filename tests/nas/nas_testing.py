@@ -201,6 +201,7 @@ SMALL_STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "nsga3": {"population_size": 4},
     "tpe": {"n_startup_trials": 4},
     "evolution": {"population_size": 4},
+    "tpe-evolution": {"switch_after": 8, "n_startup_trials": 4, "population_size": 4},
     "evolving": {"quality": "params", "target_ms": 1.6},
     "slimming": {"quality": "params"},
 }

@@ -35,7 +35,7 @@ def test_params_alone_does_not_trace_with_fvcore(tiny_space: TinySpace, tiny_lut
         raise AssertionError("fvcore was called")
 
     monkeypatch.setattr(_counting, "_CACHE", {})
-    monkeypatch.setattr(_counting, "count_macs", no_tracing)
+    monkeypatch.setattr(_counting, "count_mac_details", no_tracing)
     assert evaluator(tiny_space, ["params", LATENCY], tiny_luts).evaluate(tiny_space.largest()).error is None
     outcome = evaluator(tiny_space, ["macs"], tiny_luts).evaluate(tiny_space.largest())
     assert outcome.error == "AssertionError: fvcore was called"

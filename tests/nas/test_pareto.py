@@ -7,7 +7,15 @@ import itertools
 import numpy as np
 import pytest
 
-from nas.pareto import Normalizer, ParetoFront, dominates, hypervolume, non_dominated
+from nas.pareto import (
+    HV_REFERENCE,
+    Normalizer,
+    ParetoFront,
+    dominates,
+    hypervolume,
+    non_dominated,
+    normalized_hypervolume,
+)
 
 
 def brute_non_dominated(points: np.ndarray) -> list[int]:
@@ -138,10 +146,29 @@ def test_normalizer() -> None:
     norm = Normalizer(lo=[10.0, 0.0, 5.0], hi=[20.0, 4.0, 5.0])
     out = norm([[10.0, 4.0, 5.0], [15.0, 1.0, 7.0], [30.0, -4.0, 3.0]])
     # A flat dimension (hi == lo) maps to 1 whatever the value.
-    assert out.tolist() == [[0.0, 1.0, 1.0], [0.5, 0.25, 1.0], [2.0, -1.0, 1.0]]
+    # Below the lower bound: clipped to 0; above the upper bound: kept (it adds nothing beyond 1.1).
+    assert out.tolist() == [[0.0, 1.0, 1.0], [0.5, 0.25, 1.0], [2.0, 0.0, 1.0]]
     fitted = Normalizer.from_points([[1.0, 8.0], [3.0, 4.0], [2.0, 6.0]])
     assert fitted.lo.tolist() == [1.0, 4.0] and fitted.hi.tolist() == [3.0, 8.0]
     with pytest.raises(ValueError, match="finite"):
         Normalizer([0.0], [np.inf])
     with pytest.raises(ValueError, match="2 objectives, the bounds 3"):
         norm([[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_normalized_hypervolume_stays_within_its_bounds_whatever_the_points(d: int) -> None:
+    """Bounds that do not bound the points (the temporal search that reported 2.377 > 1.21): the
+    figure still lies in [0, 1.1 ** d], and a front that dominates another never scores less."""
+    rng = np.random.default_rng(d)
+    normalizer = Normalizer(lo=np.zeros(d), hi=np.ones(d))
+    for _ in range(200):
+        points = rng.uniform(-5.0, 3.0, size=(int(rng.integers(1, 30)), d))
+        value = normalized_hypervolume(points, normalizer)
+        assert 0.0 <= value <= HV_REFERENCE**d + 1e-12
+        better = points - rng.uniform(0.0, 1.0, size=points.shape)
+        assert normalized_hypervolume(better, normalizer) >= value - 1e-12
+    assert normalized_hypervolume(np.full((1, d), -100.0), normalizer) == pytest.approx(HV_REFERENCE**d)
+    assert normalized_hypervolume(np.zeros((0, d)), normalizer) == 0.0
+    # Without clipping the same point would have scored (1.1 + 100) ** d.
+    assert hypervolume(np.full((1, d), -100.0), [HV_REFERENCE] * d) > HV_REFERENCE**d

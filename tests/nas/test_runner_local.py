@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from nas_testing import DEVICE, TinySpace, make_resolved, objectives
@@ -197,3 +199,44 @@ def test_running_a_runner_again_resumes_from_the_store(tiny_space: TinySpace, ti
     second = runner.run()
     assert (second.state, second.n_trials, second.front) == ("succeeded", 8, first.front)
     check_consistent(store, "s", resolved, second)
+
+
+def test_hypervolume_stays_within_bounds_where_the_anchors_do_not_bound(store) -> None:
+    """The temporal search that reported 2.377 (> 1.1 ** 2): latency against MACs maximised, where
+    subnets beyond the largest one's MACs exist (3-D convolutions at small widths out-count the
+    all-`st_attn` largest subnet). Clipped normalisation keeps every figure within [0, 1.21], the
+    stored per-trial figures end at the search's, and the curve never falls."""
+    from nas_testing import SMALL_OPTIONS, make_resolved, synthetic_lut
+
+    from search_spaces import get_space
+
+    space = get_space("temporal", **SMALL_OPTIONS["temporal"])
+    resolved = make_resolved(
+        space,
+        objectives=[f"latency:{DEVICE}", "proxy:macs"],
+        strategy="random",
+        budget={"trials": 24, "parallelism": 2},
+        seed=3,
+    )
+    # 3-D convolutions nearly free and spatio-temporal attention dear: the largest subnet (all
+    # `st_attn`) is the slowest, and conv3d subnets are as fast as the smallest with more MACs.
+    lut = synthetic_lut(space)
+    for key in lut:
+        if key.startswith("temporal.conv3d"):
+            lut[key] = 1e-6
+        elif key.startswith("temporal.st_attn"):
+            lut[key] = 100.0
+    result = Runner(resolved, "t", store, {DEVICE: lut}, use_ray=False).run()
+    assert result.state == "succeeded", result.error
+    trials = store.trials("t")
+    evaluator = SubnetEvaluator(space.name, space.options, resolved.objectives, {DEVICE: lut}, space=space)
+    ends = [evaluator.evaluate(config) for config in (space.smallest(), space.largest())]
+    anchors = min_points(resolved, ends)
+    lo, hi = anchors.min(axis=0), anchors.max(axis=0)
+    unclipped = (min_points(resolved, store.pareto("t")) - lo) / (hi - lo)
+    assert hypervolume(unclipped, [1.1, 1.1]) > 1.1**2  # what the runner reported before
+    assert result.hypervolume is not None and 0 < result.hypervolume <= 1.1**2
+    recorded = [t.metrics["hypervolume"] for t in trials]
+    assert all(0 <= v <= 1.1**2 for v in recorded)
+    assert all(b >= a for a, b in itertools.pairwise(recorded))
+    assert recorded[-1] == pytest.approx(result.hypervolume)

@@ -148,3 +148,34 @@ def test_default_strategy_per_space_is_registered() -> None:
     for space in list_spaces():
         assert default_strategy(space) in list_strategies()
     assert set(DEFAULT_STRATEGY) <= set(list_spaces())
+
+
+def test_a_spec_without_a_strategy_gets_its_spaces_default() -> None:
+    from nas import SearchSpec
+    from nas.strategies import default_strategy
+    from search_spaces import list_spaces
+
+    for space in list_spaces():
+        assert SearchSpec(space=space, objectives=["params"]).strategy == default_strategy(space)
+    assert SearchSpec(space="unet", objectives=["params"], strategy="random").strategy == "random"
+
+
+def test_tpe_evolution_hands_over_after_switch_after_configs(tiny_space: TinySpace, tiny_luts) -> None:
+    from nas.strategies import make_strategy
+    from nas.strategies.tpe_evolution import TPEEvolutionStrategy
+
+    default = make_strategy("tpe-evolution", tiny_space, make("tpe", tiny_space).objectives)
+    assert isinstance(default, TPEEvolutionStrategy) and default.switch_after == 100
+    strategy = make("tpe-evolution", tiny_space, switch_after=6)
+    assert isinstance(strategy, TPEEvolutionStrategy)
+    evaluate = Evaluations(tiny_space, tiny_luts)
+    first = strategy.ask(4)
+    assert strategy.stage == "tpe"
+    second = strategy.ask(4)  # 2 more from TPE, then evolution takes over
+    assert strategy.stage == "evolution"
+    asked_of_tpe = len(strategy.tpe.study.trials)
+    strategy.tell([evaluate(c) for c in first + second])
+    third = strategy.ask(4)
+    assert len(strategy.tpe.study.trials) == asked_of_tpe  # TPE is asked nothing after the switch
+    ids = [config_id(c) for c in first + second + third]
+    assert len(ids) == 12 and len(set(ids)) == 12

@@ -137,6 +137,27 @@ def test_tell_one_trial_at_a_time_in_completion_order(name: str, tiny_space: Tin
     assert len({config_id(c) for c in asked}) == len(asked)
 
 
+def test_never_asks_again_a_config_asked_and_still_in_flight(
+    name: str, tiny_space: TinySpace, tiny_luts
+) -> None:
+    """Evaluations still running when the next ask comes (the runner's parallelism): nothing asked
+    before, told or not yet, comes back; trials are told late and out of order."""
+    strategy = make_tiny_strategy(name, tiny_space, seed=4)
+    evaluate = Evaluations(tiny_space, tiny_luts, fail_every=3)
+    in_flight: list[Config] = []
+    asked: list[Config] = []
+    for _ in range(12):
+        configs = strategy.ask(2)
+        asked += configs
+        in_flight += configs
+        # Tell the oldest half and keep the rest running (all of them when a walk waits for them).
+        keep = len(in_flight) // 2 if configs else 0
+        done, in_flight = in_flight[: len(in_flight) - keep], in_flight[len(in_flight) - keep :]
+        strategy.tell([evaluate(c) for c in reversed(done)])
+    ids = [config_id(c) for c in asked]
+    assert len(ids) > (1 if walks(strategy) else 20) and len(set(ids)) == len(ids)
+
+
 def test_unknown_and_bad_params_are_spec_errors_naming_the_field(name: str, tiny_space: TinySpace) -> None:
     allowed = sorted(strategy_class(name).param_checks())
     with pytest.raises(SpecError, match="allowed: ") as info:
@@ -184,6 +205,6 @@ def test_asks_valid_configs_of_every_registered_space(name: str, space_name: str
 
 def test_builtin_strategies_keep_their_registered_names() -> None:
     """Specs name strategies by these names: renaming one breaks stored and submitted searches."""
-    builtin = {"random", "nsga2", "nsga3", "tpe", "evolution", "evolving", "slimming"}
+    builtin = {"random", "nsga2", "nsga3", "tpe", "evolution", "tpe-evolution", "evolving", "slimming"}
     assert builtin <= set(list_strategies())
     assert all(strategy_class(name).name == name for name in list_strategies())

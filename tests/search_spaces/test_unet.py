@@ -19,7 +19,6 @@ from search_spaces._unet_modules import ResnetBlock, Transformer, UNet
 from search_spaces.unet import UNetSpace, UNetSupernet
 
 SD15_PARAMS = 859_520_964
-SD15_GMACS = 338.6
 SMALL = {"latent_size": 8, "width_scale": 0.1, "text_tokens": 8, "cross_attention_dim": 32}
 
 
@@ -92,12 +91,6 @@ def test_transformer_parameter_shortcut_matches_whole_builds(space: UNetSpace) -
         spec = specs[int(index)]
         with torch.device("meta"):
             assert count_params(space._module(spec)) == spec.params, spec.key
-
-
-@pytest.mark.slow
-def test_sd15_macs_match_the_published_figure(space: UNetSpace) -> None:
-    # fvcore on every distinct block at full size, summed (the blocks add up exactly: see below).
-    assert space.count("sd15")["macs"] / 1e9 == pytest.approx(SD15_GMACS, rel=0.02)
 
 
 @pytest.mark.parametrize("ref", ["sd15", "snapfusion", "snapgen"])

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from nas import Trial, TrialState
-from nas.pareto import Normalizer, hypervolume, non_dominated
-from nas.runner import HV_REFERENCE
+from nas.pareto import HV_REFERENCE, Normalizer, hypervolume, non_dominated
 from services.core.dashboard_data import TrialColumnsCache, hypervolume_curve
 from services.core.demo_search import LATENCY, PARAMS_BOUND, insert_synthetic_search
 from services.core.trial_store import SqlTrialStore
@@ -260,3 +259,29 @@ def test_trial_columns_extend_with_new_trials(request, backend):
         np.testing.assert_array_equal(columns.column(name), fresh.column(name))
     assert np.isnan(columns.column("new")[:300]).all() and columns.column("new")[305] == 2.0
     assert not columns.complete[310] and columns.complete[:310].all()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_hypervolume_curve_is_the_runners_and_ends_at_its_figure(request, backend):
+    """The curve plots what the runner stored with each trial (bounds from the space's anchors), so
+    its last point is the search's own hypervolume, the figure the dashboard's header shows."""
+    from nas import SearchSpec, resolve
+    from nas.runner import Runner
+    from services.core.search_queue import SearchQueue
+
+    engine = request.getfixturevalue("sqlite_engine" if backend == "sqlite" else "postgres_isolated_engine")
+    spec = SearchSpec(
+        space="efficientformerv2",
+        space_options={"resolution": 32, "num_classes": 10},
+        objectives=["params", "proxy:macs"],
+        strategy="random",
+        budget={"trials": 12, "parallelism": 1},
+    )
+    search_id = SearchQueue(engine).submit(spec).id
+    result = Runner(resolve(spec, []), search_id, SqlTrialStore(engine), {}, use_ray=False).run()
+    assert result.state == "succeeded" and result.hypervolume is not None
+    curve = hypervolume_curve(TrialColumnsCache(engine).get(search_id), spec.objectives, max_points=5)
+    assert curve["normalized_by"] == "anchors" and curve["evaluations"][-1] == 12
+    assert curve["hypervolume"][-1] == pytest.approx(result.hypervolume)
+    assert all(0 <= v <= HV_REFERENCE**2 for v in curve["hypervolume"])
+    assert all(b >= a for a, b in itertools.pairwise(curve["hypervolume"]))

@@ -69,7 +69,10 @@ class HypervolumeOut(BaseModel):
     evaluations: list[int]
     hypervolume: list[float]
     reference: float
-    normalized_by: Literal["observed"]
+    normalized_by: Literal["anchors", "observed"] = Field(
+        description="anchors: the runner's figures, bounds from the space's smallest and largest subnets; "
+        "observed: recomputed with the trials' own minimum and maximum (see docs/dashboard.md)"
+    )
     reason: str = Field("", description="why the curve is empty, when it is")
     live_hypervolume: float | None = Field(description="the runner's figure (anchored normalisation)")
 

@@ -254,10 +254,12 @@ export class SearchView {
     const curve = await getJson(`/v1/dashboard/searches/${this.searchId}/hypervolume`);
     if (window.Plotly && curve.evaluations.length) await drawHypervolume(this.hvDiv, curve);
     const last = curve.hypervolume.at(-1);
+    const scale = curve.normalized_by === 'anchors'
+      ? 'Normalised by the space\u2019s smallest and largest subnets (values beyond them clipped), as the live figure above'
+      : 'Normalised by the range of the trials seen (min..max per objective): the runner could not evaluate the space\u2019s anchors';
     this.hvNote.textContent = curve.evaluations.length
-      ? `Normalised by the range of the trials seen (min..max per objective), reference ${curve.reference}: ` +
-        `${fmt(last)} after ${fmt(curve.evaluations.at(-1))} evaluations. The live figure above (${fmt(curve.live_hypervolume)}) ` +
-        'normalises by the space\u2019s smallest and largest subnets instead.'
+      ? `${scale}; reference ${curve.reference}: ${fmt(last)} after ${fmt(curve.evaluations.at(-1))} evaluations ` +
+        `(live figure: ${fmt(curve.live_hypervolume)}).`
       : curve.reason || 'No evaluations yet.';
   }
 }
