@@ -216,9 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(lines[-1], file=sys.stderr, flush=True)
             lines.append(_row(result, "ceiling: measured again", result["ceiling"]))
             print(lines[-1], file=sys.stderr, flush=True)
-            _log(
-                f"{device} {name}: {result['seconds']:.0f}s, {result['entries']} entries, {result['train']} train"
-            )
+            seconds, entries, train = result["seconds"], result["entries"], result["train"]
+            _log(f"{device} {name}: {seconds:.0f}s, {entries} entries, {train} training subnets")
             dump.append(
                 {
                     "device": device,
