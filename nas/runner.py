@@ -12,6 +12,11 @@ goes on. A store or callback that raises `RunAbandoned` (the service's scheduler
 search) ends the run at once without recording anything more.
 
 Infeasible trials (a constraint violated) are stored with `feasible=False` and never join the front.
+
+How a run ends says what happened (`RunResult`): a run whose every trial failed is `failed`, with the
+most common reason as its error; a run that ends without an error but with no feasible trial, no trial
+at all, or (for a stepwise strategy) before the strategy took one step is `succeeded` with `warnings`
+that say so.
 The reported hypervolume is `nas.pareto.normalized_hypervolume` of the front: normalised per
 objective by the space's smallest and largest subnets (evaluated once in-process, not stored), values
 below those bounds clipped, reference point 1.1, so it lies in [0, 1.1 ** d] and searches of one space
@@ -25,10 +30,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,7 +100,8 @@ class RunProgress:
 @dataclass
 class RunResult:
     """How a run ended. `front` lists trial numbers; `error` is set when `state` is `failed` (and says
-    why for `abandoned`)."""
+    why for `abandoned`); `warnings` are what a `succeeded` run did not achieve (see the module
+    docstring)."""
 
     state: Literal["succeeded", "cancelled", "failed", "abandoned"]
     n_trials: int
@@ -102,6 +109,23 @@ class RunResult:
     hypervolume: float | None
     error: str | None
     elapsed_s: float
+    warnings: list[str] = field(default_factory=list)
+
+
+#: Numbers and quoted names in a trial's error: masked to group errors that differ only in those.
+_ERROR_DETAILS = re.compile(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?")
+
+
+def failure_reason(errors: Counter[str], examples: Mapping[str, str], n_trials: int) -> str:
+    """The error of a run whose `n_trials` trials all failed: the most common reason (errors grouped
+    up to their numbers and quoted names, `errors` counted by `error_group`) with one example."""
+    group, count = errors.most_common(1)[0]
+    return f"all {n_trials} trials failed; the most common reason ({count} of {n_trials}): {examples[group]}"
+
+
+def error_group(error: str) -> str:
+    """The group `failure_reason` counts an error in."""
+    return _ERROR_DETAILS.sub("#", error)
 
 
 #: Builds the evaluator of an actor from (space name, space options, parsed objectives, LUT snapshots);
@@ -314,6 +338,9 @@ class Runner:
         self._seen: set[str] = set()
         self._n_trials = 0
         self._n_failed = 0
+        self._n_feasible = 0
+        self._failures: Counter[str] = Counter()
+        self._failure_examples: dict[str, str] = {}
         self._next_number = 0
         self._hypervolume: float | None = None
 
@@ -336,7 +363,7 @@ class Runner:
             self._set_bounds(local)
             pool = self._make_pool(local)
             state = self._loop(pool)
-            result = self._result(state, None)
+            result = self._outcome(state)
         except RunAbandoned as exc:
             logger.warning("search %s abandoned: %s", self.search_id, exc)
             result = self._result("abandoned", str(exc) or "abandoned")
@@ -516,7 +543,11 @@ class Runner:
         self._seen.add(trial.config_id)
         if trial.state == TrialState.FAILED:
             self._n_failed += 1
+            group = error_group(trial.error or "no error message")
+            self._failures[group] += 1
+            self._failure_examples.setdefault(group, trial.error or "no error message")
             return False
+        self._n_feasible += trial.feasible
         if not all(o.name in trial.values for o in self.objectives):
             return False
         point = self._min_point(trial.values)
@@ -539,8 +570,34 @@ class Runner:
     def _elapsed(self) -> float:
         return self.elapsed_before_s + (time.monotonic() - self._start)
 
+    def _outcome(self, state: Literal["succeeded", "cancelled"]) -> RunResult:
+        """The result of a loop that ended: a cancel stays `cancelled`; otherwise `failed` when every
+        trial failed, else `succeeded` with its warnings."""
+        if state != "succeeded":
+            return self._result(state, None)
+        if self._n_trials and self._n_failed == self._n_trials:
+            reason = failure_reason(self._failures, self._failure_examples, self._n_trials)
+            return self._result("failed", reason)
+        warnings = []
+        if self._n_trials == 0:
+            warnings.append(
+                "no trial was evaluated: the strategy proposed nothing new, or the deadline passed first"
+            )
+        elif self.resolved.constraints and self._n_feasible == 0:
+            bounds = ", ".join(str(c) for c in self.resolved.constraints)
+            complete = self._n_trials - self._n_failed
+            warnings.append(
+                f"no feasible trial: none of the {complete} evaluated trials met the constraints ({bounds}); "
+                "the front is empty: loosen the constraints or search more"
+            )
+        warnings.extend(self.strategy.warnings())
+        return self._result(state, None, warnings)
+
     def _result(
-        self, state: Literal["succeeded", "cancelled", "failed", "abandoned"], error: str | None
+        self,
+        state: Literal["succeeded", "cancelled", "failed", "abandoned"],
+        error: str | None,
+        warnings: list[str] | None = None,
     ) -> RunResult:
         return RunResult(
             state=state,
@@ -549,4 +606,5 @@ class Runner:
             hypervolume=self._hypervolume,
             error=error,
             elapsed_s=self._elapsed(),
+            warnings=warnings or [],
         )

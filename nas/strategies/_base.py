@@ -105,3 +105,9 @@ class Strategy(abc.ABC):
         be accepted, and their configs are then never asked. Returns nothing; raising ends the
         search (see the class docstring).
         """
+
+    def warnings(self) -> list[str]:
+        """What a user should know about a run that ended without an error, asked by the runner once
+        when the budget, the deadline or exhaustion ended it (none by default). A stepwise strategy
+        says here that the budget ended before it took a single step."""
+        return []

@@ -88,6 +88,22 @@ class StepwiseStrategy(Strategy):
             ok = trial.state != TrialState.FAILED and all(o.name in trial.values for o in self.objectives)
             self._values.setdefault(trial.config_id, dict(trial.values) if ok else None)
 
+    def warnings(self) -> list[str]:
+        if self.steps:
+            return []
+        probes = "its candidate actions"
+        needed = "more trials"
+        if self.current is not None:
+            values = self._values.get(config_id(self.current))
+            if values is not None:
+                n = len(self._probes(self.current, values))
+                probes = f"its {n} candidate actions"
+                needed = f"at least {n + 1} trials"
+        return [
+            f"the budget ended before `{self.name}` took a single step: a step evaluates the current "
+            f"config and {probes}; give budget.trials {needed} (or use another strategy)"
+        ]
+
     # ------------------------------------------------------------------ the walk
     def _needed(self) -> list[Config]:
         if self.current is None:

@@ -103,8 +103,10 @@ def _print_search(search: dict[str, Any]) -> None:
         ("hypervolume", "-" if hv is None else f"{hv:.4f}"),
         ("elapsed", f"{search['elapsed_s']:.1f}s"),
         ("time left", _eta_text(search)),
+        ("owner", search.get("owner", "-")),
         ("error", search["error"] or "-"),
     ]
+    rows += [("warning", text) for text in search.get("warnings") or []]
     for key, value in rows:
         table.add_row(key, str(value))
     out.print(table)
@@ -135,7 +137,10 @@ def search_list(
     for s in page["items"]:
         trials = f"{s['trials_done']}/{s['budget_trials']}"
         created = s["created_at"][:16].replace("T", " ")
-        table.add_row(s["name"], s["status"], trials, str(s["front_size"]), created, s["id"])
+        status = s["status"]
+        if s.get("warnings"):
+            status += f" ({len(s['warnings'])} warning{'s' if len(s['warnings']) > 1 else ''})"
+        table.add_row(s["name"], status, trials, str(s["front_size"]), created, s["id"])
     out.print(table)
     out.print(f"{len(page['items'])} of {page['total']} searches")
 

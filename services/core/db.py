@@ -24,6 +24,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from nas import utcnow
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: The owner of searches submitted before searches had owners (migration 0003) and with auth disabled.
+LEGACY_OWNER = "legacy"
 
 
 class SearchStatus(enum.StrEnum):
@@ -85,6 +87,7 @@ class SearchRow(Base):
             "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="ck_searches_status"
         ),
         sa.Index("ix_searches_status_created", "status", "created_at"),
+        sa.Index("ix_searches_owner_created", "owner", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default=new_search_id)
@@ -112,6 +115,12 @@ class SearchRow(Base):
     heartbeat_at: Mapped[datetime | None]
     # How many times a scheduler claimed the search (1 plus one per resume after a stop or a lost lease).
     claims: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Who may cancel it and read it without `searches:read-all`: the submitting key's team, else its
+    # name (see `services.core.auth`). Searches stored before owners existed belong to `LEGACY_OWNER`.
+    owner: Mapped[str] = mapped_column(sa.String(200), default=LEGACY_OWNER, server_default=LEGACY_OWNER)
+    # What a `succeeded` search did not achieve (no feasible trial, a budget too small for its
+    # strategy to take a step): `nas.runner.RunResult.warnings`. None before the search finished.
+    warnings: Mapped[list[str] | None] = mapped_column(sa.JSON)
 
 
 class TrialRow(Base):
@@ -235,6 +244,8 @@ class ApiKeyRow(Base):
     name: Mapped[str] = mapped_column(sa.String(200))
     token_sha256: Mapped[str] = mapped_column(sa.String(64))
     scopes: Mapped[list[str]] = mapped_column(sa.JSON)
+    # A team the key acts for: searches it submits belong to the team (see `SearchRow.owner`).
+    team: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]

@@ -244,7 +244,11 @@ class Scheduler:
         }
         if result.state == "succeeded":
             message = f"succeeded: {counts['trials_done']} trials, front of {len(result.front)}"
-            self._finish(search_id, SearchStatus.SUCCEEDED, message=message, **counts)
+            if result.warnings:
+                message += f"; {len(result.warnings)} warning(s): {result.warnings[0]}"
+            self._finish(
+                search_id, SearchStatus.SUCCEEDED, message=message, warnings=result.warnings, **counts
+            )
         elif result.state == "failed":
             error = result.error or "the runner failed without an error message"
             message = f"failed: {error}"

@@ -404,6 +404,11 @@ class SearchOut(BaseModel):
     status: SearchStatus
     status_message: str
     error: str | None
+    warnings: list[str] = Field(
+        description="what a succeeded search did not achieve: no feasible trial, no trial at all, or a "
+        "budget too small for its strategy to take a step (empty when none, or not finished)"
+    )
+    owner: str = Field(description="the team or key name that submitted it (`legacy`: before owners existed)")
     cancel_requested: bool
     trials_done: int
     trials_failed: int
@@ -427,6 +432,8 @@ class SearchOut(BaseModel):
             status=SearchStatus(row.status),
             status_message=row.status_message,
             error=row.error,
+            warnings=list(row.warnings or []),
+            owner=row.owner,
             cancel_requested=row.cancel_requested,
             trials_done=row.trials_done,
             trials_failed=row.trials_failed,

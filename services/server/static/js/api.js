@@ -104,6 +104,14 @@ export function statusBadge(status) {
   return el('span', { class: `badge status-${status}` }, status);
 }
 
+/** A warning badge for a search that succeeded with warnings (null when it has none); its title
+ * holds the warnings themselves. */
+export function warningsBadge(warnings) {
+  const n = (warnings || []).length;
+  if (!n) return null;
+  return el('span', { class: 'badge warn', title: warnings.join('\n') }, n === 1 ? '1 warning' : `${n} warnings`);
+}
+
 export function progressBar(done, budget, status) {
   const share = budget > 0 ? Math.min(1, done / budget) : 0;
   return el(

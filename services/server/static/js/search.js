@@ -3,7 +3,7 @@
 
 import {
   ApiError, apiKey, authHeaders, el, fmt, getJson, progressBar, searchObjectives, shortId, showError, showNotice,
-  statusBadge,
+  statusBadge, warningsBadge,
 } from './api.js';
 import { drawHypervolume, drawPareto } from './plots.js';
 import { drawStructure } from './structure.js';
@@ -74,7 +74,7 @@ export class SearchView {
     this.header.replaceChildren(
       el('div', { class: 'panel-head' },
         el('h1', {}, s.name || '(unnamed search)', ' ', el('span', { class: 'muted mono small' }, shortId(s.id))),
-        statusBadge(s.status)),
+        statusBadge(s.status), warningsBadge(s.warnings)),
       el('div', { class: 'header-grid' },
         el('div', { id: 'search-progress' }, progressBar(s.trials_done, s.budget_trials, s.status),
           el('div', { class: 'muted small', id: 'status-message' }, s.status_message)),
@@ -87,7 +87,10 @@ export class SearchView {
           el('dt', {}, 'hypervolume'), el('dd', {}, fmt(s.hypervolume)),
           el('dt', {}, 'failed'), el('dd', {}, fmt(s.trials_failed)),
           el('dt', {}, 'elapsed'), el('dd', {}, `${fmt(s.elapsed_s)} s`))),
-      ...(s.error ? [el('pre', { class: 'error-text' }, s.error)] : []));
+      ...(s.error ? [el('pre', { class: 'error-text' }, s.error)] : []),
+      ...((s.warnings || []).length
+        ? [el('ul', { class: 'warning-list', id: 'search-warnings' }, ...s.warnings.map((w) => el('li', {}, w)))]
+        : []));
   }
 
   setupAxes() {

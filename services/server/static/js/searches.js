@@ -1,6 +1,6 @@
 // The searches list: status and text filters, progress bars, best values, one row per search.
 
-import { el, fmt, getJson, progressBar, shortId, statusBadge } from './api.js';
+import { el, fmt, getJson, progressBar, shortId, statusBadge, warningsBadge } from './api.js';
 
 const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 const PAGE = 50;
@@ -90,7 +90,8 @@ export class SearchesView {
       el('td', {},
         el('a', { href: `#/search/${search.id}`, class: 'search-name' }, search.name || '(unnamed)'),
         el('div', { class: 'muted mono' }, shortId(search.id))),
-      el('td', {}, statusBadge(search.status), el('div', { class: 'muted small' }, search.status_message)),
+      el('td', {}, statusBadge(search.status), warningsBadge(search.warnings),
+        el('div', { class: 'muted small' }, search.status_message)),
       el('td', { class: 'progress-cell' }, progressBar(search.trials_done, search.budget_trials, search.status)),
       el('td', { class: 'num' }, fmt(search.front_size)),
       el('td', { class: 'num' }, fmt(search.hypervolume)),
