@@ -61,6 +61,7 @@ def print_new_key(key: ApiKey, token: str, console: Console = out) -> None:
     """The one time a token is shown, with how to use it."""
     console.print(
         f"Created API key {key.id} ({key.name}) with scopes {', '.join(key.scopes)}"
+        + (f", for team {key.team}" if key.team else "")
         + (f", expires {key.expires_at.isoformat()}" if key.expires_at else "")
         + ". It is shown only now:",
         markup=False,
@@ -83,9 +84,15 @@ def keys_create(
         typer.Option("--scope", help=f"repeatable or comma-separated: {', '.join(ALL_SCOPES)}"),
     ],
     expires: Annotated[str | None, typer.Option(help="30d, 12h, 2w or an ISO date (default: never)")] = None,
+    team: Annotated[
+        str | None,
+        typer.Option(
+            help="the team the key acts for: its searches belong to the team (default: the key's name)"
+        ),
+    ] = None,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    key, token = create_key(_engine(), name, scope, expires_at=parse_expiry(expires))
+    key, token = create_key(_engine(), name, scope, expires_at=parse_expiry(expires), team=team)
     print_new_key(key, token)
 
 
@@ -102,6 +109,7 @@ def keys_list(
                 {
                     "id": k.id,
                     "name": k.name,
+                    "team": k.team,
                     "scopes": list(k.scopes),
                     "created_at": k.created_at.isoformat(),
                     "expires_at": k.expires_at.isoformat() if k.expires_at else None,
@@ -112,12 +120,18 @@ def keys_list(
             ]
         )
         return
-    table = Table("id", "name", "scopes", "created", "expires", "state")
+    table = Table("id", "name", "team", "scopes", "created", "expires", "state")
     for k in keys:
         state = "active" if k.active() else ("revoked" if k.revoked_at else "expired")
         expiry = k.expires_at.isoformat(timespec="minutes") if k.expires_at else "never"
         table.add_row(
-            k.id, k.name, ", ".join(k.scopes), k.created_at.isoformat(timespec="minutes"), expiry, state
+            k.id,
+            k.name,
+            k.team or "-",
+            ", ".join(k.scopes),
+            k.created_at.isoformat(timespec="minutes"),
+            expiry,
+            state,
         )
     out.print(table)
     out.print(f"{len(keys)} keys, {sum(k.active() for k in keys)} active")

@@ -8,8 +8,14 @@ plain hash is as strong as a salted KDF, and one hash per request costs microsec
 compared in constant time.
 
 Scopes: `searches:read` (read searches, spaces, devices, tables, the dashboard's data, metrics),
-`searches:write` (submit, cancel, evaluate, export), `lut:write` (device farms: register devices,
-upload measurements and tables), `admin` (everything).
+`searches:read-all` (`searches:read` over every owner's searches), `searches:write` (submit, cancel,
+evaluate, export), `lut:write` (device farms: register devices, upload measurements and tables),
+`admin` (everything).
+
+Ownership: a search belongs to the team named on the key that submitted it, else to the key's name
+(`owner_of`). A key reads and cancels its own searches (those owned by its name or its team); reading
+other owners' searches needs `searches:read-all` or `admin`, cancelling them `admin`
+(`SearchAccess`). Searches stored before owners existed belong to `legacy` (migration 0003).
 
 """
 
@@ -38,6 +44,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 class Scope(enum.StrEnum):
     SEARCHES_READ = "searches:read"
+    SEARCHES_READ_ALL = "searches:read-all"
     SEARCHES_WRITE = "searches:write"
     LUT_WRITE = "lut:write"
     ADMIN = "admin"
@@ -61,17 +68,61 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    team: str | None = None
 
     @classmethod
     def of(cls, row: ApiKeyRow) -> ApiKey:
-        return cls(row.id, row.name, tuple(row.scopes), row.created_at, row.expires_at, row.revoked_at)
+        return cls(
+            row.id, row.name, tuple(row.scopes), row.created_at, row.expires_at, row.revoked_at, row.team
+        )
 
     def active(self, now: datetime | None = None) -> bool:
         now = now or utcnow()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
     def allows(self, scope: str) -> bool:
-        return Scope.ADMIN.value in self.scopes or scope in self.scopes
+        return scope_allowed(self.scopes, scope)
+
+
+def scope_allowed(scopes: Iterable[str], scope: str) -> bool:
+    """Whether a key with `scopes` may do what `scope` guards: `admin` allows everything and
+    `searches:read-all` includes `searches:read`."""
+    held = set(scopes)
+    if Scope.ADMIN.value in held or scope in held:
+        return True
+    return scope == Scope.SEARCHES_READ.value and Scope.SEARCHES_READ_ALL.value in held
+
+
+def owner_of(name: str, team: str | None) -> str:
+    """The owner of the searches a key submits: its team if it names one, else its own name."""
+    return team or name
+
+
+@dataclass(frozen=True)
+class SearchAccess:
+    """Which searches a caller reaches: those of `owners` (its key's name and team), every one with
+    `read_all`, and it cancels every one with `manage_all`; what it submits belongs to `submit_as`."""
+
+    submit_as: str
+    owners: frozenset[str]
+    read_all: bool = False
+    manage_all: bool = False
+
+    @classmethod
+    def of(cls, name: str, team: str | None, scopes: Iterable[str]) -> SearchAccess:
+        held = tuple(scopes)
+        return cls(
+            submit_as=owner_of(name, team),
+            owners=frozenset(o for o in (name, team) if o),
+            read_all=scope_allowed(held, Scope.SEARCHES_READ_ALL.value),
+            manage_all=Scope.ADMIN.value in held,
+        )
+
+    def may_read(self, owner: str) -> bool:
+        return self.read_all or owner in self.owners
+
+    def may_manage(self, owner: str) -> bool:
+        return self.manage_all or owner in self.owners
 
 
 def hash_token(token: str) -> str:
@@ -90,12 +141,22 @@ def parse_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
 
 
 def create_key(
-    engine: Engine, name: str, scopes: Iterable[str], *, expires_at: datetime | None = None
+    engine: Engine,
+    name: str,
+    scopes: Iterable[str],
+    *,
+    expires_at: datetime | None = None,
+    team: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """Store a new key and return it with its token (the only time the token exists in clear)."""
+    """Store a new key and return it with its token (the only time the token exists in clear). With
+    `team`, the searches it submits belong to that team (see `owner_of`)."""
     name = name.strip()
     if not name or len(name) > 200:
         raise ValueError("a key needs a name of 1 to 200 characters (who or what uses it)")
+    if team is not None:
+        team = team.strip()
+        if not team or len(team) > 200:
+            raise ValueError("a team needs a name of 1 to 200 characters")
     checked = parse_scopes(scopes)
     if expires_at is not None:
         if expires_at.tzinfo is None:
@@ -109,6 +170,7 @@ def create_key(
         name=name,
         token_sha256=hash_token(token),
         scopes=list(checked),
+        team=team,
         created_at=utcnow(),
         expires_at=expires_at,
     )

@@ -9,6 +9,12 @@ replica renews every `heartbeat_s`. A running search whose heartbeat is older th
 any replica may claim it again, and it resumes from its stored trials. Every write a scheduler makes
 for a search it runs is fenced by its lease (`holds`, `update(owner=...)`), so a replica that lost a
 search (it stalled past its lease and another took over) can no longer write to it.
+
+Ownership: `SearchQueue(engine, access=...)` (what the API gives each request, see
+`services.core.auth.SearchAccess`) submits searches as its caller's, lists only the searches the
+caller may read, answers `SearchNotFoundError` for one it may not read (as for an unknown id, so ids
+of others' searches do not leak) and `SearchForbiddenError` for a cancel of a search it may read but
+not manage. Without `access` (the scheduler, the CLI on the host) every search is reached.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from latency_lut import LatencyTable, known_devices
 from nas import ResolvedSpec, SearchSpec, resolve, utcnow
 from nas.proxies import DEFAULT_SUPERNET_DIR
 from nas.runner import RunAbandoned
-from services.core.db import SearchRow, SearchStatus
+from services.core.auth import SearchAccess
+from services.core.db import LEGACY_OWNER, SearchRow, SearchStatus
 
 _S = SearchRow.__table__
 
@@ -48,6 +55,10 @@ class LeaseLostError(RunAbandoned):
         super().__init__(f"replica {replica_id!r} no longer holds the lease of search {search_id}")
         self.search_id = search_id
         self.replica_id = replica_id
+
+
+class SearchForbiddenError(PermissionError):
+    """The caller may read the search but not change it (it belongs to another owner)."""
 
 
 class SearchStateError(RuntimeError):
@@ -98,13 +109,19 @@ class QueueFigures:
 class SearchQueue:
     """Create, read, claim and update rows of `searches`; see the module docstring."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, access: SearchAccess | None = None):
         self.engine = engine
+        self.access = access
+
+    def with_access(self, access: SearchAccess | None) -> SearchQueue:
+        """This queue as the caller with `access` sees it (see the module docstring)."""
+        return SearchQueue(self.engine, access=access)
 
     # ----------------------------------------------------------------- API side
     def submit(self, spec: SearchSpec) -> SearchRow:
-        """Store a validated spec as a `queued` search."""
+        """Store a validated spec as a `queued` search, owned by the caller (`legacy` without one)."""
         row = SearchRow(
+            owner=self.access.submit_as if self.access is not None else LEGACY_OWNER,
             name=spec.name,
             spec=spec.model_dump(mode="json"),
             status=SearchStatus.QUEUED.value,
@@ -118,7 +135,7 @@ class SearchQueue:
     def get(self, search_id: str) -> SearchRow:
         with Session(self.engine, expire_on_commit=False) as session:
             row = session.get(SearchRow, search_id)
-        if row is None:
+        if row is None or (self.access is not None and not self.access.may_read(row.owner)):
             raise SearchNotFoundError(search_id)
         return row
 
@@ -130,6 +147,8 @@ class SearchQueue:
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(SearchRow.status.in_([s.value for s in status]))
+        if self.access is not None and not self.access.read_all:
+            where.append(SearchRow.owner.in_(sorted(self.access.owners)))
         if text.strip():
             pattern = f"%{text.strip().lower()}%"
             where.append(sa.or_(sa.func.lower(SearchRow.name).like(pattern), SearchRow.id.like(pattern)))
@@ -179,7 +198,14 @@ class SearchQueue:
 
     def cancel(self, search_id: str) -> SearchRow:
         """Queued -> cancelled at once; running -> `cancel_requested` (the scheduler stops it between
-        trials); finished -> `SearchStateError`."""
+        trials); finished -> `SearchStateError`. A caller that may read but not manage the search:
+        `SearchForbiddenError`."""
+        owner = self.get(search_id).owner
+        if self.access is not None and not self.access.may_manage(owner):
+            raise SearchForbiddenError(
+                f"search {search_id} belongs to {owner!r}; only its owner (a key named {owner!r} or of "
+                f"team {owner!r}) or an admin key may cancel it"
+            )
         now = utcnow()
         with self.engine.begin() as conn:
             done = conn.execute(

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 
 from latency_lut import SqlLatencyTable
 from search_spaces import UnknownSpaceError, space_class
-from services.core.auth import READ_METHODS, Scope, verify_token
+from services.core.auth import READ_METHODS, Scope, SearchAccess, scope_allowed, verify_token
 from services.core.dashboard_data import TrialColumnsCache
 from services.core.measurement_store import MeasurementStore, UnknownDeviceError
 from services.core.prediction_service import PredictionService
@@ -77,7 +77,13 @@ def app_engine(request: Request) -> Engine:
 
 
 def app_queue(request: Request) -> SearchQueue:
-    return request.app.state.queue
+    """The search queue as the request's caller sees it: its own searches (and every one with
+    `searches:read-all` or `admin`); what it submits is its own (see `services.core.auth`)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        # The route's scope check runs first and records the caller; this only guards the order.
+        principal = authenticate(request, Scope.SEARCHES_READ.value)
+    return request.app.state.queue.with_access(principal.search_access())
 
 
 def app_store(request: Request) -> SqlTrialStore:
@@ -164,9 +170,13 @@ class Principal:
     name: str
     key_id: str | None
     scopes: tuple[str, ...]
+    team: str | None = None
 
     def allows(self, scope: str) -> bool:
-        return Scope.ADMIN.value in self.scopes or scope in self.scopes
+        return scope_allowed(self.scopes, scope)
+
+    def search_access(self) -> SearchAccess:
+        return SearchAccess.of(self.name, self.team, self.scopes)
 
 
 def _denied(status: int, message: str, scope: str) -> HTTPException:
@@ -201,7 +211,9 @@ def authenticate(request: Request, scope: str) -> Principal:
     if settings.auth_disabled:
         if not _client_is_loopback(request):
             raise _denied(401, "auth is disabled on this server, which only answers loopback clients", scope)
-        return Principal("auth disabled", None, (Scope.ADMIN.value,))
+        principal = Principal("auth disabled", None, (Scope.ADMIN.value,))
+        request.state.principal = principal
+        return principal
     principal = getattr(request.state, "principal", None)
     if principal is None:
         token = request_token(request)
@@ -215,7 +227,7 @@ def authenticate(request: Request, scope: str) -> Principal:
         key, reason = verify_token(request.app.state.engine, token)
         if key is None:
             raise _denied(401, f"{reason}; this endpoint needs scope {scope!r}", scope)
-        principal = Principal(key.name, key.id, key.scopes)
+        principal = Principal(key.name, key.id, key.scopes, key.team)
         request.state.principal = principal
     if not principal.allows(scope):
         raise _denied(

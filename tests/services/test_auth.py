@@ -288,8 +288,21 @@ def test_nas_keys_create_list_revoke(tmp_path, monkeypatch) -> None:
     assert unknown.exit_code == 2 and "no API key with id" in unknown.output
 
 
+def test_nas_keys_create_with_a_team(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("NAS_DATABASE_URL", f"sqlite:///{tmp_path / 'keys.db'}")
+    get_settings.cache_clear()
+    args = ["keys", "create", "--name", "carol", "--team", "vision", "--scope", "searches:read-all"]
+    created = runner.invoke(cli_app, args)
+    assert created.exit_code == 0, created.output
+    assert "with scopes searches:read-all, for team vision" in created.output
+    listed = runner.invoke(cli_app, ["keys", "list", "--json"])
+    assert '"team": "vision"' in listed.output
+    blank = runner.invoke(cli_app, ["keys", "create", "--name", "x", "--team", " ", "--scope", "admin"])
+    assert blank.exit_code == 2 and "a team needs a name" in blank.output
+
+
 def test_every_scope_is_known() -> None:
-    assert ALL_SCOPES == ["searches:read", "searches:write", "lut:write", "admin"]
+    assert ALL_SCOPES == ["searches:read", "searches:read-all", "searches:write", "lut:write", "admin"]
     assert Scope("lut:write") is Scope.LUT_WRITE
 
 

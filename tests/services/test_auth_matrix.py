@@ -18,6 +18,8 @@ from services.core.auth import ALL_SCOPES, create_key
 from services.server.deps import api_routes
 
 R, W, LUT, PUBLIC = "searches:read", "searches:write", "lut:write", None
+#: `searches:read` over every owner's searches: allowed wherever `searches:read` is.
+READ_ALL = "searches:read-all"
 
 #: (method, path) -> the one scope it needs (None: open to everyone).
 EXPECTED: dict[tuple[str, str], str | None] = {
@@ -151,7 +153,7 @@ def test_matrix(secured: LiveServer, keys: dict[str, str], method: str, path: st
 
     expected: dict[str, str] = {}
     for who in outcomes:
-        if needed is None or who in (needed, "admin"):
+        if needed is None or who in (needed, "admin") or (needed == R and who == READ_ALL):
             expected[who] = "allowed"
         elif who in ("no key", "wrong key"):
             expected[who] = "401"

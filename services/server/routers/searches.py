@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
@@ -17,7 +17,7 @@ from nas import SearchSpec, TrialState
 from nas.objectives import objective_direction
 from services.core.db import SearchRow, SearchStatus
 from services.core.model_export import export_model
-from services.core.search_queue import SearchQueue, check_spec
+from services.core.search_queue import SearchForbiddenError, SearchQueue, check_spec
 from services.core.trial_export import TrialsFormat, trials_file
 from services.server.deps import LutDep, QueueDep, ReadsDep, Scope, SettingsDep, StoreDep, scope_by_method
 from services.server.errors import ResourceNotFoundError, space_at
@@ -282,7 +282,16 @@ def pareto(
     return Response(f'{head[:-1]},"trials":[{",".join(page.members_json)}]}}', media_type="application/json")
 
 
-@router.post("/{search_id}/cancel", response_model=SearchOut, responses={409: {"model": ErrorBody}})
+@router.post(
+    "/{search_id}/cancel",
+    response_model=SearchOut,
+    responses={403: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
 def cancel(search_id: str, queue: QueueDep) -> SearchOut:
-    """Queued: cancelled at once. Running: stops after the trials in flight. Finished: 409."""
-    return SearchOut.of(queue.cancel(search_id))
+    """Queued: cancelled at once. Running: stops after the trials in flight. Finished: 409. Only the
+    search's owner or an admin key may cancel it (403 for another key that may read it)."""
+    try:
+        return SearchOut.of(queue.cancel(search_id))
+    except SearchForbiddenError as exc:
+        detail = [{"field": "search_id", "message": str(exc), "allowed": ["owner", Scope.ADMIN.value]}]
+        raise HTTPException(status_code=403, detail=detail) from None
