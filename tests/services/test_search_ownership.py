@@ -178,8 +178,8 @@ def test_migration_0003_gives_existing_searches_the_legacy_owner(empty_url: str)
                 sa.text(
                     "INSERT INTO searches (id, name, spec, status, status_message, cancel_requested, "
                     "trials_done, trials_failed, budget_trials, front_size, elapsed_s, created_at, "
-                    "updated_at, claims) VALUES ('old1', 'old', :spec, 'succeeded', 'done', false, 3, 0, 3, 1, 1.0, "
-                    ":now, :now, 1)"
+                    "updated_at, claims) VALUES ('old1', 'old', :spec, 'succeeded', 'done', false, "
+                    "3, 0, 3, 1, 1.0, :now, :now, 1)"
                 ),
                 {"spec": '{"space": "x"}', "now": "2025-01-01 00:00:00"},
             )
