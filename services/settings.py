@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "nas-farm",
         description="where `nas farm run` keeps its spool and run state (to resume after an interruption)",
     )
+    state_dir: Path = Field(
+        Path.home() / ".cache" / "nas-server",
+        description="where a server records the processes of the local Ray it starts, so that a later "
+        "start ends those a killed server left behind (servers of one host may share it)",
+    )
     supernet_dir: Path = Field(
         Path("var/supernets"),
         description="where trained supernets live (`nas supernet train`); the `supernet_*` proxies look here",

@@ -12,6 +12,10 @@ scheduler polls next and resumes from its stored trials; a restarted scheduler w
 replica id takes its own searches back at once. Every write for a search is fenced by the lease, and a
 scheduler whose heartbeat finds the lease gone (another replica reclaimed the search) stops that run
 without writing anything more. Several schedulers may therefore share one database.
+
+A local Ray this scheduler starts is recorded under `settings.state_dir` and ended with it by
+`stop()`; `start()` first ends the Ray processes that a killed server left behind (see
+`services.core.ray_processes`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from nas.runner import EvaluatorFactory, RunAbandoned, Runner, RunProgress, init
 from services.core.db import SearchStatus
 from services.core.measurement_store import MeasurementStore
 from services.core.prediction_service import PredictionService
+from services.core.ray_processes import LocalRayRecord, reap_orphans
 from services.core.search_queue import LeaseLostError, SearchQueue
 from services.core.trial_store import SqlTrialStore
 from services.settings import Settings
@@ -79,6 +84,8 @@ class Scheduler:
         self._lost: set[str] = set()
         self._ray_lock = threading.Lock()
         self._ray_ready = False
+        # Set when this scheduler started a local Ray (not when it joined one already running).
+        self._ray_record: LocalRayRecord | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -86,6 +93,10 @@ class Scheduler:
         start heartbeating and polling for queued (or stale) searches."""
         if self._loop_thread is not None:
             raise RuntimeError("the scheduler is already started")
+        try:
+            reap_orphans(self.settings.state_dir)
+        except OSError:
+            log.exception("could not read the Ray process records in %s", self.settings.state_dir)
         requeued = self.queue.requeue_orphans(self.settings.lease_s, replica_id=self.replica_id)
         if requeued:
             log.info(
@@ -113,9 +124,15 @@ class Scheduler:
         self._heartbeat_stop.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout)
+        with self._ray_lock:
+            if self._ray_record is not None:
+                self._ray_record.stop()
+                self._ray_record = None
+                self._ray_ready = False
 
     def _heartbeats(self) -> None:
         while not self._heartbeat_stop.wait(self.settings.heartbeat_s):
+            self._record_ray()
             running = self.running
             if not running:
                 continue
@@ -365,10 +382,34 @@ class Scheduler:
             log.exception("could not record the progress of search %s", search_id)
 
     def _ensure_ray(self) -> None:
+        import ray
+
         with self._ray_lock:
             if not self._ray_ready:
+                starts_local = not self.settings.ray_address and not ray.is_initialized()
+                # Ray's C++ failure-signal handler would take SIGTERM from the server's own (it prints a
+                # stack and aborts the process before the shutdown can stop searches and end Ray).
+                # The server's driver alone goes without it; Ray's own processes keep theirs.
+                from ray._private import ray_constants
+
+                ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
                 init_ray(self.settings.ray_address, num_cpus=self.settings.ray_num_cpus)
                 self._ray_ready = True
+                if starts_local:
+                    gcs = ray.get_runtime_context().gcs_address
+                    self._ray_record = LocalRayRecord(self.settings.state_dir, gcs_address=gcs)
+                    self._ray_record.update()
+
+    def _record_ray(self) -> None:
+        """Refresh the record of the local Ray's processes (workers come and go)."""
+        with self._ray_lock:
+            record = self._ray_record
+            if record is None:
+                return
+            try:
+                record.update()
+            except OSError:
+                log.exception("could not record the Ray processes in %s", record.path)
 
 
 def default_replica_id() -> str:

@@ -4,7 +4,9 @@
   finishes with every trial present exactly once, numbers 0..n-1 unbroken, the trials stored before
   the kill kept as they were (not evaluated again) and no config evaluated twice;
 - an evaluation worker that dies mid-trial: its trial is retried on a fresh worker (bounded), then
-  recorded failed with the reason, and the search completes.
+  recorded failed with the reason, and the search completes;
+- no process outlives its server: after SIGINT or SIGTERM none of its Ray processes is left, and a
+  server started after a SIGKILL ends every process the killed one left behind.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import ray.cloudpickle
 from sqlalchemy.engine import Engine
@@ -69,6 +72,8 @@ class ServerProcess:
 
     def __init__(self, database: Database, log: Path, **env: str):
         self.port = free_port()
+        # Its own state directory: the records of Ray processes (`services.core.ray_processes`).
+        env.setdefault("NAS_STATE_DIR", str(log.parent / "state"))
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         environment = {
@@ -112,6 +117,16 @@ class ServerProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(30)
 
+    def survivors(self) -> list[str]:
+        """The processes still alive in this server's process group (its Ray's included), as
+        `name (pid)`; the server was started in a session of its own, so nothing else is in it."""
+        out = []
+        for process in psutil.process_iter(["pid", "name", "status"]):
+            with contextlib.suppress(OSError):
+                if os.getpgid(process.pid) == self.process.pid and process.info["status"] != "zombie":
+                    out.append(f"{process.info['name']} ({process.pid})")
+        return out
+
     def cleanup(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # the group this test started: server and its Ray
@@ -132,25 +147,31 @@ def test_sigkill_and_restart_resumes_exactly(database: Database, tmp_path: Path)
         sid = created.json()["id"]
         wait_until(lambda: store.count(sid) >= 4, "the first trials", on_timeout=first.tail)
         first.sigkill()
+        left = first.survivors()
+        # What the next start must clean: Ray's agents (parent 1 once the raylet exits; they ignore
+        # SIGTERM), and whatever else of the killed server's Ray has not noticed yet.
+        assert any(p.startswith("ray::") for p in left), left
+
+        row = queue.get(sid)
+        before = store.trials(sid)
+        assert row.status == "running" and row.claimed_by is not None and row.claims == 1
+        assert 4 <= len(before) < budget, "the search must be killed part-way"
+        killed_replica = row.claimed_by
+
+        second = ServerProcess(database, log, **lease)
+        try:
+            second.wait_ready()
+            # The restarted server ended every process of the killed one before it served.
+            assert first.survivors() == [], second.tail()
+            wait_until(
+                lambda: queue.get(sid).status not in ("queued", "running"),
+                "the resumed search",
+                on_timeout=second.tail,
+            )
+        finally:
+            second.cleanup()
     finally:
         first.cleanup()
-
-    row = queue.get(sid)
-    before = store.trials(sid)
-    assert row.status == "running" and row.claimed_by is not None and row.claims == 1
-    assert 4 <= len(before) < budget, "the search must be killed part-way"
-    killed_replica = row.claimed_by
-
-    second = ServerProcess(database, log, **lease)
-    try:
-        second.wait_ready()
-        wait_until(
-            lambda: queue.get(sid).status not in ("queued", "running"),
-            "the resumed search",
-            on_timeout=second.tail,
-        )
-    finally:
-        second.cleanup()
 
     row = queue.get(sid)
     assert row.status == "succeeded", (row.error, second.tail())
@@ -162,6 +183,31 @@ def test_sigkill_and_restart_resumes_exactly(database: Database, tmp_path: Path)
     assert row.trials_done == budget and row.claims == 2
     assert row.claimed_by not in (None, killed_replica)  # a new replica took it over
     assert row.front_size == len(store.pareto(sid)) >= 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_server_leaves_no_process_behind(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (`make run`) or SIGTERM of `nas serve` while a search runs on its local Ray: when the
+    server has exited, nothing of its process group is left (Ray's agents ignore SIGTERM)."""
+    with empty_service_database(tmp_path) as (url, engine):
+        server = ServerProcess(Database(url, engine), tmp_path / "server.log")
+        try:
+            server.wait_ready()
+            spec = {**FAST_SPEC, "budget": {"trials": 400, "parallelism": 2}}
+            created = httpx.post(f"{server.url}/v1/searches", json=spec, timeout=30)
+            assert created.status_code == 202, created.text
+            store = SqlTrialStore(engine)
+            wait_until(lambda: store.count(created.json()["id"]) >= 2, "two trials", on_timeout=server.tail)
+            running = server.survivors()
+            assert any("raylet" in p for p in running) and any("ray::" in p for p in running), running
+            server.process.send_signal(sig)
+            # uvicorn ends by raising the signal again once its shutdown is complete.
+            assert server.process.wait(120) in (0, -sig), server.tail()
+            assert "Application shutdown complete" in server.tail()
+            assert server.survivors() == [], server.tail()
+            assert not list((tmp_path / "state").glob("ray-*.json"))  # its record went with it
+        finally:
+            server.cleanup()
 
 
 # --------------------------------------------------------------------------- worker failure
