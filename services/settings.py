@@ -72,6 +72,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         32 << 20, ge=1024, description="request bodies above this many bytes are refused with 413"
     )
+    max_heavy_requests: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="expensive requests (predict, evaluate) served at once; more get 429 with Retry-After",
+    )
+    heavy_request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="an expensive request still working after this long answers 503"
+    )
+    max_request_input_scale: float = Field(
+        4.0,
+        ge=1,
+        le=1024,
+        description="predict and evaluate refuse (422) space options whose inputs have more than this many "
+        "times the elements of the space's default inputs (resolution 448 for EfficientFormerV2)",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="server logs as text lines or one JSON object per line (json)"
     )

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy.engine import Engine
 
 from latency_lut import SqlLatencyTable
-from search_spaces import UnknownSpaceError, space_class
+from search_spaces import FieldError, SearchSpace, UnknownSpaceError, get_space, space_class
 from services.core.auth import READ_METHODS, Scope, SearchAccess, scope_allowed, verify_token
 from services.core.dashboard_data import TrialColumnsCache
 from services.core.measurement_store import MeasurementStore, UnknownDeviceError
@@ -48,6 +49,7 @@ from services.settings import Settings
 __all__ = [
     "DeviceDep",
     "EngineDep",
+    "HeavyRequestDep",
     "LutDep",
     "MeasurementsDep",
     "PredictionsDep",
@@ -60,6 +62,7 @@ __all__ = [
     "StoreDep",
     "TrialColumnsDep",
     "api_routes",
+    "check_request_inputs",
     "public",
     "require_scope",
     "scope_by_method",
@@ -154,6 +157,83 @@ def known_space(name: Annotated[str, PathParam(description="a registered search 
 
 DeviceDep = Annotated[str, Depends(known_device)]
 SpaceName = Annotated[str, Depends(known_space)]
+
+
+# ----------------------------------------------------------------------------- expensive requests
+#: Seconds a client is asked to wait (`Retry-After`) when the expensive requests are all taken.
+HEAVY_RETRY_AFTER_S = 5
+
+
+def heavy_gate(state: Any) -> threading.BoundedSemaphore:
+    """The app's slots for expensive requests (`NAS_MAX_HEAVY_REQUESTS`), created on first use."""
+    with _STATE_LOCK:
+        if getattr(state, "heavy_requests", None) is None:
+            state.heavy_requests = threading.BoundedSemaphore(state.settings.max_heavy_requests)
+    return state.heavy_requests
+
+
+class RequestDeadline:
+    """When an expensive request must have finished (`NAS_HEAVY_REQUEST_TIMEOUT_S`). A handler calls
+    `check` between its steps (each config, each device): a step under way is not interrupted, so
+    the per-request limits (configs, input sizes) bound how far a request can run past it."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.at = time.monotonic() + timeout_s
+
+    def check(self, doing: str) -> None:
+        if time.monotonic() > self.at:
+            message = (
+                f"the request ran past the server's limit of {self.timeout_s:g} s "
+                f"(NAS_HEAVY_REQUEST_TIMEOUT_S) while {doing}; send fewer configs or smaller space options"
+            )
+            raise HTTPException(
+                status_code=503,
+                detail=[{"field": "request", "message": message, "allowed": None}],
+                headers={"Retry-After": str(HEAVY_RETRY_AFTER_S)},
+            )
+
+
+def heavy_request(request: Request) -> Iterator[RequestDeadline]:
+    """An expensive request (predict, evaluate) holds one of `NAS_MAX_HEAVY_REQUESTS` slots while it
+    runs; when none is free it is answered 429 with `Retry-After` at once (never queued)."""
+    state = request.app.state
+    gate = heavy_gate(state)
+    if not gate.acquire(blocking=False):
+        limit = state.settings.max_heavy_requests
+        message = (
+            f"the server is already running {limit} expensive request(s) (predictions, evaluations), the "
+            f"most it runs at once (NAS_MAX_HEAVY_REQUESTS); retry in {HEAVY_RETRY_AFTER_S} s"
+        )
+        raise HTTPException(
+            status_code=429,
+            detail=[{"field": "request", "message": message, "allowed": None}],
+            headers={"Retry-After": str(HEAVY_RETRY_AFTER_S)},
+        )
+    try:
+        yield RequestDeadline(state.settings.heavy_request_timeout_s)
+    finally:
+        gate.release()
+
+
+HeavyRequestDep = Annotated[RequestDeadline, Depends(heavy_request)]
+
+
+def check_request_inputs(space: SearchSpace, settings: Settings, *, field: str = "space_options") -> None:
+    """Refuse (422) options whose inputs have more than `NAS_MAX_REQUEST_INPUT_SCALE` times the
+    elements of the space's default inputs: the cost of a request's MAC counts and predictor set-up
+    grows with them (searches, which run in the background, take any valid options)."""
+    elements = sum(t.numel() for t in space.example_inputs())
+    default = sum(t.numel() for t in get_space(space.name).example_inputs())
+    limit = int(default * settings.max_request_input_scale)
+    if elements > limit:
+        raise FieldError(
+            f"space options {dict(space.options)} give inputs of {elements:,} elements; a request may use at "
+            f"most {limit:,} ({settings.max_request_input_scale:g}x the {default:,} of the space's defaults, "
+            f"NAS_MAX_REQUEST_INPUT_SCALE); submit a search for larger options",
+            field=field,
+            allowed=f"inputs of at most {limit:,} elements",
+        )
 
 
 # ----------------------------------------------------------------------------- authentication

@@ -16,7 +16,16 @@ from latency_lut.io import SUFFIXES, export_table, import_table
 from search_spaces import FieldError
 from services.core.measurement_store import MeasurementConflictError, MeasurementRow
 from services.core.prediction_service import ClockMismatchError, PairConflictError, PairIn, estimate_dict
-from services.server.deps import DeviceDep, MeasurementsDep, PredictionsDep, Scope, require_scope
+from services.server.deps import (
+    DeviceDep,
+    HeavyRequestDep,
+    MeasurementsDep,
+    PredictionsDep,
+    Scope,
+    SettingsDep,
+    check_request_inputs,
+    require_scope,
+)
 from services.server.errors import (
     ResourceNotFoundError,
     canonical_at,
@@ -31,6 +40,7 @@ from services.server.schemas import (
     AccuracyFigures,
     AccuracyOut,
     AccuracyUploadOut,
+    ErrorBody,
     IngestOut,
     MeasurementBatch,
     PairOut,
@@ -121,11 +131,29 @@ def import_file(
 
 
 # --------------------------------------------------------------------------------- predictions
-@router.post("/{device}/predict", response_model=PredictOut, dependencies=READ)
-def predict_configs(device: DeviceDep, body: PredictIn, predictions: PredictionsDep) -> PredictOut:
+@router.post(
+    "/{device}/predict",
+    response_model=PredictOut,
+    dependencies=READ,
+    responses={
+        429: {"model": ErrorBody, "description": "all expensive-request slots taken (Retry-After)"},
+        503: {"model": ErrorBody, "description": "ran past NAS_HEAVY_REQUEST_TIMEOUT_S (Retry-After)"},
+    },
+)
+def predict_configs(
+    device: DeviceDep,
+    body: PredictIn,
+    predictions: PredictionsDep,
+    settings: SettingsDep,
+    deadline: HeavyRequestDep,
+) -> PredictOut:
     """Predict subnets (configs or reference names) with the device's selected predictor (or the
-    candidate named by `predictor`), the fallback pricing blocks the table lacks (marked estimated)."""
+    candidate named by `predictor`), the fallback pricing blocks the table lacks (marked estimated).
+    An expensive request: at most `MAX_PREDICT_CONFIGS` configs, options up to
+    `NAS_MAX_REQUEST_INPUT_SCALE` times the default inputs (422 beyond), at most
+    `NAS_MAX_HEAVY_REQUESTS` at once (429) and `NAS_HEAVY_REQUEST_TIMEOUT_S` (503)."""
     space = space_at(body.space, body.space_options)
+    check_request_inputs(space, settings)
     predictors = predictions.predictor(device, space)
     try:
         chosen = predictors.named(body.predictor)
@@ -135,6 +163,7 @@ def predict_configs(device: DeviceDep, body: PredictIn, predictions: Predictions
         ) from None
     items = []
     for i, config in enumerate(body.configs):
+        deadline.check(f"predicting configs[{i}] of {len(body.configs)}")
         canonical = canonical_at(space, config, field=f"configs[{i}]")
         estimate = chosen.predict(space.blocks(canonical))
         values = estimate_dict(estimate)

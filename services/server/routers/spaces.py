@@ -10,7 +10,16 @@ from search_spaces import FieldError, get_space, list_spaces
 from services.core.measurement_store import UnknownDeviceError
 from services.core.model_export import ModelFile, export_model
 from services.option_values import parse_option_value
-from services.server.deps import MeasurementsDep, PredictionsDep, Scope, SpaceName, scope_by_method
+from services.server.deps import (
+    HeavyRequestDep,
+    MeasurementsDep,
+    PredictionsDep,
+    Scope,
+    SettingsDep,
+    SpaceName,
+    check_request_inputs,
+    scope_by_method,
+)
 from services.server.errors import ResourceNotFoundError, canonical_at, space_at
 from services.server.schemas import (
     EXPORT_RESPONSES,
@@ -55,14 +64,30 @@ def describe(name: SpaceName, request: Request) -> SpaceDetail:
     return SpaceDetail(**get_space(name, **options).describe())
 
 
-@router.post("/{name}/evaluate", response_model=EvaluateOut, responses={404: {"model": ErrorBody}})
+@router.post(
+    "/{name}/evaluate",
+    response_model=EvaluateOut,
+    responses={
+        404: {"model": ErrorBody},
+        429: {"model": ErrorBody, "description": "all expensive-request slots taken (Retry-After)"},
+        503: {"model": ErrorBody, "description": "ran past NAS_HEAVY_REQUEST_TIMEOUT_S (Retry-After)"},
+    },
+)
 def evaluate(
-    name: SpaceName, body: EvaluateIn, store: MeasurementsDep, predictions: PredictionsDep
+    name: SpaceName,
+    body: EvaluateIn,
+    store: MeasurementsDep,
+    predictions: PredictionsDep,
+    settings: SettingsDep,
+    deadline: HeavyRequestDep,
 ) -> EvaluateOut:
     """Score one subnet now: parameters, MACs, and its latency on each device by the device's selected
     predictor (or the candidate `predictor` names), with the covered share and the fallback for blocks
-    the table lacks marked as estimated. Nothing is stored."""
+    the table lacks marked as estimated. Nothing is stored. An expensive request: options up to
+    `NAS_MAX_REQUEST_INPUT_SCALE` times the default inputs (422 beyond), at most
+    `NAS_MAX_HEAVY_REQUESTS` at once (429) and `NAS_HEAVY_REQUEST_TIMEOUT_S` (503)."""
     space = space_at(name, body.space_options)
+    check_request_inputs(space, settings)
     canonical = canonical_at(space, body.config)
     for i, device in enumerate(body.devices):
         try:
@@ -74,6 +99,7 @@ def evaluate(
     macs = int(space.count(canonical)["macs"]) if body.macs else None
     latency = {}
     for device in dict.fromkeys(body.devices):
+        deadline.check(f"pricing the subnet on {device!r}")
         predictors = predictions.predictor(device, space)
         try:
             estimate = predictors.predict(canonical, predictor=body.predictor)

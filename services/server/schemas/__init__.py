@@ -185,12 +185,16 @@ class IngestOut(BaseModel):
     outlier_runs: int = Field(description="runs left out of the updated entries as outliers")
 
 
+#: Configs one predict request may carry (more: 422); each costs its canonicalisation and blocks.
+MAX_PREDICT_CONFIGS = 256
+
+
 class PredictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     space: str
     space_options: dict[str, Any] = Field(default_factory=dict)
-    configs: list[dict[str, Any] | str] = Field(..., min_length=1, max_length=1000)
+    configs: list[dict[str, Any] | str] = Field(..., min_length=1, max_length=MAX_PREDICT_CONFIGS)
     predictor: str = Field(
         "best", max_length=100, description="`best` (what searches price with) or a candidate's name"
     )
