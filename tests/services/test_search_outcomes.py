@@ -75,7 +75,12 @@ def test_no_feasible_trial_succeeds_with_a_warning_everyone_shows(live) -> None:
     assert "succeeded (1 warning)" in listing.output
 
 
-def test_a_search_without_warnings_lists_none(live) -> None:
+def test_a_search_without_warnings_lists_none_and_its_curve_ends_at_its_hypervolume(live) -> None:
     _server, http = live
-    search = submit(http, name="fine", objectives=["params"], constraints=["params >= 1"])
+    search = submit(http, name="fine", objectives=["params", "macs"], constraints=["params >= 1"])
     assert (search["status"], search["warnings"]) == ("succeeded", [])
+    # The hypervolume the header shows lies within the documented bounds (clipped at the anchors),
+    # and the dashboard's curve ends at it.
+    assert 0 < search["hypervolume"] <= 1.1**2
+    curve = http.get(f"/v1/dashboard/searches/{search['id']}/hypervolume").json()
+    assert curve["hypervolume"][-1] == pytest.approx(search["hypervolume"])
