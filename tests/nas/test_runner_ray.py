@@ -92,13 +92,15 @@ def test_infeasible_trials_are_stored_and_kept_off_the_front(effv2_space: Search
     assert not infeasible & set(result.front)
 
 
-def test_missing_lut_key_fails_trials_and_the_search_finishes(effv2_space: SearchSpace, effv2_luts) -> None:
+def test_missing_lut_key_fails_every_trial_and_the_search(effv2_space: SearchSpace, effv2_luts) -> None:
     # Every subnet starts with a stem; without their entries no latency can be predicted.
     luts = {DEVICE: {k: v for k, v in effv2_luts[DEVICE].items() if not k.startswith("effv2.stem|")}}
     store = MemoryTrialStore()
     resolved = make_resolved(effv2_space, budget={"trials": 4, "parallelism": 2}, **NSGA2)
     result = Runner(resolved, "ray-missing", store, luts).run()
-    assert (result.state, result.n_trials, result.front, result.hypervolume) == ("succeeded", 4, [], None)
+    # Every trial failed: the search failed too, with the most common reason (issue 14, item 12).
+    assert (result.state, result.n_trials, result.front, result.hypervolume) == ("failed", 4, [], None)
+    assert result.error is not None and result.error.startswith("all 4 trials failed; the most common reason")
     for trial in store.trials("ray-missing"):
         assert trial.state == TrialState.FAILED
         assert "lacks 1 " in trial.error and "'effv2.stem|" in trial.error
