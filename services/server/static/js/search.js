@@ -81,6 +81,7 @@ export class SearchView {
         el('dl', { class: 'facts' },
           el('dt', {}, 'space'), el('dd', {}, spec.space, ' ', el('span', { class: 'muted small' }, JSON.stringify(spec.space_options || {}))),
           el('dt', {}, 'strategy'), el('dd', {}, spec.strategy),
+          el('dt', {}, 'owner'), el('dd', {}, s.owner || '–'),
           el('dt', {}, 'objectives'), el('dd', {}, (spec.objectives || []).join(', ')),
           el('dt', {}, 'constraints'), el('dd', {}, (spec.constraints || []).join(', ') || 'none'),
           el('dt', {}, 'front'), el('dd', { id: 'front-size' }, fmt(s.front_size)),
