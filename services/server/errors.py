@@ -134,15 +134,34 @@ async def _export_refused(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.field, str(exc), exc.allowed)
 
 
-async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    log.error("database error: %s", exc)
-    return error_response(503, "database", f"the database is unavailable: {str(exc).splitlines()[0]}")
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "") or "-")
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The driver's message can hold the statement and its values: the log has it, the client does not.
+    request_id = _request_id(request)
+    log.error("database error in %s %s (request %s): %s", request.method, request.url.path, request_id, exc)
+    response = error_response(
+        503, "database", f"the database is unavailable; try again later (request id {request_id})"
+    )
+    response.headers["x-request-id"] = request_id
+    return response
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Only bugs get here (bad input has its own handlers); the client still gets JSON it can show.
-    log.exception("unhandled error in %s %s", request.method, request.url.path)
-    return error_response(500, "", f"internal error: {type(exc).__name__}: {exc}")
+    # Only bugs get here (bad input has its own handlers). The exception, and whatever it holds (on
+    # PostgreSQL a statement with its bound values), goes to the log only; the body says "internal
+    # error" with the request id that finds the log record.
+    request_id = _request_id(request)
+    log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    message = f"internal error (request id {request_id})"
+    content = {
+        "error": "internal error",
+        "request_id": request_id,
+        "detail": [{"field": "", "message": message, "allowed": None}],
+    }
+    return JSONResponse(status_code=500, content=content, headers={"x-request-id": request_id})
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,199 @@
+"""What every request's input must satisfy before any handler sees it, in one place for every route.
+
+- No NUL character, anywhere: in the URL path, a query parameter's name or value, or a string (or
+  object key) of a JSON body. PostgreSQL's text and JSON types cannot hold one (it answered 500) and
+  SQLite stored it, so both backends now refuse it alike with a 422.
+- JSON bodies nest at most `MAX_JSON_DEPTH` levels: deeper documents were stored and then could not
+  be serialised again (every later read of them was a 500).
+- Free-form JSON fields (`metadata`, `provenance`) hold at most `MAX_FREE_JSON_BYTES` bytes as JSON
+  (`bounded_json`, used by the schemas, so the refusal names the field).
+
+`RequestInputCheck` is the ASGI middleware that applies the first two to every request; a refusal is
+the API's error shape, naming the parameter or the dotted path into the body.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Levels of nesting a JSON body may have (the body itself is level 1).
+MAX_JSON_DEPTH = 32
+#: Bytes a free-form JSON field (`metadata`, `provenance`) may take, serialised as compact JSON.
+MAX_FREE_JSON_BYTES = 64 * 1024
+
+_BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class InputProblem(ValueError):
+    """What is wrong with a request's input: the field (parameter name or dotted body path) and why."""
+
+    def __init__(self, field: str, message: str, allowed: Any):
+        super().__init__(message)
+        self.field = field
+        self.allowed = allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "message": str(self), "allowed": self.allowed}
+
+
+def _child(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else part
+
+
+def check_json(value: Any, *, root: str = "", max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise `InputProblem` for a JSON value nested deeper than `max_depth` or holding a NUL character
+    in a string or an object key (the field is the dotted path, under `root`)."""
+    stack: list[tuple[Any, str, int]] = [(value, root, 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InputProblem(
+                    path or "body", f"{path or 'body'} contains a NUL character (\\u0000)", "text without NUL"
+                )
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > max_depth:
+            raise InputProblem(
+                path or "body",
+                f"{path or 'body'}: JSON nested deeper than {max_depth} levels",
+                f"at most {max_depth} levels of nesting",
+            )
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    raise InputProblem(
+                        path or "body",
+                        f"{path or 'body'} has a key containing a NUL character (\\u0000)",
+                        "keys without NUL",
+                    )
+                stack.append((child, _child(path, key), depth + 1))
+        else:
+            stack.extend((child, _child(path, i), depth + 1) for i, child in enumerate(item))
+
+
+def bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic after-validator of free-form JSON fields: at most `MAX_JSON_DEPTH` levels, no NUL,
+    at most `MAX_FREE_JSON_BYTES` bytes as compact JSON (`ValueError` saying which limit)."""
+    try:
+        check_json(value)
+    except InputProblem as exc:
+        raise ValueError(str(exc).removeprefix("body").lstrip(": ") or str(exc)) from None
+    size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    if size > MAX_FREE_JSON_BYTES:
+        raise ValueError(f"{size:,} bytes as JSON; at most {MAX_FREE_JSON_BYTES:,} bytes are stored")
+    return value
+
+
+def check_path_and_query(scope: Scope) -> None:
+    """Raise `InputProblem` for a NUL character in the URL path or in a query parameter."""
+    if "\x00" in scope.get("path", ""):
+        raise InputProblem("path", "the URL path contains a NUL character (%00)", "a path without %00")
+    query = scope.get("query_string", b"").decode("latin-1")
+    if "%00" not in query and "\x00" not in query:
+        return
+    for name, value in parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="replace"):
+        if "\x00" in name or "\x00" in value:
+            field = name.replace("\x00", "") or "query"
+            raise InputProblem(
+                field, f"query parameter {field!r} contains a NUL character (%00)", "text without %00"
+            )
+
+
+def _is_json(scope: Scope) -> bool:
+    """Whether FastAPI would read this request's body as JSON (no content type, or a JSON one)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            media = value.decode("latin-1").split(";", 1)[0].strip().lower()
+            return media == "application/json" or (
+                media.startswith("application/") and media.endswith("+json")
+            )
+    return True
+
+
+class RequestInputCheck:
+    """Refuse (422, the API's error shape) requests with a NUL character in the path, the query or a
+    JSON body, or a JSON body nested deeper than `MAX_JSON_DEPTH`; see the module docstring.
+
+    A JSON body is read whole (the body size limit outside this middleware bounds it), checked, and
+    handed on unchanged. Bodies that are not valid JSON pass: the route's own parsing answers them.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            check_path_and_query(scope)
+        except InputProblem as exc:
+            await send_error(send, 422, [exc.to_dict()])
+            return
+        if scope.get("method", "") not in _BODY_METHODS or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break  # the client went away; the route will see the same
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except HTTPException as exc:  # the body size limit refused the body while it arrived
+            await send_error(send, exc.status_code, exc.detail)
+            return
+        body = b"".join(chunks)
+        problem = _body_problem(body)
+        if problem is not None:
+            await send_error(send, 422, [problem.to_dict()])
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _body_problem(body: bytes) -> InputProblem | None:
+    if not body.strip():
+        return None
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        return InputProblem(
+            "body",
+            f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+            f"at most {MAX_JSON_DEPTH} levels",
+        )
+    except ValueError:
+        return None
+    try:
+        check_json(value)
+    except InputProblem as exc:
+        return exc
+    return None
+
+
+async def send_error(send: Send, status: int, detail: Any) -> None:
+    """Answer with the API's JSON error body (`{"detail": [...]}`)."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
