@@ -97,7 +97,14 @@ def samples(
 
 
 # --------------------------------------------------------------------------------- table files
-@router.get("/{device}/table", dependencies=READ)
+@router.get(
+    "/{device}/table",
+    dependencies=READ,
+    response_class=Response,
+    responses={
+        200: {"content": {media: {} for media in _MEDIA_TYPES.values()}, "description": "the table file"}
+    },
+)
 def export(device: DeviceDep, store: MeasurementsDep, format: Literal["csv", "parquet"] = "csv") -> Response:
     """The device's whole table as a CSV or Parquet file (`latency_lut.io`'s columns)."""
     with tempfile.TemporaryDirectory() as folder:
