@@ -41,43 +41,57 @@ class InputProblem(ValueError):
         return {"field": self.field, "message": str(self), "allowed": self.allowed}
 
 
-def _child(path: str, part: str | int) -> str:
-    if isinstance(part, int):
-        return f"{path}[{part}]"
-    return f"{path}.{part}" if path else part
+def _path(trail: tuple[Any, str | int] | None, root: str) -> str:
+    """The dotted path of a trail of (parent trail, key) pairs, built only for an error message."""
+    parts: list[str | int] = []
+    while trail is not None:
+        trail, part = trail
+        parts.append(part)
+    text = root
+    for part in reversed(parts):
+        text = f"{text}[{part}]" if isinstance(part, int) else (f"{text}.{part}" if text else part)
+    return text or "body"
 
 
-def check_json(value: Any, *, root: str = "", max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Raise `InputProblem` for a JSON value nested deeper than `max_depth` or holding a NUL character
-    in a string or an object key (the field is the dotted path, under `root`)."""
-    stack: list[tuple[Any, str, int]] = [(value, root, 1)]
-    while stack:
-        item, path, depth = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise InputProblem(
-                    path or "body", f"{path or 'body'} contains a NUL character (\\u0000)", "text without NUL"
-                )
-            continue
-        if not isinstance(item, dict | list):
-            continue
-        if depth > max_depth:
+def check_json(value: Any, *, root: str = "", max_depth: int = MAX_JSON_DEPTH, strings: bool = True) -> None:
+    """Raise `InputProblem` for a JSON value nested deeper than `max_depth` or (with `strings`) holding a
+    NUL character in a string or an object key; the field is the dotted path, under `root`.
+
+    Only containers are walked one by one (scalars are looked at in their parent's loop), so a body of
+    many numbers costs little more than reading it."""
+    if isinstance(value, str):
+        if strings and "\x00" in value:
             raise InputProblem(
-                path or "body",
-                f"{path or 'body'}: JSON nested deeper than {max_depth} levels",
+                root or "body", f"{root or 'body'} contains a NUL character (\\u0000)", "text without NUL"
+            )
+        return
+    if not isinstance(value, dict | list):
+        return
+    stack: list[tuple[Any, int, tuple[Any, str | int] | None]] = [(value, 1, None)]
+    while stack:
+        item, depth, trail = stack.pop()
+        if depth > max_depth:
+            where = _path(trail, root)
+            raise InputProblem(
+                where,
+                f"{where}: JSON nested deeper than {max_depth} levels",
                 f"at most {max_depth} levels of nesting",
             )
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if "\x00" in key:
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            if strings and isinstance(key, str) and "\x00" in key:
+                where = _path(trail, root)
+                raise InputProblem(
+                    where, f"{where} has a key containing a NUL character (\\u0000)", "keys without NUL"
+                )
+            if isinstance(child, str):
+                if strings and "\x00" in child:
+                    where = _path((trail, key), root)
                     raise InputProblem(
-                        path or "body",
-                        f"{path or 'body'} has a key containing a NUL character (\\u0000)",
-                        "keys without NUL",
+                        where, f"{where} contains a NUL character (\\u0000)", "text without NUL"
                     )
-                stack.append((child, _child(path, key), depth + 1))
-        else:
-            stack.extend((child, _child(path, i), depth + 1) for i, child in enumerate(item))
+            elif isinstance(child, dict | list):
+                stack.append((child, depth + 1, (trail, key)))
 
 
 def bounded_json(value: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +206,9 @@ def _body_problem(body: bytes) -> InputProblem | None:
     except ValueError:  # e.g. an integer of more digits than Python converts: the route's parsing answers
         return None
     try:
-        check_json(value)
+        # A JSON text can hold a NUL only as the escape \u0000 (a raw one is invalid JSON): without
+        # one, only the nesting needs a look.
+        check_json(value, strings=b"\\u0000" in body)
     except InputProblem as exc:
         return exc
     return None

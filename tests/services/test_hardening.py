@@ -319,3 +319,16 @@ def test_tables_this_host_measures_change_only_with_an_admin_key(
         assert farm.put("/v1/devices/farm-writable/table", content=content).status_code == 200
     assert put_table(api, "host-cpu-torch", content).status_code == 200  # an admin may
     assert api.get("/v1/devices/host-cpu-torch").json()["entries"] == 1
+
+
+def test_a_body_that_is_not_utf8_json_is_a_422_naming_the_body(api: httpx.Client) -> None:
+    # FastAPI answered this with a 400 `{"detail": "There was an error parsing the body"}`.
+    response = api.post("/v1/devices", content=b"\xff\xfe{", headers={"Content-Type": "application/json"})
+    error = refusal(response)
+    assert error["field"] == "body" and "UTF-8" in error["message"] and error["allowed"] == "a JSON object"
+    escaped = api.post(
+        "/v1/devices",
+        content=b'{"name": "okdev", "hardware": "x\\\\u0000y"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert refusal(escaped)["field"] == "runtime"  # an escaped backslash, then text: no NUL in it
