@@ -15,6 +15,7 @@ the API, the dashboard).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -183,6 +184,10 @@ def parse_objective(
     )
 
 
+#: The largest magnitude of a constraint's bound (far beyond any latency, parameter or MAC count).
+MAX_BOUND = 1e15
+# Longer number texts are refused without parsing them.
+_MAX_BOUND_CHARS = 32
 _CONSTRAINT = re.compile(r"^\s*(?P<objective>[^<>=\s]+)\s*(?P<op><=|>=)\s*(?P<bound>[-+0-9.eE]+)\s*$")
 
 
@@ -223,8 +228,19 @@ def parse_constraint(
             allowed="<objective> <= <number> | <objective> >= <number>",
         )
     objective = parse_objective(match["objective"], known_devices, field=field, proxies=proxies, space=space)
+    text_bound = match["bound"]
+    allowed = f"a number in [{-MAX_BOUND:g}, {MAX_BOUND:g}]"
     try:
-        bound = float(match["bound"])
+        bound = float(text_bound) if len(text_bound) <= _MAX_BOUND_CHARS else math.inf
     except ValueError:
-        raise SpecError(f"constraint bound {match['bound']!r} is not a number", field=field) from None
+        raise SpecError(
+            f"constraint bound {text_bound!r} is not a number", field=field, allowed=allowed
+        ) from None
+    if not math.isfinite(bound) or abs(bound) > MAX_BOUND:
+        shown = (
+            text_bound if len(text_bound) <= 40 else f"{text_bound[:20]}... ({len(text_bound)} characters)"
+        )
+        raise SpecError(
+            f"constraint bound {shown} is out of range; allowed: {allowed}", field=field, allowed=allowed
+        )
     return Constraint(objective, match["op"], bound)  # type: ignore[arg-type]

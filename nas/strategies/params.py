@@ -1,7 +1,7 @@
 """Checks of `strategy_params`: each turns a spec's value into the strategy's, or says what is allowed.
 
 A check returns the (possibly converted) value or raises `ValueError` with a description of what is
-allowed ("an int >= 2"); `check_strategy_params` turns that into a `SpecError` naming the field
+allowed ("an int in [2, 1000000]"); `check_strategy_params` turns that into a `SpecError` naming the field
 `strategy_params.<name>`, which the API answers with a 422.
 """
 
@@ -17,10 +17,17 @@ from nas.objectives import SpecError
 ParamCheck = Callable[[Any], Any]
 
 
-def int_at_least(minimum: int) -> ParamCheck:
+#: The largest integer a strategy parameter may be (population sizes, attempts, startup trials): ten
+#: times the largest trial budget, so no meaningful setting is refused and no absurd one is tried.
+MAX_INT_PARAM = 1_000_000
+#: The largest positive number a strategy parameter may be (a latency target in ms).
+MAX_NUMBER_PARAM = 1e9
+
+
+def int_at_least(minimum: int, maximum: int = MAX_INT_PARAM) -> ParamCheck:
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"an int >= {minimum}")
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise ValueError(f"an int in [{minimum}, {maximum}]")
         return value
 
     return check
@@ -57,8 +64,8 @@ def check_strategy_params(
 
 
 def positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("a number > 0")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_NUMBER_PARAM:
+        raise ValueError(f"a number in (0, {MAX_NUMBER_PARAM:g}]")
     return float(value)
 
 

@@ -11,7 +11,6 @@ conflict (a run measures a key once).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,11 +22,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from latency_lut import BUILTIN_DEVICES, LatencyEntry, SqlLatencyTable, needed_blocks
 from latency_lut.aggregate import RunSamples, aggregate_runs
+from latency_lut.key_checks import KeyProblem, key_problem, space_blocks
 from latency_lut.measure import DEFAULT_TIMINGS
 from latency_lut.sql_table import lut_entries, upsert_entries
 from latency_lut.timings import Timing, check_timings, predecessors, split_timing_key, timing_key
 from nas import utcnow
-from search_spaces import BlockSpec, SearchSpace, SpaceError, get_space
+from search_spaces import BlockSpec, SearchSpace, SpaceError
 from services.core.db import DeviceRow, SampleRow
 
 _DEVICES = DeviceRow.__table__
@@ -125,16 +125,6 @@ class WorkPage:
 
     needed: int
     missing: list[WorkItem]
-
-
-@functools.lru_cache(maxsize=64)
-def _kind_signatures(space_name: str, options_json: str) -> dict[str, frozenset[frozenset[str]]]:
-    """For a space at some options: kind -> the sets of argument names its blocks have."""
-    space = get_space(space_name, **json.loads(options_json))
-    signatures: dict[str, set[frozenset[str]]] = {}
-    for spec in space.all_blocks():
-        signatures.setdefault(spec.kind, set()).add(frozenset(name for name, _ in spec.args))
-    return {kind: frozenset(names) for kind, names in signatures.items()}
 
 
 def options_json(space: SearchSpace) -> str:
@@ -269,9 +259,10 @@ class MeasurementStore:
 
     # ----------------------------------------------------------------- uploads
     def check_batch(self, space: SearchSpace, rows: Sequence[MeasurementRow]) -> None:
-        """Raise `BadMeasurementError` (field `measurements[i].key`) for a key that is malformed,
-        repeated in the batch, or of a kind (or with arguments) the space's blocks never have."""
-        signatures = _kind_signatures(space.name, options_json(space))
+        """Raise `BadMeasurementError` (field `measurements[i].key` or `.after`) for a key that is
+        malformed, repeated in the batch, or not a block of the space at its options (with a timing
+        prefix, `latency_lut.timings`), and for an `after` that is not a block of the space."""
+        blocks = space_blocks(space.name, space.options)
         first_seen: dict[str, int] = {}
         for i, row in enumerate(rows):
             where = f"measurements[{i}].key"
@@ -282,28 +273,14 @@ class MeasurementStore:
                     field=where,
                 )
             first_seen[row.key] = i
-            try:
-                spec = BlockSpec.from_key(split_timing_key(row.key)[1])
-            except (ValueError, TypeError) as exc:
-                raise BadMeasurementError(
-                    f"{where}: {exc}", field=where, allowed="kind|name=value|..."
-                ) from None
-            if spec.kind not in signatures:
-                raise BadMeasurementError(
-                    f"{where}: unknown key {row.key!r}: kind {spec.kind!r} is not a block kind of space "
-                    f"{space.name!r}",
-                    field=where,
-                    allowed=sorted(signatures),
-                )
-            names = frozenset(name for name, _ in spec.args)
-            if names not in signatures[spec.kind]:
-                allowed = sorted(sorted(s) for s in signatures[spec.kind])
-                raise BadMeasurementError(
-                    f"{where}: unknown key {row.key!r}: a {spec.kind} block of space {space.name!r} takes "
-                    f"the arguments {allowed[0]}",
-                    field=where,
-                    allowed=[",".join(a) for a in allowed],
-                )
+            problem = key_problem(row.key, blocks)
+            if problem is None and row.after is not None:
+                where = f"measurements[{i}].after"
+                problem = key_problem(row.after, blocks)
+                if problem is None and split_timing_key(row.after)[0] != "isolated":
+                    problem = KeyProblem(f"after {row.after!r} names a timing, not a block", "a block key")
+            if problem is not None:
+                raise BadMeasurementError(f"{where}: {problem.message}", field=where, allowed=problem.allowed)
 
     def ingest(
         self,

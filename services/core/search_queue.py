@@ -143,15 +143,21 @@ class SearchQueue:
         self, *, status: Sequence[SearchStatus] = (), text: str = "", offset: int = 0, limit: int = 50
     ) -> tuple[list[SearchRow], int]:
         """A page of searches, newest first, and the total count matching `status` and `text` (a
-        case-insensitive part of the name or id)."""
+        case-insensitive part of the name or id, matched literally: `%` and `_` are no wildcards)."""
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(SearchRow.status.in_([s.value for s in status]))
         if self.access is not None and not self.access.read_all:
             where.append(SearchRow.owner.in_(sorted(self.access.owners)))
         if text.strip():
-            pattern = f"%{text.strip().lower()}%"
-            where.append(sa.or_(sa.func.lower(SearchRow.name).like(pattern), SearchRow.id.like(pattern)))
+            # `autoescape`: the text is matched literally (`%`, `_` and `/` are no wildcards).
+            needle = text.strip().lower()
+            where.append(
+                sa.or_(
+                    sa.func.lower(SearchRow.name).contains(needle, autoescape=True),
+                    SearchRow.id.contains(needle, autoescape=True),
+                )
+            )
         # The total comes from the same statement (a window count), so it is consistent with the
         # rows even while searches change status; only an empty page needs a separate count.
         query = (

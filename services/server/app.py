@@ -18,7 +18,8 @@ from services.core.scheduler import Scheduler
 from services.core.search_queue import SearchQueue
 from services.core.trial_reads import TrialReads
 from services.core.trial_store import SqlTrialStore
-from services.server.errors import install_error_handlers
+from services.server.errors import install_error_handlers, install_openapi
+from services.server.input_checks import RequestInputCheck
 from services.server.middleware import AccessLog, BodySizeLimit, RequestStats, configure_logging
 from services.server.routers import ROUTERS
 from services.server.routers.dashboard import STATIC_DIR
@@ -71,10 +72,13 @@ def create_app(settings: Settings | None = None, *, start_scheduler: bool = True
     app.state.request_stats = RequestStats()
     if settings.log_format == "json":
         configure_logging("json", settings.log_level)
-    # Added last, so outermost: a too-large body is refused before anything else reads it.
+    # The last added is outermost: a too-large body is refused before anything else reads it; every
+    # request gets its id and access record; then NUL characters and too deep JSON are refused.
+    app.add_middleware(RequestInputCheck)
     app.add_middleware(AccessLog, stats=app.state.request_stats)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    install_openapi(app)
     for router in ROUTERS:
         app.include_router(router)
     # The dashboard page's own files (`/` and `/vendor/plotly.min.js` are routes of its router).

@@ -33,7 +33,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
-from latency_lut import SqlLatencyTable
+from latency_lut import BUILTIN_DEVICES, SqlLatencyTable
 from search_spaces import FieldError, SearchSpace, UnknownSpaceError, get_space, space_class
 from services.core.auth import READ_METHODS, Scope, SearchAccess, scope_allowed, verify_token
 from services.core.dashboard_data import TrialColumnsCache
@@ -63,6 +63,7 @@ __all__ = [
     "TrialColumnsDep",
     "api_routes",
     "check_request_inputs",
+    "host_tables_need_admin",
     "public",
     "require_scope",
     "scope_by_method",
@@ -361,6 +362,26 @@ class _PublicRoute(ScopeRequirement):
 
     def __call__(self) -> None:  # type: ignore[override]
         return None
+
+
+def _host_table_guard(request: Request, device: Annotated[str, PathParam()]) -> None:
+    principal = authenticate(request, Scope.LUT_WRITE.value)
+    builtin = BUILTIN_DEVICES.get(device)
+    if builtin is not None and builtin.backend is not None and not principal.allows(Scope.ADMIN.value):
+        raise _denied(
+            403,
+            f"device {device!r} is measured by this host ({builtin.backend}): its table changes only "
+            f"through this host's measurement or with an admin key; API key {principal.key_id} "
+            f"({principal.name}) has scopes {list(principal.scopes)}",
+            Scope.ADMIN.value,
+        )
+
+
+def host_tables_need_admin() -> Any:
+    """`dependencies=[host_tables_need_admin()]` on a route that writes the table of the path's
+    `{device}`: a device this host measures itself (built in, with a local backend, such as
+    `host-cpu-torch`, which every local search prices with) needs an admin key; others `lut:write`."""
+    return Depends(_host_table_guard)
 
 
 def require_scope(scope: Scope | str) -> Any:

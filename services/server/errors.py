@@ -134,15 +134,34 @@ async def _export_refused(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.field, str(exc), exc.allowed)
 
 
-async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    log.error("database error: %s", exc)
-    return error_response(503, "database", f"the database is unavailable: {str(exc).splitlines()[0]}")
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "") or "-")
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The driver's message can hold the statement and its values: the log has it, the client does not.
+    request_id = _request_id(request)
+    log.error("database error in %s %s (request %s): %s", request.method, request.url.path, request_id, exc)
+    response = error_response(
+        503, "database", f"the database is unavailable; try again later (request id {request_id})"
+    )
+    response.headers["x-request-id"] = request_id
+    return response
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Only bugs get here (bad input has its own handlers); the client still gets JSON it can show.
-    log.exception("unhandled error in %s %s", request.method, request.url.path)
-    return error_response(500, "", f"internal error: {type(exc).__name__}: {exc}")
+    # Only bugs get here (bad input has its own handlers). The exception, and whatever it holds (on
+    # PostgreSQL a statement with its bound values), goes to the log only; the body says "internal
+    # error" with the request id that finds the log record.
+    request_id = _request_id(request)
+    log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    message = f"internal error (request id {request_id})"
+    content = {
+        "error": "internal error",
+        "request_id": request_id,
+        "detail": [{"field": "", "message": message, "allowed": None}],
+    }
+    return JSONResponse(status_code=500, content=content, headers={"x-request-id": request_id})
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -292,3 +311,100 @@ def _allowed_from_context(ctx: dict[str, Any]) -> Any:
     if "expected" in ctx:
         return str(ctx["expected"])
     return None
+
+
+# ----------------------------------------------------------------------------- the OpenAPI document
+_ERROR_ITEM = {
+    "title": "ErrorItem",
+    "type": "object",
+    "required": ["field", "message"],
+    "properties": {
+        "field": {"type": "string", "description": "dotted path into the body, or the parameter's name"},
+        "message": {"type": "string"},
+        "allowed": {
+            "description": "what would be accepted",
+            "anyOf": [{"type": "array", "items": {}}, {"type": "string"}, {"type": "null"}],
+        },
+    },
+}
+_ERROR_BODY = {
+    "title": "ErrorBody",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {"detail": {"type": "array", "items": {"$ref": "#/components/schemas/ErrorItem"}}},
+}
+_INTERNAL_ERROR_BODY = {
+    "title": "InternalErrorBody",
+    "type": "object",
+    "required": ["error", "request_id", "detail"],
+    "properties": {
+        "error": {"type": "string", "enum": ["internal error"]},
+        "request_id": {"type": "string", "description": "the id under which the log has the details"},
+        "detail": {"type": "array", "items": {"$ref": "#/components/schemas/ErrorItem"}},
+    },
+}
+_WHY = {
+    "401": "no key, or an unknown, revoked or expired one",
+    "403": "a key without the scope this operation needs",
+    "404": "the resource the path names does not exist",
+    "413": "the request body is larger than NAS_MAX_BODY_BYTES",
+    "422": "invalid input: each item names the field and what is allowed",
+    "500": "a bug: `internal error` and the request id; the details are in the server's log",
+    "503": "the database (or another dependency) is unavailable",
+}
+
+
+def _json_error(status: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": _WHY[status],
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def document_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """The app's OpenAPI document with the error answers the API really gives: every 4xx/5xx body in
+    the `{"detail": [{"field", "message", "allowed"}]}` shape (not FastAPI's `{loc, msg, type}`), 422 on
+    every operation (the input checks apply to all), 401/403 where a key is needed, 404 where the
+    path names a resource, 413 where there is a body, 500 and 503 everywhere."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorItem"] = _ERROR_ITEM
+    schemas["ErrorBody"] = _ERROR_BODY
+    schemas["InternalErrorBody"] = _INTERNAL_ERROR_BODY
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method not in ("get", "put", "post", "delete", "patch"):
+                continue
+            responses = operation.setdefault("responses", {})
+            wanted = ["422", "500", "503"]
+            if operation.get("security"):
+                wanted += ["401", "403"]
+            if "{" in path:
+                wanted.append("404")
+            if "requestBody" in operation:
+                wanted.append("413")
+            for status in wanted:
+                responses[status] = _json_error(
+                    status, "InternalErrorBody" if status == "500" else "ErrorBody"
+                )
+            for status, response in responses.items():
+                # Whatever a route declared for an error status, the body is the API's error shape.
+                if status.startswith(("4", "5")) and status not in wanted:
+                    response.setdefault("description", _WHY.get(status, "error"))
+                    response["content"] = {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                    }
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return document
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve `document_errors` of FastAPI's generated document at `/openapi.json` (built once)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

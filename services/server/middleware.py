@@ -1,5 +1,6 @@
 """ASGI middleware of the API: a request body size limit, per-request access records (logged, and
-counted for `/metrics`), and the logging set-up (plain text or one JSON object per line).
+counted for `/metrics`, each with a request id), and the logging set-up (plain text or one JSON
+object per line). The checks of every request's input are `services.server.input_checks`.
 
 Both middlewares are plain ASGI (no `BaseHTTPMiddleware`), so streamed responses (server-sent events,
 exports) pass through unbuffered.
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +23,9 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("services.access")
+
+#: A request id a client may choose (`X-Request-ID`); any other value is replaced by a fresh one.
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 #: Attributes every `logging.LogRecord` has; anything else on a record came from `extra=`.
 _RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -98,8 +104,20 @@ class RequestStats:
             return dict(self._counts), self._seconds
 
 
+def request_id_of(scope: Scope) -> str:
+    """The id of a request: the client's `X-Request-ID` when it is a short token, else a new one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            if _CLIENT_REQUEST_ID.match(text):
+                return text
+    return uuid.uuid4().hex[:16]
+
+
 class AccessLog:
-    """Log one record per request (`services.access`: method, path, status, duration) and count it."""
+    """Log one record per request (`services.access`: method, path, status, duration, request id) and
+    count it. The request id is in `request.state.request_id` and the `X-Request-ID` response header;
+    an error's log lines and its 500 body carry it, so a report can be matched with the log."""
 
     def __init__(self, app: ASGIApp, stats: RequestStats):
         self.app = app
@@ -111,11 +129,16 @@ class AccessLog:
             return
         start = time.perf_counter()
         status = 500
+        request_id = request_id_of(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -125,12 +148,14 @@ class AccessLog:
             method = scope.get("method", "")
             self.stats.add(method, status, seconds)
             access_log.info(
-                "%s %s %d %.1fms",
+                "%s %s %d %.1fms %s",
                 method,
                 scope.get("path", ""),
                 status,
                 seconds * 1000,
+                request_id,
                 extra={
+                    "request_id": request_id,
                     "method": method,
                     "path": scope.get("path", ""),
                     "status": status,

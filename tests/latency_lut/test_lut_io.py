@@ -68,10 +68,12 @@ def test_device_argument_sets_the_device(tmp_path: Path, suffix: str) -> None:
     assert target.snapshot("iphone14pro-coreml-ane") == _source().snapshot(DEVICE)
 
 
-def test_export_of_an_empty_device_imports_nothing(tmp_path: Path) -> None:
+def test_a_file_without_rows_is_refused(tmp_path: Path) -> None:
+    # A header alone is no table (an upload of one was taken for a successful import of nothing).
     path = tmp_path / "empty.parquet"
     assert export_table(_source(), "no-such-device", path) == 0
-    assert import_table(MemoryLatencyTable(), path) == 0
+    with pytest.raises(ValueError, match="has no rows"):
+        import_table(MemoryLatencyTable(), path)
 
 
 def test_import_without_device_column_needs_device_argument(tmp_path: Path) -> None:
@@ -112,10 +114,21 @@ def _row(**changes: object) -> dict[str, object]:
         ({"median_ms": "fast"}, r"column 'median_ms' must hold finite numbers; rows \[2\] have \['fast'\]"),
         ({"p90_ms": "inf"}, r"column 'p90_ms' must hold finite numbers; rows \[2\]"),
         ({"p10_ms": ""}, r"column 'p10_ms' must hold finite numbers; rows \[2\]"),
-        ({"p10_ms": -0.5}, r"column 'p10_ms' must be >= 0 \(milliseconds\); rows \[2\]"),
-        ({"count": 0}, r"column 'count' must hold integers >= 1; rows \[2\]"),
-        ({"count": 2.5}, r"column 'count' must hold integers >= 1; rows \[2\]"),
+        ({"p10_ms": -0.5}, r"column 'p10_ms' must be in \[0, 3600000\] \(milliseconds\); rows \[2\]"),
+        ({"median_ms": 1e308, "p90_ms": 1e308}, r"column 'median_ms' must be in \[0, 3600000\]"),
+        (
+            {"p10_ms": 3.0, "median_ms": 2.0, "p90_ms": 1.0},
+            r"p10_ms <= median_ms <= p90_ms must hold; rows \[2\]",
+        ),
+        ({"count": 0}, r"column 'count' must hold integers in \[1, 2147483647\]; rows \[2\]"),
+        ({"count": 2.5}, r"column 'count' must hold integers in \[1, 2147483647\]; rows \[2\]"),
+        ({"count": 10**12}, r"column 'count' must hold integers in \[1, 2147483647\]; rows \[2\]"),
         ({"key": ""}, r"column 'key' must hold non-empty text; rows \[2\]"),
+        ({"key": "tiny.head|dim=" + "8" * 2000}, r"column 'key' holds at most 1024 characters; rows \[2\]"),
+        ({"key": "tiny.head|dim=8\x00"}, r"column 'key' must not hold control characters"),
+        ({"provenance": json.dumps({"a": "b\x00"})}, r"column 'provenance' row 2: text with a NUL"),
+        ({"provenance": "[" * 40 + "]" * 40}, r"column 'provenance' row 2: expected a JSON object"),
+        ({"provenance": '{"a":' * 40 + "1" + "}" * 40}, r"column 'provenance' row 2: nested deeper than 32"),
         ({"device": " "}, r"column 'device' must hold non-empty text; rows \[2\]"),
         ({"provenance": "{not json"}, r"column 'provenance' row 2: not a JSON object"),
         ({"provenance": "[1, 2]"}, r"column 'provenance' row 2: expected a JSON object"),

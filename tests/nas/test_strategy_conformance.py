@@ -165,7 +165,7 @@ def test_unknown_and_bad_params_are_spec_errors_naming_the_field(name: str, tiny
     assert info.value.field == "strategy_params.generations"
     assert info.value.allowed == allowed
     if "max_attempts" in allowed:
-        with pytest.raises(SpecError, match="must be an int >= 1") as info:
+        with pytest.raises(SpecError, match=r"must be an int in \[1, ") as info:
             make_tiny_strategy(name, tiny_space, max_attempts=0)
         assert info.value.field == "strategy_params.max_attempts"
 

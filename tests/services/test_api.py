@@ -116,7 +116,11 @@ def test_device_known_by_its_table_is_searchable(idle_server: LiveServer, idle: 
         (spec(objectives=["latency:iphone99"]), "objectives[0]", "latency:host-cpu-torch"),
         (spec(constraints=["params < 5"]), "constraints[0]", "<objective> <= <number>"),
         (spec(strategy="annealing"), "strategy", "random"),
-        (spec(strategy_params={"population_size": 0}), "strategy_params.population_size", "an int >= 2"),
+        (
+            spec(strategy_params={"population_size": 0}),
+            "strategy_params.population_size",
+            "an int in [2, 1000000]",
+        ),
         (spec(budget__trials=0), "budget.trials", "int in [1, 100000]"),
         (spec(budget__parallelism=10**6), "budget.parallelism", "int in [1, 256]"),
         (spec(budget__seconds=-1), "budget.seconds", "float in (0"),
@@ -124,6 +128,16 @@ def test_device_known_by_its_table_is_searchable(idle_server: LiveServer, idle: 
         (spec(objectives=[]), "objectives", "length between 1 and 3"),
         (spec(colour="red"), "colour", "objectives"),
         (spec(budget__wall=3), "budget.wall", "trials"),
+        # Non-finite and absurd numbers (issue 14, item 7): each was a 202 before.
+        (spec(constraints=["latency:host-cpu-torch <= 1e309"]), "constraints[0]", "[-1e+15, 1e+15]"),
+        (spec(constraints=["params >= -1e309"]), "constraints[0]", "[-1e+15, 1e+15]"),
+        (spec(constraints=["params <= " + "9" * 10_000]), "constraints[0]", "[-1e+15, 1e+15]"),
+        (spec(constraints=["params <= 1e300"]), "constraints[0]", "[-1e+15, 1e+15]"),
+        (
+            spec(strategy="nsga2", strategy_params={"population_size": 10**12}),
+            "strategy_params.population_size",
+            "an int in [2, 1000000]",
+        ),
     ],
 )
 def test_invalid_spec_is_422_naming_field_and_allowed(

@@ -17,6 +17,7 @@ from svc_helpers import SMALL_SPEC, LiveServer, throwaway_server
 
 from latency_lut import SqlLatencyTable
 from latency_lut.features import block_features
+from latency_lut.key_checks import space_blocks
 from search_spaces import get_space
 from services.core.measurement_store import MeasurementConflictError, MeasurementRow, MeasurementStore
 from services.server.schemas import MAX_BATCH_ROWS
@@ -64,9 +65,21 @@ def batch(run_id: str, rows: list[dict], **changes) -> dict:
     return body
 
 
-def ffn_key(dim: int, ratio: int = 4, side: int = 8) -> str:
-    """A key of the FFN kind with the arguments FFN keys have (any dim is a valid key)."""
-    return f"effv2.ffn|batch=1|dim={dim}|dtype=fp32|hw={side}x{side}|ratio={ratio}"
+#: Uploads name real keys of their space (`latency_lut.key_checks`): the tests that need thousands of
+#: distinct keys upload to UNet at its default options (1,706 blocks, three timings each).
+MANY = {"space": "unet", "space_options": {}}
+MANY_KEYS = [
+    prefix + key for key in sorted(space_blocks("unet", {}).keys) for prefix in ("", "ctx@", "call@")
+]
+
+
+def many_key(i: int) -> str:
+    """The i-th real UNet table key (counted from 1)."""
+    return MANY_KEYS[i - 1]
+
+
+def many_batch(run_id: str, rows: list[dict], **changes) -> dict:
+    return batch(run_id, rows, **{**MANY, **changes})
 
 
 def entries(api: httpx.Client, device: str) -> int:
@@ -218,8 +231,8 @@ def test_bad_work_queries_name_the_field(
 
 # ----------------------------------------------------------------------------- uploads
 def test_thousands_of_rows_in_one_upload_and_a_retry_changes_nothing(api: httpx.Client, device: str) -> None:
-    rows = [{"key": ffn_key(dim), "samples_ms": [1.0 + dim * 1e-4, 1.1, 0.9]} for dim in range(1, 5001)]
-    body = batch(uuid.uuid4().hex, rows)
+    rows = [{"key": many_key(dim), "samples_ms": [1.0 + dim * 1e-4, 1.1, 0.9]} for dim in range(1, 5001)]
+    body = many_batch(uuid.uuid4().hex, rows)
     first = api.post(f"/v1/devices/{device}/measurements", json=body)
     assert first.status_code == 201, first.text
     assert first.json() | {"run_id": None} == {
@@ -233,72 +246,82 @@ def test_thousands_of_rows_in_one_upload_and_a_retry_changes_nothing(api: httpx.
     assert entries(api, device) == 5000
     retry = api.post(f"/v1/devices/{device}/measurements", json=body).json()
     assert (retry["accepted"], retry["duplicates"], retry["entries_updated"]) == (0, 5000, 0)
-    samples = api.get(f"/v1/devices/{device}/samples", params={"key": ffn_key(7)}).json()
+    samples = api.get(f"/v1/devices/{device}/samples", params={"key": many_key(7)}).json()
     assert len(samples) == 1 and samples[0]["samples_ms"] == [1.0007, 1.1, 0.9]
-    assert samples[0]["provenance"]["runtime"] == "onnxruntime" and samples[0]["provenance"]["space"] == SPACE
+    assert (
+        samples[0]["provenance"]["runtime"] == "onnxruntime" and samples[0]["provenance"]["space"] == "unet"
+    )
 
 
 def test_a_rejected_batch_writes_nothing(api: httpx.Client, device: str) -> None:
-    good = [{"key": ffn_key(dim), "samples_ms": [1.0]} for dim in range(1, 50)]
+    good = [{"key": many_key(dim), "samples_ms": [1.0]} for dim in range(1, 50)]
     run = uuid.uuid4().hex
 
     bad_kind = error(
         api.post(
             f"/v1/devices/{device}/measurements",
-            json=batch(run, [*good, {"key": "effv2.mlp|dim=3", "samples_ms": [1.0]}]),
+            json=many_batch(run, [*good, {"key": "unet.mlp|dim=3", "samples_ms": [1.0]}]),
         ),
         422,
     )
-    assert bad_kind["field"] == "measurements[49].key" and "effv2.ffn" in bad_kind["allowed"]
+    assert bad_kind["field"] == "measurements[49].key" and "unet.conv_in" in bad_kind["allowed"]
     bad_args = error(
         api.post(
             f"/v1/devices/{device}/measurements",
-            json=batch(run, [{"key": "effv2.ffn|dim=3", "samples_ms": [1]}]),
+            json=many_batch(run, [{"key": "unet.conv_in|dim=3", "samples_ms": [1]}]),
         ),
         422,
     )
     assert "takes the arguments" in bad_args["message"]
-    repeated = error(api.post(f"/v1/devices/{device}/measurements", json=batch(run, [good[0], good[0]])), 422)
+    repeated = error(
+        api.post(f"/v1/devices/{device}/measurements", json=many_batch(run, [good[0], good[0]])), 422
+    )
     assert repeated["field"] == "measurements[1].key" and "appears twice" in repeated["message"]
     negative = error(
         api.post(
             f"/v1/devices/{device}/measurements",
-            json=batch(run, [{"key": ffn_key(1), "samples_ms": [1.0, -2.0]}]),
+            json=many_batch(run, [{"key": many_key(1), "samples_ms": [1.0, -2.0]}]),
         ),
         422,
     )
-    assert negative["field"] == "measurements[0].samples_ms[1]" and negative["allowed"] == "float in (0, inf]"
+    assert (
+        negative["field"] == "measurements[0].samples_ms[1]"
+        and negative["allowed"] == "float in (0, 3600000.0]"
+    )
     text = error(
         api.post(
             f"/v1/devices/{device}/measurements",
-            json=batch(run, [{"key": ffn_key(1), "samples_ms": ["fast"]}]),
+            json=many_batch(run, [{"key": many_key(1), "samples_ms": ["fast"]}]),
         ),
         422,
     )
     assert text["field"] == "measurements[0].samples_ms[0]"
-    nan_body = json.dumps(batch(run, [{"key": ffn_key(1), "samples_ms": [float("nan")]}]))
+    nan_body = json.dumps(batch(run, [{"key": many_key(1), "samples_ms": [float("nan")]}]))
     nan = api.post(
         f"/v1/devices/{device}/measurements", content=nan_body, headers={"Content-Type": "application/json"}
     )
     assert error(nan, 422)["field"] == "measurements[0].samples_ms[0]"
     empty = error(
         api.post(
-            f"/v1/devices/{device}/measurements", json=batch(run, [{"key": ffn_key(1), "samples_ms": []}])
+            f"/v1/devices/{device}/measurements",
+            json=many_batch(run, [{"key": many_key(1), "samples_ms": []}]),
         ),
         422,
     )
     assert empty["field"] == "measurements[0].samples_ms"
-    too_many = [{"key": ffn_key(dim), "samples_ms": [1.0]} for dim in range(1, MAX_BATCH_ROWS + 2)]
-    large = error(api.post(f"/v1/devices/{device}/measurements", json=batch(run, too_many)), 422)
+    too_many = [{"key": f"unet.x|n={n}", "samples_ms": [1.0]} for n in range(MAX_BATCH_ROWS + 1)]
+    large = error(api.post(f"/v1/devices/{device}/measurements", json=many_batch(run, too_many)), 422)
     assert large["field"] == "measurements" and large["allowed"] == f"length between 1 and {MAX_BATCH_ROWS}"
     no_runtime = error(
-        api.post(f"/v1/devices/{device}/measurements", json=batch(run, good, provenance={"backend": "x"})),
+        api.post(
+            f"/v1/devices/{device}/measurements", json=many_batch(run, good, provenance={"backend": "x"})
+        ),
         422,
     )
     assert no_runtime["field"] == "provenance" and "provenance.runtime" in no_runtime["message"]
-    bad_run = error(api.post(f"/v1/devices/{device}/measurements", json=batch("run id!", good)), 422)
+    bad_run = error(api.post(f"/v1/devices/{device}/measurements", json=many_batch("run id!", good)), 422)
     assert bad_run["field"] == "run_id"
-    unknown = error(api.post("/v1/devices/no-such-farm/measurements", json=batch(run, good)), 404)
+    unknown = error(api.post("/v1/devices/no-such-farm/measurements", json=many_batch(run, good)), 404)
     assert unknown["field"] == "device"
     bad_space = error(
         api.post(
@@ -309,31 +332,31 @@ def test_a_rejected_batch_writes_nothing(api: httpx.Client, device: str) -> None
     assert bad_space["field"] == "space_options.resolution"
 
     assert entries(api, device) == 0
-    assert error(api.get(f"/v1/devices/{device}/samples", params={"key": ffn_key(1)}), 404)["field"] == "key"
+    assert error(api.get(f"/v1/devices/{device}/samples", params={"key": many_key(1)}), 404)["field"] == "key"
 
 
 def test_other_samples_under_the_same_run_and_key_conflict(api: httpx.Client, device: str) -> None:
     run = uuid.uuid4().hex
-    first = [{"key": ffn_key(1), "samples_ms": [1.0]}, {"key": ffn_key(2), "samples_ms": [2.0]}]
-    assert api.post(f"/v1/devices/{device}/measurements", json=batch(run, first)).status_code == 201
-    changed = [{"key": ffn_key(3), "samples_ms": [3.0]}, {"key": ffn_key(2), "samples_ms": [2.5]}]
-    conflict = error(api.post(f"/v1/devices/{device}/measurements", json=batch(run, changed)), 409)
+    first = [{"key": many_key(1), "samples_ms": [1.0]}, {"key": many_key(2), "samples_ms": [2.0]}]
+    assert api.post(f"/v1/devices/{device}/measurements", json=many_batch(run, first)).status_code == 201
+    changed = [{"key": many_key(3), "samples_ms": [3.0]}, {"key": many_key(2), "samples_ms": [2.5]}]
+    conflict = error(api.post(f"/v1/devices/{device}/measurements", json=many_batch(run, changed)), 409)
     assert (
         conflict["field"] == "measurements[1].key"
         and "already uploaded different samples" in conflict["message"]
     )
-    assert entries(api, device) == 2  # ffn_key(3) of the rejected batch was not written
+    assert entries(api, device) == 2  # many_key(3) of the rejected batch was not written
     # A new run may measure the key again: it becomes a second run of the entry.
-    again = api.post(f"/v1/devices/{device}/measurements", json=batch(uuid.uuid4().hex, changed)).json()
+    again = api.post(f"/v1/devices/{device}/measurements", json=many_batch(uuid.uuid4().hex, changed)).json()
     assert again["accepted"] == 2 and entries(api, device) == 3
 
 
 def test_runs_aggregate_by_median_and_a_far_run_is_flagged(api: httpx.Client, device: str) -> None:
-    key = ffn_key(16)
+    key = many_key(16)
     medians = {"a": 1.00, "b": 1.02, "c": 0.98, "d": 1.01, "slow": 4.0}
     for run, value in medians.items():
         rows = [{"key": key, "samples_ms": [value * 0.99, value, value * 1.01]}]
-        response = api.post(f"/v1/devices/{device}/measurements", json=batch(f"{device}-{run}", rows))
+        response = api.post(f"/v1/devices/{device}/measurements", json=many_batch(f"{device}-{run}", rows))
         assert response.status_code == 201
     assert response.json()["outlier_runs"] == 1
     entry = pd.read_csv(io.BytesIO(api.get(f"/v1/devices/{device}/table").content)).iloc[0]
@@ -465,8 +488,8 @@ def test_predictions_fall_back_per_kind_and_accuracy_reports_held_out_pairs(
 
 
 def test_table_files_round_trip_over_the_api(api: httpx.Client, device: str) -> None:
-    rows = [{"key": ffn_key(dim), "samples_ms": [0.1 * dim, 0.1 * dim]} for dim in (8, 16, 24)]
-    api.post(f"/v1/devices/{device}/measurements", json=batch("files", rows))
+    rows = [{"key": many_key(dim), "samples_ms": [0.1 * dim, 0.1 * dim]} for dim in (8, 16, 24)]
+    api.post(f"/v1/devices/{device}/measurements", json=many_batch("files", rows))
     for fmt in ("csv", "parquet"):
         exported = api.get(f"/v1/devices/{device}/table", params={"format": fmt})
         assert exported.status_code == 200
@@ -485,9 +508,9 @@ def test_table_files_round_trip_over_the_api(api: httpx.Client, device: str) -> 
 
     target = f"{device}-bad"
     bad = (
-        b"device,key,kind,median_ms,p10_ms,p90_ms,count,provenance\n"
-        b"x,k|a=1,k,1.0,1.0,1.0,1,{}\nx,k|a=2,k,-1,1,1,1,{}\n"
-    )
+        "device,key,kind,median_ms,p10_ms,p90_ms,count,provenance\n"
+        f"x,{many_key(1)},k,1.0,1.0,1.0,1,{{}}\nx,{many_key(2)},k,-1,1,1,1,{{}}\n"
+    ).encode()
     refused = error(
         api.put(f"/v1/devices/{target}/table", content=bad, headers={"Content-Type": "text/csv"}), 422
     )
@@ -520,8 +543,8 @@ def test_uploads_on_postgres_are_idempotent_and_atomic(postgres_isolated_engine)
     store = MeasurementStore(postgres_isolated_engine, SqlLatencyTable(postgres_isolated_engine))
     device = f"pg-{uuid.uuid4().hex[:8]}"
     store.register_device(device, runtime="torch", hardware="cpu", metadata={})
-    space = get_space(SPACE, **OPTIONS)
-    rows = [MeasurementRow(ffn_key(dim), [1.0, 1.2]) for dim in range(1, 2001)]
+    space = get_space("unet")
+    rows = [MeasurementRow(many_key(dim), [1.0, 1.2]) for dim in range(1, 2001)]
     first = store.ingest(device, run_id="r1", space=space, provenance=PROVENANCE, rows=rows)
     assert (first.accepted, first.entries_updated) == (2000, 2000)
     again = store.ingest(device, run_id="r1", space=space, provenance=PROVENANCE, rows=rows)
@@ -532,13 +555,17 @@ def test_uploads_on_postgres_are_idempotent_and_atomic(postgres_isolated_engine)
             run_id="r1",
             space=space,
             provenance=PROVENANCE,
-            rows=[MeasurementRow(ffn_key(5000), [1.0]), MeasurementRow(ffn_key(1), [9.0])],
+            rows=[MeasurementRow(many_key(5000), [1.0]), MeasurementRow(many_key(1), [9.0])],
         )
-    assert ffn_key(5000) not in store.lut.keys(device)
+    assert many_key(5000) not in store.lut.keys(device)
     for run, value in (("r2", 1.1), ("r3", 1.1), ("r4", 8.0)):
         store.ingest(
-            device, run_id=run, space=space, provenance=PROVENANCE, rows=[MeasurementRow(ffn_key(1), [value])]
+            device,
+            run_id=run,
+            space=space,
+            provenance=PROVENANCE,
+            rows=[MeasurementRow(many_key(1), [value])],
         )
-    entry = store.lut.get_many(device, [ffn_key(1)])[ffn_key(1)]
+    entry = store.lut.get_many(device, [many_key(1)])[many_key(1)]
     assert entry.median_ms == pytest.approx(1.1) and entry.provenance["outlier_runs"] == ["r4"]
-    assert [s["outlier"] for s in store.samples(device, ffn_key(1))] == [False, False, False, True]
+    assert [s["outlier"] for s in store.samples(device, many_key(1))] == [False, False, False, True]

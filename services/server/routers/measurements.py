@@ -13,6 +13,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from latency_lut.io import SUFFIXES, export_table, import_table
+from latency_lut.key_checks import key_problem, space_blocks, table_row_problem
 from search_spaces import FieldError
 from services.core.measurement_store import MeasurementConflictError, MeasurementRow
 from services.core.prediction_service import ClockMismatchError, PairConflictError, PairIn, estimate_dict
@@ -24,6 +25,7 @@ from services.server.deps import (
     Scope,
     SettingsDep,
     check_request_inputs,
+    host_tables_need_admin,
     require_scope,
 )
 from services.server.errors import (
@@ -56,12 +58,14 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"])
 # Each route declares its scope: farms write with lut:write; reading and predicting need searches:read.
 READ = [require_scope(Scope.SEARCHES_READ)]
 WRITE = [require_scope(Scope.LUT_WRITE)]
+# Writes to a table: those of the devices this host measures itself need an admin key.
+TABLE_WRITE = [*WRITE, host_tables_need_admin()]
 
 _MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 
 # --------------------------------------------------------------------------------- uploads
-@router.post("/{device}/measurements", response_model=IngestOut, status_code=201, dependencies=WRITE)
+@router.post("/{device}/measurements", response_model=IngestOut, status_code=201, dependencies=TABLE_WRITE)
 def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: MeasurementsDep) -> IngestOut:
     """Store one batch of raw samples of one agent run and re-aggregate the entries it touches.
 
@@ -97,7 +101,14 @@ def samples(
 
 
 # --------------------------------------------------------------------------------- table files
-@router.get("/{device}/table", dependencies=READ)
+@router.get(
+    "/{device}/table",
+    dependencies=READ,
+    response_class=Response,
+    responses={
+        200: {"content": {media: {} for media in _MEDIA_TYPES.values()}, "description": "the table file"}
+    },
+)
 def export(device: DeviceDep, store: MeasurementsDep, format: Literal["csv", "parquet"] = "csv") -> Response:
     """The device's whole table as a CSV or Parquet file (`latency_lut.io`'s columns)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -108,21 +119,39 @@ def export(device: DeviceDep, store: MeasurementsDep, format: Literal["csv", "pa
     return Response(content, media_type=_MEDIA_TYPES[format], headers=headers)
 
 
-@router.put("/{device}/table", dependencies=WRITE)
+@router.put("/{device}/table", dependencies=TABLE_WRITE)
 def import_file(
     device: Annotated[str, PathParam(pattern=DEVICE_NAME_PATTERN)],
     store: MeasurementsDep,
     content: Annotated[bytes, Body(media_type="application/octet-stream")],
     format: Literal["csv", "parquet"] = "csv",
+    space: Annotated[
+        str | None, Query(description="check every key against this space (else each row's provenance)")
+    ] = None,
+    options: Annotated[
+        str | None, Query(description='the space\'s options as JSON, e.g. {"resolution": 32}')
+    ] = None,
 ) -> JSONResponse:
     """Validate a CSV or Parquet table file (the request body) and upsert its rows as the device's
-    entries (the file's device column is overridden). A bad file: 422, nothing written. Importing
-    creates a device known by its table."""
+    entries (the file's device column is overridden), all in one transaction. A bad file: 422,
+    nothing written. Every key must be a block of `space` at `options` when given; else of the space
+    and options its row's provenance names (as farm uploads record them), else of a registered
+    space's block kinds. Importing creates a device known by its table; the tables this host
+    measures itself (`host-cpu-torch`, ...) need an admin key."""
+    check = table_row_problem
+    if space is not None:
+        instance = space_at(space, json_query_param("options", options, dict) or {}, field="options")
+        blocks = space_blocks(instance.name, instance.options)
+
+        def check(key: str, _provenance: Any) -> str | None:
+            problem = key_problem(key, blocks)
+            return None if problem is None else problem.message
+
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload.{format}"
         path.write_bytes(content)
         try:
-            n = import_table(store.lut, path, device=device)
+            n = import_table(store.lut, path, device=device, key_check=check)
         except ValueError as exc:
             return error_response(422, "body", str(exc), "a latency table file: " + ", ".join(SUFFIXES))
         except Exception as exc:  # pandas and pyarrow raise their own types for unreadable files

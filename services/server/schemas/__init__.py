@@ -5,10 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from latency_lut.io import MAX_LATENCY_MS
 from nas import Trial
 from services.core.db import SearchRow, SearchStatus
+from services.server.input_checks import MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH, bounded_json
+
+#: A free-form JSON object (device metadata, provenance), bounded so that what is stored can be read back.
+FreeJson = Annotated[
+    dict[str, Any],
+    AfterValidator(bounded_json),
+    Field(
+        description=f"free-form JSON object: at most {MAX_JSON_DEPTH} levels deep and "
+        f"{MAX_FREE_JSON_BYTES:,} bytes as JSON"
+    ),
+]
 
 
 class ErrorItem(BaseModel):
@@ -93,7 +105,9 @@ MAX_SAMPLES = 10_000
 #: Whole subnets one accuracy upload may carry.
 MAX_PAIRS = 1_000
 
-Milliseconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: A timed repeat: finite, positive and at most an hour (`latency_lut.io.MAX_LATENCY_MS`), so that
+#: no statistic of samples overflows and every entry exports to a file its import accepts.
+Milliseconds = Annotated[float, Field(gt=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
 
 
 class DeviceIn(BaseModel):
@@ -105,7 +119,7 @@ class DeviceIn(BaseModel):
     runtime: str = Field(..., min_length=1, max_length=100, description="torch, onnxruntime, coreml, ...")
     hardware: str = Field(..., min_length=1, max_length=200, description="e.g. Apple A16 Neural Engine")
     description: str = Field("", max_length=2000)
-    metadata: dict[str, Any] = Field(default_factory=dict, description="free-form JSON object")
+    metadata: FreeJson = Field(default_factory=dict)
 
 
 class WorkItem(BaseModel):
@@ -161,7 +175,7 @@ class MeasurementBatch(BaseModel):
     run_id: str = Field(..., pattern=RUN_ID_PATTERN)
     space: str
     space_options: dict[str, Any] = Field(default_factory=dict)
-    provenance: dict[str, Any] = Field(
+    provenance: FreeJson = Field(
         ..., description="backend, runtime and library versions, machine; needs `backend` and `runtime`"
     )
     measurements: list[MeasurementIn] = Field(..., min_length=1, max_length=MAX_BATCH_ROWS)
@@ -245,7 +259,7 @@ class AccuracyBatch(BaseModel):
     role: Literal["validation", "calibration"] = "validation"
     space: str
     space_options: dict[str, Any] = Field(default_factory=dict)
-    provenance: dict[str, Any] = Field(default_factory=dict)
+    provenance: FreeJson = Field(default_factory=dict)
     pairs: list[PairIn] = Field(..., min_length=1, max_length=MAX_PAIRS)
 
 
