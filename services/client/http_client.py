@@ -42,7 +42,8 @@ class ServerUnreachableError(ConnectionError):
 
 
 def format_detail(detail: Any) -> str:
-    """One readable line per error item: `field: message (allowed: ...)`."""
+    """One readable line per error item: `field: message (allowed: ...)`; several items start on a new
+    line each."""
     if not isinstance(detail, list):
         return str(detail)
     lines = []
@@ -53,10 +54,12 @@ def format_detail(detail: Any) -> str:
         message = str(item.get("message", ""))
         field = item.get("field")
         line = message if not field or message.startswith(f"{field}:") else f"{field}: {message}"
-        if item.get("allowed") not in (None, "", []):
-            line += f" (allowed: {item['allowed']})"
+        allowed = item.get("allowed")
+        # Messages that list what is allowed already are not followed by the same list again.
+        if allowed not in (None, "", []) and str(allowed) not in message:
+            line += f" (allowed: {allowed})"
         lines.append(line)
-    return "; ".join(lines)
+    return lines[0] if len(lines) == 1 else "".join(f"\n  {line}" for line in lines)
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
