@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,15 +51,19 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def timed_runs(argv: list[str], runs: int, env: dict[str, str]) -> tuple[list[float], float]:
-    """Wall-clock seconds of `runs` fresh processes of `argv` (each must succeed), and the mean load."""
-    seconds, loads = [], []
+def timed_runs(argv: list[str], runs: int, env: dict[str, str]) -> tuple[list[float], list[float], float]:
+    """Wall-clock and CPU (user + system) seconds of `runs` fresh processes of `argv` (each must
+    succeed), and the mean load. CPU time hardly depends on the load; wall time does."""
+    seconds, cpu, loads = [], [], []
     for _ in range(runs):
         loads.append(load())
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(argv, env=env, check=True, capture_output=True, cwd=ROOT)
         seconds.append(time.perf_counter() - start)
-    return seconds, statistics.mean(loads)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return seconds, cpu, statistics.mean(loads)
 
 
 class Server:
@@ -134,7 +139,7 @@ def main() -> None:
             capture_output=True,
             cwd=ROOT,
         )
-        rows: list[tuple[str, str, str]] = []
+        rows: list[tuple[str, str, str, str]] = []
         searches: dict[str, list[tuple[float, float]]] = {}
         for column, keep, port in (("pool on", "2", args.port), ("pool off", "0", args.port + 1)):
             server = Server(folder, port, {**env, "NAS_WARM_EVALUATORS": keep})
@@ -144,18 +149,25 @@ def main() -> None:
                         ("nas --help", [NAS, "--help"]),
                         ("nas search list", [NAS, "search", "list", "--server", server.url]),
                     ):
-                        seconds, mean_load = timed_runs(argv, args.runs, env)
+                        seconds, cpu, mean_load = timed_runs(argv, args.runs, env)
                         median, worst = statistics.median(seconds), max(seconds)
-                        rows.append((name, f"{median:.2f} s (max {worst:.2f})", f"{mean_load:.1f}"))
+                        rows.append(
+                            (
+                                name,
+                                f"{median:.2f} s (max {worst:.2f})",
+                                f"{statistics.median(cpu):.2f} s",
+                                f"{mean_load:.1f}",
+                            )
+                        )
                 searches[column] = [server.first_trial_s(seed) for seed in range(args.searches)]
             finally:
                 server.stop()
 
     print(f"\nCLI latency: a fresh process per run, median of {args.runs}\n")
-    print("| command | median (max) | load average |")
-    print("|---|---|---|")
-    for name, value, mean_load in rows:
-        print(f"| `{name}` | {value} | {mean_load} |")
+    print("| command | wall, median (max) | CPU user+sys, median | load average |")
+    print("|---|---|---|---|")
+    for name, value, cpu_s, mean_load in rows:
+        print(f"| `{name}` | {value} | {cpu_s} | {mean_load} |")
     print("\nSubmit to first recorded trial, seconds (load average)\n")
     print("| search on the server | warm evaluator pool on (default) | pool off (`NAS_WARM_EVALUATORS=0`) |")
     print("|---|---|---|")
