@@ -1,6 +1,6 @@
 """Evaluation throughput with 1, 2, ... Ray evaluator workers on this machine.
 
-Each worker is one `nas.runner.EvaluatorActor` (one CPU, one torch thread), exactly what a search's
+Each worker is one `nas.evaluator_pool.EvaluatorActor` (one CPU, one torch thread), exactly what a search's
 runner starts. The same list of sampled subnets is evaluated with each worker count, keeping every
 worker busy (one evaluation in flight per worker, as the runner does), and the table shows evaluations
 per second, the speed-up over one worker and the parallel efficiency. Worker counts are measured in
@@ -35,7 +35,8 @@ import numpy as np
 import ray
 
 from nas import MemoryTrialStore, SearchSpec, parse_objective, resolve
-from nas.runner import EvaluatorActor, Runner
+from nas.evaluator_pool import EvaluatorActor
+from nas.runner import Runner
 from search_spaces import get_space
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latency_lut import LatencyPredictor, TableView
+from latency_lut import BUILTIN_DEVICES, LatencyPredictor, TableView
 from latency_lut.predictors import BlockSum
 from nas.objectives import Objective, check_offered
 from nas.proxies import DEFAULT_SUPERNET_DIR, ProxyContext, available_proxies, get_proxy
@@ -151,6 +152,30 @@ class SubnetEvaluator:
         examples = ", ".join(repr(key) for key in missing[:2])
         return (
             f"the latency table of device {device!r} lacks {len(missing)} of the {n_keys} distinct block "
-            f"keys of this subnet, e.g. {examples}; run `nas lut measure --device {device} "
-            f"--space {self.space.name}` (or upload measurements from a device farm) to fill it"
+            f"keys of this subnet, e.g. {examples}; {fill_command(device, self.space)}"
         )
+
+
+def fill_command(device: str, space: SearchSpace) -> str:
+    """How to fill `device`'s table for `space` at its options: `nas lut measure` for a device this
+    host measures, else `nas farm run` on the device."""
+    defaults = {spec.name: spec.default for spec in space.option_specs()}
+    options = "".join(
+        f" -o {name}={_option_text(value)}"
+        for name, value in sorted(space.options.items())
+        if defaults.get(name, object()) != value
+    )
+    known = BUILTIN_DEVICES.get(device)
+    if known is not None and known.backend is not None:
+        return (
+            f"run `nas lut measure --device {device} --space {space.name}{options}` on this host to fill it"
+        )
+    return (
+        f"run `nas farm run --device {device} --backend BACKEND --space {space.name}{options}` on that "
+        "device (BACKEND: torch, onnxruntime or coreml, whichever it runs) to fill it"
+    )
+
+
+def _option_text(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return f"'{text}'" if any(c in text for c in " {}[]\"'") else text

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from nas.directions import Direction
-from search_spaces import SpaceError
+from search_spaces import FieldError, SpaceError
 
 #: Objectives that take no argument, with their directions.
 PLAIN_OBJECTIVES: dict[str, Direction] = {"params": "minimize", "macs": "minimize"}
@@ -33,6 +33,29 @@ PARAMETRIZED_OBJECTIVES: dict[str, Direction] = {"latency": "minimize", "proxy":
 
 class SpecError(SpaceError):
     """A search spec is invalid; `field` names the offending field, `allowed` what would be valid."""
+
+
+class UnknownDeviceError(SpecError):
+    """An objective or constraint names a device with no latency table here (`device`)."""
+
+    def __init__(self, message: str, *, device: str, field: str, allowed: Any = None):
+        super().__init__(message, field=field, allowed=allowed)
+        self.device = device
+
+
+class SpecErrors(SpecError):
+    """Every error found in one spec, reported together (`errors`; `details()` lists each); its own
+    field and allowed values are the first error's."""
+
+    def __init__(self, errors: Sequence[FieldError]):
+        first = errors[0]
+        super().__init__(
+            "; ".join(f"{e.field}: {e}" for e in errors), field=first.field, allowed=first.allowed
+        )
+        self.errors = list(errors)
+
+    def details(self) -> list[dict[str, Any]]:
+        return [error.to_dict() for error in self.errors]
 
 
 #: The shapes of objective names, for errors that cannot list the known devices and proxies.
@@ -167,8 +190,9 @@ def parse_objective(
     kind, sep, arg = name.partition(":")
     if sep and kind == "latency":
         if arg not in devices:
-            raise SpecError(
+            raise UnknownDeviceError(
                 f"unknown device {arg!r} in objective {name!r}; known devices: {devices}",
+                device=arg,
                 field=field,
                 allowed=allowed_objectives(devices, proxies or ()),
             )

@@ -29,22 +29,28 @@ evaluated, the bounds are the per-objective minimum and maximum over the complet
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError
 
 from nas._trial import Trial, TrialState
 from nas.evaluate import EvalOutcome, LatencySource, SubnetEvaluator
-from nas.objectives import Objective
+from nas.evaluator_pool import (
+    EVALUATION_RETRIES,
+    EvaluatorFactory,
+    EvaluatorPool,
+    _LocalPool,
+    _RayPool,
+)
 from nas.pareto import HV_REFERENCE, Normalizer, ParetoFront, normalized_hypervolume
 from nas.proxies import DEFAULT_SUPERNET_DIR
 from nas.spec import ResolvedSpec
@@ -53,9 +59,6 @@ from nas.trial_store import TrialStore
 from search_spaces import Config, config_id
 
 logger = logging.getLogger(__name__)
-
-#: Default re-runs of a config whose evaluation worker died, before its trial is recorded failed.
-EVALUATION_RETRIES = 2
 
 #: Consecutive asks that bring only configs already seen before the strategy counts as exhausted (a
 #: seeded strategy resumed from stored trials may first propose again what it proposed before).
@@ -128,149 +131,6 @@ def error_group(error: str) -> str:
     return _ERROR_DETAILS.sub("#", error)
 
 
-#: Builds the evaluator of an actor from (space name, space options, parsed objectives, LUT snapshots);
-#: by default `SubnetEvaluator` with the runner's `supernet_dir`. It is pickled to the workers (tests
-#: pass evaluators that crash).
-EvaluatorFactory = Callable[[str, dict[str, Any], list[Objective], Mapping[str, LatencySource]], Any]
-
-
-@ray.remote(num_cpus=1, max_restarts=0)
-class EvaluatorActor:
-    """A Ray actor holding one `SubnetEvaluator` (space and latency predictors are loaded once)."""
-
-    def __init__(
-        self,
-        space_name: str,
-        space_options: dict[str, Any],
-        objectives: list[Objective],
-        luts: Mapping[str, LatencySource],
-        factory: EvaluatorFactory | None = None,
-    ):
-        import torch
-
-        # One actor per CPU: more threads per actor would only fight over the same cores.
-        torch.set_num_threads(1)
-        self._evaluator = (factory or SubnetEvaluator)(space_name, space_options, objectives, luts)
-
-    def ready(self) -> bool:
-        return True
-
-    def evaluate(self, config: Config) -> EvalOutcome:
-        return self._evaluator.evaluate(config)
-
-
-class _LocalPool:
-    """Evaluations in this process, one at a time, in submission order (debugging, fast tests)."""
-
-    def __init__(self, evaluator: SubnetEvaluator, capacity: int):
-        self.capacity = capacity
-        self._evaluator = evaluator
-        self._queue: deque[Config] = deque()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._queue)
-
-    def submit(self, config: Config) -> None:
-        self._queue.append(config)
-
-    def next_done(self) -> tuple[Config, EvalOutcome]:
-        config = self._queue.popleft()
-        return config, self._evaluator.evaluate(config)
-
-    def close(self) -> None:
-        self._queue.clear()
-
-
-class _RayPool:
-    """`capacity` evaluator actors; each runs one evaluation at a time. An actor that dies is replaced
-    and its config evaluated again on the new one, at most `retries` times; then the trial fails with
-    the reason."""
-
-    def __init__(
-        self,
-        space_name: str,
-        space_options: dict[str, Any],
-        objectives: list[Objective],
-        luts: Any,
-        size: int,
-        *,
-        retries: int = EVALUATION_RETRIES,
-        factory: EvaluatorFactory | None = None,
-    ):
-        self.capacity = size
-        self.retries = retries
-        luts_ref = ray.put(dict(luts))
-        self._args = (space_name, space_options, objectives, luts_ref, factory)
-        self._idle = [self._spawn() for _ in range(size)]
-        # Per evaluation in flight: its actor, its config and which attempt it is (1, 2, ...).
-        self._running: dict[ray.ObjectRef, tuple[Any, Config, int]] = {}
-        try:
-            # Fail the run now, with the worker's error, if an actor cannot even start.
-            ray.get([actor.ready.remote() for actor in self._idle])
-        except BaseException:
-            self.close()
-            raise
-
-    def _spawn(self) -> Any:
-        return EvaluatorActor.remote(*self._args)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._running)
-
-    def submit(self, config: Config) -> None:
-        actor = self._idle.pop()
-        self._running[actor.evaluate.remote(config)] = (actor, config, 1)
-
-    def next_done(self) -> tuple[Config, EvalOutcome]:
-        while True:
-            ready, _ = ray.wait(list(self._running), num_returns=1)
-            actor, config, attempt = self._running.pop(ready[0])
-            try:
-                outcome = ray.get(ready[0])
-            except RayActorError as exc:
-                ray.kill(actor, no_restart=True)
-                actor = self._spawn()
-                reason = _first_line(exc)
-                if attempt <= self.retries:
-                    logger.warning(
-                        "evaluation worker died (attempt %d of %d); retrying on a fresh one: %s",
-                        attempt,
-                        self.retries + 1,
-                        reason,
-                    )
-                    self._running[actor.evaluate.remote(config)] = (actor, config, attempt + 1)
-                    continue
-                logger.warning(
-                    "evaluation worker died %d times on one config; trial failed: %s", attempt, reason
-                )
-                outcome = EvalOutcome(
-                    values={},
-                    error=f"the evaluation worker died on all {attempt} attempt(s) at this config: {reason}",
-                )
-            except RayError as exc:
-                outcome = EvalOutcome(
-                    values={}, error=f"Ray could not run the evaluation: {_first_line(exc)}"
-                )
-            if attempt > 1:
-                outcome.metrics["attempts"] = attempt
-            self._idle.append(actor)
-            return config, outcome
-
-    def close(self) -> None:
-        for actor in [*self._idle, *(actor for actor, _, _ in self._running.values())]:
-            ray.kill(actor, no_restart=True)
-        self._idle.clear()
-        self._running.clear()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 class Runner:
     """Runs (or resumes) one search; see the module docstring and `run`.
 
@@ -280,7 +140,9 @@ class Runner:
     validates the strategy and its params (`SpecError`); `run` itself never raises.
     `evaluator_factory` builds the evaluators of the Ray actors (default `SubnetEvaluator` with
     `supernet_dir`, where the `supernet_*` proxies look for the space's trained supernet);
-    `evaluation_retries` bounds the re-runs of a config whose actor died.
+    `evaluation_retries` bounds the re-runs of a config whose actor died. `warm` (an
+    `EvaluatorPool`, e.g. the service's, kept across searches) lends the run started actors and the
+    anchor values it has seen, and takes the actors back at the end.
     """
 
     def __init__(
@@ -297,8 +159,10 @@ class Runner:
         evaluation_retries: int = EVALUATION_RETRIES,
         evaluator_factory: EvaluatorFactory | None = None,
         supernet_dir: str | Path = DEFAULT_SUPERNET_DIR,
+        warm: EvaluatorPool | None = None,
     ):
         self.resolved = resolved
+        self.warm = warm
         self.search_id = search_id
         self.store = store
         self.luts = dict(luts)
@@ -360,8 +224,10 @@ class Runner:
                 supernet_dir=self.supernet_dir,
             )
             self._restore()
-            self._set_bounds(local)
+            # The actors start (or load this search) while the anchors are evaluated here.
             pool = self._make_pool(local)
+            self._set_bounds()
+            pool.start()
             state = self._loop(pool)
             result = self._outcome(state)
         except RunAbandoned as exc:
@@ -397,21 +263,37 @@ class Runner:
         self.store.set_pareto(self.search_id, self.front.members)
         self._hypervolume = self._compute_hypervolume()
 
-    def _set_bounds(self, evaluator: SubnetEvaluator) -> None:
+    def _set_bounds(self) -> None:
         space = self.resolved.space
+        options = json.dumps(dict(space.options), sort_keys=True, default=str)
+        known = self.warm.anchors if self.warm is not None else {}
         anchors = []
         for name, config in (("smallest", space.smallest()), ("largest", space.largest())):
-            outcome = evaluator.evaluate(config)
-            if outcome.error is not None:
-                logger.warning(
-                    "search %s: the %s subnet could not be evaluated (%s); hypervolume bounds will come "
-                    "from the trials seen so far",
-                    self.search_id,
-                    name,
-                    outcome.error,
+            keys = {o.name: (space.name, options, name, o.name) for o in self.objectives}
+            values = {o.name: known[keys[o.name]] for o in self.objectives if keys[o.name] in known}
+            missing = [o for o in self.objectives if o.name not in values]
+            if missing:
+                evaluator = SubnetEvaluator(
+                    space.name, space.options, missing, self.luts, space=space, supernet_dir=self.supernet_dir
                 )
-                return
-            anchors.append(self._min_point(outcome.values))
+                outcome = evaluator.evaluate(config)
+                if outcome.error is not None:
+                    logger.warning(
+                        "search %s: the %s subnet could not be evaluated (%s); hypervolume bounds will "
+                        "come from the trials seen so far",
+                        self.search_id,
+                        name,
+                        outcome.error,
+                    )
+                    return
+                values.update(outcome.values)
+                if self.warm is not None:
+                    # Latency follows the device's table, which changes; supernet proxies follow the
+                    # checkpoint on disk: only the rest is fixed by the space, options and objective.
+                    for objective in missing:
+                        if objective.device is None and not objective.name.startswith("proxy:supernet_"):
+                            known[keys[objective.name]] = float(outcome.values[objective.name])
+            anchors.append(self._min_point(values))
         self._normalizer = Normalizer.from_points(anchors)
         self._hypervolume = self._compute_hypervolume()
 
@@ -432,7 +314,7 @@ class Runner:
                 size,
             )
         space = self.resolved.space
-        return _RayPool(
+        pool = _RayPool(
             space.name,
             dict(space.options),
             self.eval_objectives,
@@ -440,7 +322,10 @@ class Runner:
             size,
             retries=self.evaluation_retries,
             factory=self.evaluator_factory,
+            warm=self.warm,
         )
+        logger.info("search %s: %d evaluator actors, %d of them warm", self.search_id, size, pool.warm_actors)
+        return pool
 
     # ------------------------------------------------------------------ loop
     def _loop(self, pool: _LocalPool | _RayPool) -> Literal["succeeded", "cancelled"]:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nas.objectives import Constraint, Objective, SpecError, parse_constraint, parse_objective
+from nas.objectives import Constraint, Objective, SpecError, SpecErrors, parse_constraint, parse_objective
 from nas.proxies import DEFAULT_SUPERNET_DIR, available_proxies, default_proxy
 from nas.strategies import default_strategy, strategy_class
-from search_spaces import SearchSpace, SpaceError, get_space
+from search_spaces import FieldError, SearchSpace, SpaceError, get_space
+
+T = TypeVar("T")
 
 MAX_TRIALS = 100_000
 MAX_SECONDS = 7 * 24 * 3600
@@ -101,24 +103,53 @@ def resolve(
     the resolved `spec` is the one to store. The `supernet_*` proxies are offered when a trained
     supernet of the space at its options is under `supernet_dir` (`nas.proxies.find_checkpoint`)."""
     devices = sorted(known_devices)
+    # Every error of the spec in one answer: each field is checked even when another one failed.
+    errors: list[FieldError] = []
+
+    def checked(check: Callable[[], T]) -> T | None:
+        try:
+            return check()
+        except FieldError as exc:
+            errors.append(exc)
+            return None
+
     try:
-        space = get_space(spec.space, **spec.space_options)
+        space: SearchSpace | None = get_space(spec.space, **spec.space_options)
     except SpaceError as exc:
         field = "space" if exc.field == "space" else f"space_options.{exc.field}"
-        raise SpecError(str(exc), field=field, allowed=exc.allowed) from None
-    proxies = available_proxies(space, supernet_dir=supernet_dir)
-    preferred = default_proxy(space.name)
-    spec = with_default_proxy(spec, preferred if preferred in proxies else "params")
-    objectives = [
-        parse_objective(text, devices, field=f"objectives[{i}]", proxies=proxies, space=space.name)
+        errors.append(SpecError(str(exc), field=field, allowed=exc.allowed))
+        space = None
+    proxies = available_proxies(space, supernet_dir=supernet_dir) if space is not None else None
+    if space is not None:
+        preferred = default_proxy(space.name)
+        spec = with_default_proxy(spec, preferred if preferred in (proxies or {}) else "params")
+    space_name = space.name if space is not None else None
+    # Without a space its proxies are unknown: only the other objectives can be checked.
+    parsed = [
+        checked(
+            lambda i=i, text=text: parse_objective(
+                text, devices, field=f"objectives[{i}]", proxies=proxies, space=space_name
+            )
+        )
         for i, text in enumerate(spec.objectives)
+        if space is not None or not text.strip().startswith("proxy:")
     ]
+    objectives = [o for o in parsed if o is not None]
     names = [o.name for o in objectives]
     if len(set(names)) != len(names):
-        raise SpecError(f"objectives repeat a name: {names}", field="objectives")
-    constraints = [
-        parse_constraint(text, devices, field=f"constraints[{i}]", proxies=proxies, space=space.name)
+        errors.append(SpecError(f"objectives repeat a name: {names}", field="objectives"))
+    parsed_constraints = [
+        checked(
+            lambda i=i, text=text: parse_constraint(
+                text, devices, field=f"constraints[{i}]", proxies=proxies, space=space_name
+            )
+        )
         for i, text in enumerate(spec.constraints)
+        if space is not None or not text.strip().startswith("proxy:")
     ]
-    strategy_class(spec.strategy)
+    checked(lambda: strategy_class(spec.strategy))
+    if errors:
+        raise errors[0] if len(errors) == 1 else SpecErrors(errors)
+    assert space is not None
+    constraints = [c for c in parsed_constraints if c is not None]
     return ResolvedSpec(spec=spec, space=space, objectives=objectives, constraints=constraints)

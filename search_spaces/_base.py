@@ -65,7 +65,8 @@ class Choice:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One space option: default, type, and either the allowed values or an inclusive range."""
+    """One space option: default, type, and either the allowed values, an inclusive range (numbers) or
+    `accepts`, a sentence saying what a free-form value may be (strings)."""
 
     name: str
     default: Any
@@ -74,6 +75,7 @@ class OptionSpec:
     minimum: float | None = None
     maximum: float | None = None
     help: str = ""
+    accepts: str | None = None
 
     def validate(self, value: Any) -> Any:
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -105,6 +107,10 @@ class OptionSpec:
     def describe_allowed(self) -> list[Any] | str:
         if self.allowed is not None:
             return list(self.allowed)
+        if self.accepts is not None:
+            return self.accepts
+        if self.type not in (int, float):
+            return f"any {self.type.__name__}" + (f": {self.help}" if self.help else "")
         low = "-inf" if self.minimum is None else self.minimum
         high = "inf" if self.maximum is None else self.maximum
         return f"{self.type.__name__} in [{low}, {high}]"

@@ -20,3 +20,7 @@ class FieldError(ValueError):
 
     def to_dict(self) -> dict[str, Any]:
         return {"field": self.field, "message": str(self), "allowed": self.allowed}
+
+    def details(self) -> list[dict[str, Any]]:
+        """Every error this one reports (one item; a collection of errors lists each)."""
+        return [self.to_dict()]

@@ -65,6 +65,10 @@ KIND_PREFIX = "temporal."
 _KIND_ARGS = {f"{KIND_PREFIX}{kind}": ("dim", "frames", "hw") for kind in TEMPORAL_TYPES}
 #: Every kind a video subnet contains: the image UNet's and the temporal layers'.
 _ALL_KIND_ARGS = {**UNET_KIND_ARGS, **_KIND_ARGS}
+#: What the option `base` accepts, for its description and its errors.
+_BASE_ACCEPTS = (
+    f"a UNet reference config {sorted(UNetSpace.reference_configs())} or a UNet config as a JSON object"
+)
 _PARAMS_BY_KEY: dict[str, int] = {}
 _MEMORY_BY_KEY: dict[str, BlockMemory] = {}
 
@@ -126,9 +130,8 @@ class TemporalSpace(SearchSpace):
         }
 
     def _parse_base(self, base: str) -> Config:
-        references = sorted(UNetSpace.reference_configs())
-        allowed = f"a UNet reference config {references} or a UNet config as a JSON object"
-        if base in references:
+        allowed = _BASE_ACCEPTS
+        if base in UNetSpace.reference_configs():
             return self.unet.canonicalize(base)
         try:
             value = json.loads(base)
@@ -155,6 +158,7 @@ class TemporalSpace(SearchSpace):
                 "snapgen",
                 str,
                 help="frozen image UNet: a UNet reference config name or a UNet config as JSON",
+                accepts=_BASE_ACCEPTS,
             ),
             OptionSpec("frames", 16, int, minimum=2, maximum=64, help="frames per video"),
             unet["latent_size"],

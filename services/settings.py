@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     evaluation_retries: int = Field(
         2, ge=0, le=10, description="re-runs of a trial whose evaluation worker died, before it is failed"
     )
+    warm_evaluators: int = Field(
+        2,
+        ge=0,
+        le=256,
+        description="evaluator actors kept started between searches, so the next search starts at once "
+        "(0: every search starts its own); each holds one Ray CPU while it waits",
+    )
+    warm_evaluators_idle_s: float = Field(
+        600.0, gt=0, description="a warm evaluator actor unused for this long is ended, freeing its CPU"
+    )
     lut_warmup: int = Field(10, ge=0)
     lut_repeats: int = Field(30, ge=1)
     server_url: str = Field("http://127.0.0.1:8000", description="where the CLI client finds the API")

@@ -9,14 +9,16 @@ the database is behind the installed version).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import sqlalchemy as sa
 import typer
 
 from services.cli.common import out
 from services.cli.errors import user_errors
 from services.settings import get_settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 db_app = typer.Typer(
     no_args_is_help=True,
@@ -38,6 +40,8 @@ def say(text: str) -> None:
 
 def shown(url: str) -> str:
     """The URL without its password, for messages."""
+    import sqlalchemy as sa
+
     return sa.make_url(url).render_as_string(hide_password=True)
 
 

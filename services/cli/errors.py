@@ -65,9 +65,11 @@ def _exit_for(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, ServerUnreachableError):
         return f"{exc}. Start a server with `nas serve` or point --server / NAS_SERVER_URL at one.", 1
     if isinstance(exc, ClientError):
+        detail = format_detail(exc.detail)
+        detail = detail if detail.startswith("\n") else f" {detail}"  # several errors: a line each
         if exc.status >= 500:
-            return f"the server failed: {format_detail(exc.detail)}", 1
-        return f"the server refused the request ({exc.status}): {format_detail(exc.detail)}", 2
+            return f"the server failed:{detail}", 1
+        return f"the server refused the request ({exc.status}):{detail}", 2
     if _is(exc, "sqlalchemy.exc", "OperationalError"):
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         return f"the database does not answer: {reason}", 1

@@ -9,14 +9,26 @@ again with the same arguments).
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import Progress
 
-from services.cli.common import JsonOpt, OptionsOpt, ServerOpt, client, err, out, parse_options
+from services.cli.common import (
+    JsonOpt,
+    LineProgress,
+    OptionsOpt,
+    ServerOpt,
+    client,
+    err,
+    out,
+    parse_options,
+    print_table,
+    progress_bar,
+    table,
+)
 from services.cli.errors import user_errors
 from services.settings import get_settings
 
@@ -34,9 +46,9 @@ ClockOpt = Annotated[
 ]
 
 
-def _progress() -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, console=err)
+def _progress() -> AbstractContextManager[Progress | LineProgress]:
+    """Bars on a terminal; plain lines under nohup, systemd or a pipe."""
+    return progress_bar(err)
 
 
 # --------------------------------------------------------------------------------------- farm
@@ -155,11 +167,11 @@ def devices_list(server: ServerOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(data=devices)
         return
-    table = Table("device", "runtime", "hardware", "entries", "source")
+    grid = table("device", "runtime", "hardware", "table entries", "source")
     for d in devices:
         source = "built in" if d["builtin"] else "registered" if d.get("registered") else "table"
-        table.add_row(d["name"], d["runtime"], d["hardware"], str(d["entries"]), source)
-    out.print(table)
+        grid.add_row(d["name"], d["runtime"], d["hardware"], str(d["entries"]), source)
+    print_table(grid)
 
 
 @devices_app.command("add")
@@ -264,7 +276,7 @@ def print_accuracy(report: dict[str, Any]) -> None:
         return "-" if value is None else f"{value:.{digits}f}"
 
     title = f"{report['device']}, {report['space'] or 'all spaces'}: {report['n']} held-out subnets"
-    table = Table(
+    grid = table(
         "predictor", "subnets", "RMSE ms", "RMSPE", "mean err", "±5%", "±10%", "±15%", "rho", title=title
     )
     selected = set((report.get("selected") or "").split(", "))
@@ -274,7 +286,7 @@ def print_accuracy(report: dict[str, Any]) -> None:
     if report.get("ceiling"):
         rows.append(("ceiling: measured twice", report["ceiling"]))
     for name, r in rows:
-        table.add_row(
+        grid.add_row(
             name,
             str(r["n"]),
             number(r["rmse_ms"], 4),
@@ -285,7 +297,7 @@ def print_accuracy(report: dict[str, Any]) -> None:
             pct(r["within_15"]),
             number(r["spearman"]),
         )
-    out.print(table)
+    print_table(grid)
     notes = [
         f"statistic: {report['statistic']} of each subnet's samples; "
         "error = (predicted - measured) / measured"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,8 +13,14 @@ from rich.table import Table
 
 from services.cli.common import out
 from services.cli.errors import user_errors
-from services.core.auth import ALL_SCOPES, ApiKey, Scope, create_key, list_keys, revoke_key
 from services.settings import get_settings
+
+if TYPE_CHECKING:
+    from services.core.auth import ApiKey
+
+#: The scopes of `services.core.auth.Scope`, spelled here so that `nas --help` does not import the
+#: database layer (and with it sqlalchemy and the search packages); a test keeps the two equal.
+SCOPE_NAMES = ("searches:read", "searches:read-all", "searches:write", "lut:write", "admin")
 
 keys_app = typer.Typer(
     no_args_is_help=True,
@@ -81,7 +87,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="who or what uses the key, e.g. alice or farm-iphone14")],
     scope: Annotated[
         list[str],
-        typer.Option("--scope", help=f"repeatable or comma-separated: {', '.join(ALL_SCOPES)}"),
+        typer.Option("--scope", help=f"repeatable or comma-separated: {', '.join(SCOPE_NAMES)}"),
     ],
     expires: Annotated[str | None, typer.Option(help="30d, 12h, 2w or an ISO date (default: never)")] = None,
     team: Annotated[
@@ -92,6 +98,8 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
+    from services.core.auth import create_key
+
     key, token = create_key(_engine(), name, scope, expires_at=parse_expiry(expires), team=team)
     print_new_key(key, token)
 
@@ -102,6 +110,8 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Every key with its scopes and state (never the key itself)."""
+    from services.core.auth import list_keys
+
     keys = list_keys(_engine())
     if as_json:
         out.print_json(
@@ -143,6 +153,8 @@ def keys_revoke(
     key: Annotated[str, typer.Argument(help="the key's id (see `nas keys list`) or the key")],
 ) -> None:
     """Revoke a key: the server refuses it from the next request on."""
+    from services.core.auth import revoke_key
+
     revoked = revoke_key(_engine(), key)
     assert revoked.revoked_at is not None
     out.print(f"revoked API key {revoked.id} ({revoked.name}) at {revoked.revoked_at.isoformat()}")
@@ -150,7 +162,7 @@ def keys_revoke(
 
 def bootstrap_demo_key(engine: Any, console: Console = out) -> None:
     """For `nas serve --demo`: create an admin key when the database has no active one, and print it."""
-    from services.core.auth import has_active_admin
+    from services.core.auth import Scope, create_key, has_active_admin
 
     if has_active_admin(engine):
         console.print(

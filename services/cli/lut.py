@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli import farm as cli_farm
-from services.cli.common import OptionsOpt, out, parse_options
+from services.cli.common import OptionsOpt, out, parse_options, progress_bar
 from services.cli.errors import user_errors
 from services.cli.farm import ClockOpt
 from services.settings import get_settings
@@ -22,6 +21,26 @@ lut_app = typer.Typer(
 )
 lut_app.command("validate")(cli_farm.lut_validate)
 lut_app.command("accuracy")(cli_farm.lut_accuracy)
+
+
+def database_label(url: str) -> str:
+    """The database of `url` as a person finds it: a SQLite file's absolute path, else the URL
+    without its password."""
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return str(Path(parsed.database).resolve())
+    return parsed.render_as_string(hide_password=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
 
 
 def _local_table() -> Any:
@@ -63,8 +82,7 @@ def lut_measure(
     for config in names or []:
         instance.reference_config(config)
     table = _local_table()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=out) as bar:
+    with progress_bar(out) as bar:
         task = bar.add_task(f"measuring {device}", total=None)
 
         def progress(done: int, total: int, key: str) -> None:
@@ -97,11 +115,23 @@ def lut_export(
     """Write a device's latency table to a CSV or Parquet file."""
     from latency_lut.io import export_table
 
+    url = get_settings().database_url
+    where = database_label(url)
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.is_file():
+        # Opening it would create an empty database: say where it looked instead.
+        raise ValueError(
+            f"no database file {str(sqlite_file)!r} (NAS_DATABASE_URL={url!r}, read from the current folder "
+            f"{str(Path.cwd())!r}): run this where the server runs, or set NAS_DATABASE_URL to its database"
+        )
     table = _local_table()
     if device not in table.devices():
-        raise ValueError(f"no latency table for device {device!r}; devices with tables: {table.devices()}")
+        raise ValueError(
+            f"no latency table for device {device!r} in the database {where} (NAS_DATABASE_URL); devices "
+            f"with tables there: {table.devices()}"
+        )
     n = export_table(table, device, file)
-    out.print(f"wrote {n} entries of {device} to {file}")
+    out.print(f"wrote {n} entries of {device} from {where} to {file}", markup=False, highlight=False)
 
 
 @lut_app.command("import")
@@ -116,4 +146,5 @@ def lut_import(
     if not file.is_file():
         raise ValueError(f"latency table file {str(file)!r} does not exist or is not a file")
     n = import_table(_local_table(), file, device=device)
-    out.print(f"imported {n} entries from {file}")
+    where = database_label(get_settings().database_url)
+    out.print(f"imported {n} entries from {file} into {where}", markup=False, highlight=False)

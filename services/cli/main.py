@@ -78,6 +78,7 @@ def serve(
     """Run the API server with its scheduler (searches run in this process, on Ray)."""
     import uvicorn
 
+    from services.core.auth import list_keys
     from services.server.app import create_app
 
     overrides = {"host": host, "port": port, "auth_disabled": True if no_auth else None}
@@ -90,7 +91,7 @@ def serve(
         )
     elif demo_spec is not None:
         cli_keys.bootstrap_demo_key(api.state.engine, out)
-    elif not cli_keys.list_keys(api.state.engine):
+    elif not list_keys(api.state.engine):
         out.print("Auth is on and the database has no API key: `nas keys create --name me --scope admin`.")
     if demo_spec is not None:
         _submit_demo(api, settings, demo_spec)

@@ -8,10 +8,19 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.common import JsonOpt, ServerOpt, client, out
+from services.cli.common import (
+    JsonOpt,
+    ServerOpt,
+    client,
+    format_value,
+    objective_unit,
+    out,
+    print_table,
+    progress_bar,
+    table,
+)
 from services.cli.errors import user_errors
 from services.client import NasClient
 
@@ -60,8 +69,7 @@ def search_submit(
 
 def _follow(api: NasClient, search_id: str, *, poll_s: float = 1.0) -> dict[str, Any]:
     """Follow the search's server-sent events with a progress bar (trials, failures, time left)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=out, transient=False) as bar:
+    with progress_bar(out) as bar:
         task = bar.add_task("queued", total=None)
 
         def on_progress(search: dict[str, Any]) -> None:
@@ -90,7 +98,7 @@ def search_status(search_id: str, server: ServerOpt = None, as_json: JsonOpt = F
 
 
 def _print_search(search: dict[str, Any]) -> None:
-    table = Table(show_header=False, box=None)
+    grid = Table(show_header=False, box=None)
     hv = search["hypervolume"]
     rows = [
         ("id", search["id"]),
@@ -108,8 +116,8 @@ def _print_search(search: dict[str, Any]) -> None:
     ]
     rows += [("warning", text) for text in search.get("warnings") or []]
     for key, value in rows:
-        table.add_row(key, str(value))
-    out.print(table)
+        grid.add_row(key, str(value))
+    out.print(grid)
 
 
 def _eta_text(search: dict[str, Any]) -> str:
@@ -131,17 +139,17 @@ def search_list(
     if as_json:
         out.print_json(data=page)
         return
-    table = Table("name", "status", "trials", "front", "created")
+    grid = table("name", "status", "trials", "front", "created (UTC)")
     # Ids are what users copy into other commands: never truncated.
-    table.add_column("id", no_wrap=True, min_width=32)
+    grid.add_column("id", no_wrap=True, min_width=32)
     for s in page["items"]:
         trials = f"{s['trials_done']}/{s['budget_trials']}"
         created = s["created_at"][:16].replace("T", " ")
         status = s["status"]
         if s.get("warnings"):
             status += f" ({len(s['warnings'])} warning{'s' if len(s['warnings']) > 1 else ''})"
-        table.add_row(s["name"], status, trials, str(s["front_size"]), created, s["id"])
-    out.print(table)
+        grid.add_row(s["name"], status, trials, str(s["front_size"]), created, s["id"])
+    print_table(grid)
     out.print(f"{len(page['items'])} of {page['total']} searches")
 
 
@@ -155,16 +163,28 @@ def search_pareto(search_id: str, server: ServerOpt = None, as_json: JsonOpt = F
         out.print_json(data=front)
         return
     names = [o["name"] for o in front["objectives"]]
-    table = Table("trial", *(f"{o['name']} ({o['direction'][:3]})" for o in front["objectives"]), "config id")
+    grid = table(
+        "trial", *(_objective_header(o["name"], o["direction"]) for o in front["objectives"]), "config id"
+    )
     for trial in front["trials"]:
-        values = [f"{trial['values'][n]:.6g}" if n in trial["values"] else "-" for n in names]
-        table.add_row(str(trial["number"]), *values, trial["config_id"])
-    out.print(table)
+        values = [format_value(n, trial["values"][n]) if n in trial["values"] else "-" for n in names]
+        grid.add_row(str(trial["number"]), *values, trial["config_id"])
+    print_table(grid)
     hv = front["hypervolume"]
     out.print(
         f"search {search_id} ({front['status']}): {len(front['trials'])} on the front"
         + ("" if hv is None else f", hypervolume {hv:.4f}")
     )
+
+
+def _objective_header(name: str, direction: str) -> str:
+    unit = objective_unit(name)
+    return f"{name} ({unit}, {direction[:3]})" if unit else f"{name} ({direction[:3]})"
+
+
+def _value_text(name: str, value: float) -> str:
+    unit = objective_unit(name)
+    return f"{name}={format_value(name, value)}" + (f" {unit}" if unit else "")
 
 
 @search_app.command("cancel")
@@ -212,11 +232,11 @@ def search_trials(
     with client(server) as api:
         if fmt == "table":
             page = api.trials(search_id, limit=limit, state=state)
-            table = Table("trial", "state", "values", "config id")
+            grid = table("trial", "state", "values", "config id")
             for t in page["items"]:
-                values = ", ".join(f"{k}={v:.6g}" for k, v in t["values"].items()) or (t["error"] or "-")
-                table.add_row(str(t["number"]), t["state"], values, t["config_id"])
-            out.print(table)
+                values = ", ".join(_value_text(k, v) for k, v in t["values"].items()) or (t["error"] or "-")
+                grid.add_row(str(t["number"]), t["state"], values, t["config_id"])
+            print_table(grid)
             out.print(f"{len(page['items'])} of {page['total']} trials")
             return
         if output is None:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.common import out, parse_options
+from services.cli.common import out, parse_options, progress_bar
 from services.cli.errors import user_errors
 
 app = typer.Typer(no_args_is_help=True)
@@ -129,7 +129,7 @@ def train(
         TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=out) as bar:
+    with progress_bar(out, *columns) as bar:
         task_id = bar.add_task("training", completed=trainer.step, total=trainer.config.steps, loss="-")
 
         def on_step(report: StepReport) -> None:

@@ -42,7 +42,8 @@ class ServerUnreachableError(ConnectionError):
 
 
 def format_detail(detail: Any) -> str:
-    """One readable line per error item: `field: message (allowed: ...)`."""
+    """One readable line per error item: `field: message (allowed: ...)`; several items start on a new
+    line each."""
     if not isinstance(detail, list):
         return str(detail)
     lines = []
@@ -53,10 +54,12 @@ def format_detail(detail: Any) -> str:
         message = str(item.get("message", ""))
         field = item.get("field")
         line = message if not field or message.startswith(f"{field}:") else f"{field}: {message}"
-        if item.get("allowed") not in (None, "", []):
-            line += f" (allowed: {item['allowed']})"
+        allowed = item.get("allowed")
+        # Messages that list what is allowed already are not followed by the same list again.
+        if allowed not in (None, "", []) and str(allowed) not in message:
+            line += f" (allowed: {allowed})"
         lines.append(line)
-    return "; ".join(lines)
+    return lines[0] if len(lines) == 1 else "".join(f"\n  {line}" for line in lines)
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -274,11 +277,14 @@ class NasClient:
             partial.unlink(missing_ok=True)
         return written
 
-    def events(self, search_id: str, *, poll_s: float = 1.0) -> Iterator[tuple[str, dict[str, Any]]]:
+    def events(
+        self, search_id: str, *, poll_s: float = 1.0, read_timeout_s: float | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Follow `GET /v1/searches/{id}/events`: yields `(event, data)` pairs (`progress`, then
-        `end`) until the server closes the stream."""
+        `end`) until the server closes the stream (or nothing arrives for `read_timeout_s`: then
+        `ServerUnreachableError`)."""
         path = f"/v1/searches/{search_id}/events"
-        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout_s)
         with self._stream("GET", path, params={"poll_s": poll_s}, timeout=timeout) as response:
             yield from parse_sse(response.iter_lines())
 
@@ -288,20 +294,66 @@ class NasClient:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         *,
         poll_s: float = 1.0,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """Follow a search's event stream to its end; `on_progress` sees every event's search.
-        Returns the search as the final event gives it."""
+        Returns the search as the final event gives it. With `timeout_s`, a search still running
+        after that many seconds raises `TimeoutError` (the search goes on)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last: dict[str, Any] | None = None
         try:
-            for _event, data in self.events(search_id, poll_s=poll_s):
+            for _event, data in self.events(search_id, poll_s=poll_s, read_timeout_s=timeout_s):
                 last = data
                 if on_progress is not None:
                     on_progress(data)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
         except ServerUnreachableError:
-            last = None  # the stream broke off (a restarting server): poll instead
+            last = None  # the stream broke off (a restarting server) or went quiet: poll instead
         if last is None or last.get("status") not in FINISHED:
-            return self.wait(search_id, on_progress, poll_s=poll_s)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self.wait(search_id, on_progress, poll_s=poll_s, timeout_s=remaining)
         return last
+
+    def trials_dataframe(self, search_id: str, *, state: str | None = None) -> Any:
+        """Every trial of a search as a pandas DataFrame, one row per trial, like Optuna's
+        `study.trials_dataframe()`: `number`, `config_id`, `state`, `feasible`, `on_front`,
+        `duration_s`, `finished_at`, `error`, then flat `value.<objective>`, `config.<choice>` and
+        `metric.<name>` columns (one streamed Parquet export, however many trials)."""
+        import io
+
+        import pandas as pd
+
+        params: dict[str, Any] = {"format": "parquet"}
+        if state:
+            params["state"] = state
+        buffer = io.BytesIO()
+        with self._stream("GET", f"/v1/searches/{search_id}/trials/export", params=params) as response:
+            for block in response.iter_bytes():
+                buffer.write(block)
+        buffer.seek(0)
+        return pd.read_parquet(buffer)
+
+    def pareto_dataframe(self, search_id: str) -> Any:
+        """The Pareto front of a search as a pandas DataFrame: `number`, `config_id`, then
+        `value.<objective>` and `config.<choice>` columns, one row per member (every page read)."""
+        import pandas as pd
+
+        rows: list[dict[str, Any]] = []
+        front = self.pareto(search_id)
+        while True:
+            for trial in front["trials"]:
+                row = {"number": trial["number"], "config_id": trial["config_id"]}
+                row.update({f"value.{k}": v for k, v in trial["values"].items()})
+                row.update({f"config.{k}": v for k, v in trial["config"].items()})
+                rows.append(row)
+            if not front["trials"] or len(rows) >= front["total"]:
+                break
+            front = self.pareto(search_id, offset=len(rows))
+        names = [o["name"] for o in front["objectives"]]
+        columns = ["number", "config_id", *(f"value.{n}" for n in names)]
+        # The objectives first (also for an empty front), then the config choices as they come.
+        return pd.DataFrame(rows, columns=list(dict.fromkeys([*columns, *(k for r in rows for k in r)])))
 
     def evaluate(
         self,

@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from latency_lut import BUILTIN_DEVICES, LatencyPredictor, SqlLatencyTable, known_devices, measure_missing
 from nas import ResolvedSpec, SearchSpec, TrialState, resolve
+from nas.evaluator_pool import EvaluatorPool
 from nas.runner import EvaluatorFactory, RunAbandoned, Runner, RunProgress, init_ray
 from services.core.db import SearchStatus
 from services.core.measurement_store import MeasurementStore
@@ -75,6 +76,8 @@ class Scheduler:
         self.lut = lut if lut is not None else SqlLatencyTable(engine)
         self.predictions = PredictionService(MeasurementStore(engine, self.lut))
         self.evaluator_factory = evaluator_factory
+        # Started evaluator actors lent to each search and kept between searches (NAS_WARM_EVALUATORS).
+        self.evaluators = EvaluatorPool(settings.warm_evaluators, idle_s=settings.warm_evaluators_idle_s)
         self._stopping = threading.Event()
         self._loop_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
@@ -120,6 +123,7 @@ class Scheduler:
             self._loop_thread.join(timeout)
         for worker in list(self._workers.values()):
             worker.join(timeout)
+        self.evaluators.close()
         # Heartbeats go on while the workers finish their evaluations in flight.
         self._heartbeat_stop.set()
         if self._heartbeat_thread is not None:
@@ -164,6 +168,8 @@ class Scheduler:
                 except SQLAlchemyError:
                     log.exception("could not poll the database for queued searches")
             if search_id is None:
+                if self.evaluators.trim():
+                    log.info("ended warm evaluator actors idle for %ss", self.settings.warm_evaluators_idle_s)
                 self._stopping.wait(self.settings.scheduler_poll_s)
                 continue
             running = self._workers.get(search_id)
@@ -248,6 +254,7 @@ class Scheduler:
             evaluation_retries=self.settings.evaluation_retries,
             evaluator_factory=self.evaluator_factory,
             supernet_dir=self.settings.supernet_dir,
+            warm=self.evaluators,
         )
         result = runner.run()
         if result.state == "abandoned":

@@ -30,11 +30,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from latency_lut import LatencyTable, known_devices
-from nas import ResolvedSpec, SearchSpec, resolve, utcnow
+from nas import ResolvedSpec, SearchSpec, SpecError, resolve, utcnow
+from nas.evaluate import fill_command
+from nas.objectives import SpecErrors, UnknownDeviceError
 from nas.proxies import DEFAULT_SUPERNET_DIR
 from nas.runner import RunAbandoned
+from search_spaces import FieldError, SpaceError, get_space
 from services.core.auth import SearchAccess
-from services.core.db import LEGACY_OWNER, SearchRow, SearchStatus
+from services.core.db import LEGACY_OWNER, DeviceRow, SearchRow, SearchStatus
 
 _S = SearchRow.__table__
 
@@ -73,7 +76,10 @@ def check_spec(
     `strategy_params` fail now, not when the search runs. Raises `SpecError` naming the field."""
     from nas.strategies import make_strategy
 
-    resolved = resolve(spec, known_devices(table.devices()), supernet_dir=supernet_dir)
+    try:
+        resolved = resolve(spec, known_devices(table.devices()), supernet_dir=supernet_dir)
+    except SpecError as exc:
+        raise _point_to_farms(exc, spec, table) from None
     make_strategy(
         spec.strategy,
         resolved.space,
@@ -83,6 +89,40 @@ def check_spec(
         **spec.strategy_params,
     )
     return resolved
+
+
+def _point_to_farms(error: SpecError, spec: SearchSpec, table: LatencyTable) -> SpecError:
+    """`error` with each unknown device that is registered (a farm's device whose table is still
+    empty) explained: it has no table yet, and the command that fills it for this space."""
+    errors: list[FieldError] = list(error.errors) if isinstance(error, SpecErrors) else [error]
+    unknown = {e.device for e in errors if isinstance(e, UnknownDeviceError)}
+    engine = getattr(table, "engine", None)
+    if not unknown or engine is None:
+        return error
+    with engine.connect() as conn:
+        registered = set(conn.scalars(sa.select(DeviceRow.name).where(DeviceRow.name.in_(unknown))))
+    if not registered:
+        return error
+    try:
+        space = get_space(spec.space, **spec.space_options)
+    except SpaceError:
+        space = None
+    pointed: list[FieldError] = []
+    for e in errors:
+        if isinstance(e, UnknownDeviceError) and e.device in registered:
+            how = (
+                fill_command(e.device, space)
+                if space is not None
+                else f"run `nas farm run --device {e.device} --space SPACE` on that device to fill it"
+            )
+            e = SpecError(
+                f"device {e.device!r} is registered but has no latency table yet; {how}, then submit again "
+                f"(GET /v1/devices/{e.device} shows its entries)",
+                field=e.field,
+                allowed=e.allowed,
+            )
+        pointed.append(e)
+    return pointed[0] if len(pointed) == 1 else SpecErrors(pointed)
 
 
 def _transition(status: SearchStatus, message: str, now: datetime, **values: Any) -> dict[str, Any]:

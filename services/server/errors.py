@@ -108,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _space_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FieldError)
-    return JSONResponse(status_code=422, content={"detail": [exc.to_dict()]})
+    return JSONResponse(status_code=422, content={"detail": exc.details()})
 
 
 async def _resource_not_found(_request: Request, exc: Exception) -> JSONResponse:

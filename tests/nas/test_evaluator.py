@@ -70,7 +70,8 @@ def test_missing_lut_keys_are_an_error_naming_device_count_examples_and_fix(tiny
         and repr(keys[1]) in outcome.error
         and repr(keys[2]) not in outcome.error
     )
-    assert f"run `nas lut measure --device {DEVICE} --space {tiny_space.name}`" in outcome.error
+    # A device this host cannot measure is filled by a farm on the device, with the space's options.
+    assert f"run `nas farm run --device {DEVICE} --backend BACKEND --space {tiny_space.name}" in outcome.error
     covered = sum(1 for b in blocks if b.key in lut)
     assert covered == 1
     assert outcome.metrics[f"latency_coverage:{DEVICE}"] == pytest.approx(covered / len(blocks))
@@ -78,8 +79,26 @@ def test_missing_lut_keys_are_an_error_naming_device_count_examples_and_fix(tiny
 
 def test_device_without_any_table(tiny_space: TinySpace) -> None:
     outcome = evaluator(tiny_space, ["latency:phone"], {}).evaluate(tiny_space.smallest())
-    assert "device 'phone'" in outcome.error and "nas lut measure --device phone" in outcome.error
+    assert "device 'phone'" in outcome.error and "nas farm run --device phone" in outcome.error
     assert outcome.metrics["latency_coverage:phone"] == 0.0
+
+
+def test_fill_command_names_the_device_s_tool_and_the_space_options() -> None:
+    from nas.evaluate import fill_command
+    from search_spaces import get_space
+
+    space = get_space("efficientformerv2", resolution=64, num_classes=10)
+    local = fill_command("host-cpu-torch", space)
+    assert (
+        "`nas lut measure --device host-cpu-torch --space efficientformerv2 "
+        "-o num_classes=10 -o resolution=64`" in local
+    )
+    farm = fill_command("iphone14pro-coreml", space)
+    assert (
+        "`nas farm run --device iphone14pro-coreml --backend BACKEND --space efficientformerv2 "
+        "-o num_classes=10 -o resolution=64`" in farm
+    )
+    assert "-o" not in fill_command("host-cpu-torch", get_space("efficientformerv2"))  # defaults are left out
 
 
 def test_bad_configs_and_crashes_become_errors(tiny_space: TinySpace, tiny_luts) -> None:

@@ -23,7 +23,8 @@ from nas_testing import DEVICE, make_resolved, synthetic_lut
 
 from nas import MemoryTrialStore, TrialState
 from nas.evaluate import EvalOutcome, SubnetEvaluator
-from nas.runner import Runner, _RayPool
+from nas.evaluator_pool import _RayPool
+from nas.runner import Runner
 from search_spaces import Config, SearchSpace, config_id
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -104,7 +104,9 @@ def test_missing_lut_key_fails_every_trial_and_the_search(effv2_space: SearchSpa
     for trial in store.trials("ray-missing"):
         assert trial.state == TrialState.FAILED
         assert "lacks 1 " in trial.error and "'effv2.stem|" in trial.error
-        assert f"nas lut measure --device {DEVICE} --space efficientformerv2" in trial.error
+        assert (
+            f"nas farm run --device {DEVICE} --backend BACKEND --space efficientformerv2 -o " in trial.error
+        )
 
 
 def test_dead_actor_fails_its_trial_and_is_replaced(

@@ -71,6 +71,7 @@ def serve_env(database: Path, **extra: str) -> dict[str, str]:
         **os.environ,
         "NAS_DATABASE_URL": f"sqlite:///{database}",
         "NAS_RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "NAS_WARM_EVALUATORS": "0",
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
@@ -141,6 +142,8 @@ def service_settings(tmp_path: Path, **overrides) -> Settings:
         "lut_repeats": 2,
         "scheduler_poll_s": 0.1,
         "ray_num_cpus": 2,
+        # The session's Ray (2 CPUs) is shared by every test's scheduler: none may keep actors idle.
+        "warm_evaluators": 0,
     }
     values.update(overrides)
     return Settings(**values)

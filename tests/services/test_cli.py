@@ -55,7 +55,8 @@ def test_submit_wait_status_pareto(server: LiveServer, finished_search: dict, sp
     assert [t["number"] for t in front["trials"]] == [t["number"] for t in api_front["trials"]]
     table = nas("search", "pareto", sid, "--server", server.url)
     assert table.exit_code == 0
-    assert "latency:host-cpu-torch" in table.stdout and f"{len(front['trials'])} on the front" in table.stdout
+    assert "latency:host-cpu-torch (ms, min)" in table.stdout and "params (M, min)" in table.stdout
+    assert f"{len(front['trials'])} on the front" in table.stdout
 
     listed = nas("search", "list", "--server", server.url, "--json")
     assert sid in [s["id"] for s in json.loads(listed.stdout)["items"]]
@@ -137,6 +138,7 @@ def test_lut_measure_export_import(tmp_path: Path) -> None:
     measured = nas(*measure, env=env)
     assert measured.exit_code == 0, measured.output
     assert "0 already in the table" in measured.stdout
+    assert "(100%)" in measured.stdout  # CliRunner's output is no terminal: plain progress lines
     again = nas(*measure, env=env)
     assert again.exit_code == 0 and " 0 measured" in again.stdout
 
@@ -154,6 +156,11 @@ def test_lut_measure_export_import(tmp_path: Path) -> None:
     assert unknown_config.exit_code == 2 and "s9" in unknown_config.stderr
     no_table = nas("lut", "export", "--device", "iphone", str(tmp_path / "x.csv"), env=env)
     assert no_table.exit_code == 2 and "no latency table for device 'iphone'" in no_table.stderr
+    assert str(tmp_path / "lut.db") in no_table.stderr  # which database it read
+    elsewhere = {"NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'absent' / 'nas.db'}"}
+    absent = nas("lut", "export", "--device", "host-cpu-torch", str(tmp_path / "y.csv"), env=elsewhere)
+    assert absent.exit_code == 2 and "no database file" in absent.stderr
+    assert not (tmp_path / "absent" / "nas.db").exists()  # not created by looking
     bad_file = tmp_path / "bad.csv"
     bad_file.write_text("key,median_ms\nx,1\n")
     rejected = nas("lut", "import", str(bad_file), env=other)

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from search_spaces import get_space
 from services.cli import app
 from services.client import ClientError, NasClient, parse_sse
+from services.settings import get_settings
 
 runner = CliRunner()
 OPTIONS = ["-o", "resolution=32", "-o", "num_classes=10"]
@@ -145,3 +146,40 @@ def test_client_reads_metrics(live: LiveServer, finished: str) -> None:
     with NasClient(live.url) as client:
         text = client.metrics()
     assert 'nas_searches{status="succeeded"} 1' in text and "nas_scheduler_up 1" in text
+
+
+def test_client_reads_the_environment_like_the_cli(live: LiveServer, monkeypatch) -> None:
+    monkeypatch.setenv("NAS_SERVER_URL", live.url)
+    monkeypatch.setenv("NAS_API_KEY", "nas_0123456789ab_secret")
+    get_settings.cache_clear()
+    with NasClient() as client:
+        assert client.base_url == live.url
+        assert client._http.headers["authorization"] == "Bearer nas_0123456789ab_secret"
+        assert client.health()["status"] == "ok"
+
+
+def test_trials_and_pareto_dataframes(live: LiveServer, finished: str) -> None:
+    with NasClient(live.url) as client:
+        trials = client.trials_dataframe(finished)
+        front = client.pareto(finished)
+        pareto = client.pareto_dataframe(finished)
+        final = client.watch(finished, timeout_s=30)
+    assert trials["number"].tolist() == [0, 1, 2, 3]
+    assert {"value.params", "value.latency:host-cpu-torch", "config.stage2.depth", "on_front"} <= set(trials)
+    assert trials["config.stage2.depth"].notna().all()
+    assert pareto["number"].tolist() == [t["number"] for t in front["trials"]]
+    assert list(pareto.columns[:4]) == ["number", "config_id", "value.latency:host-cpu-torch", "value.params"]
+    on_front = trials[trials["on_front"]].sort_values("number")
+    assert on_front["config_id"].tolist() == pareto["config_id"].tolist()
+    assert pareto["value.params"].tolist() == on_front["value.params"].tolist()
+    assert final["status"] == "succeeded"
+
+
+def test_watch_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    # A server without a scheduler: its searches stay queued.
+    with throwaway_server(tmp_path) as idle, NasClient(idle.url) as client:
+        search_id = client.submit(SMALL_SPEC)["id"]
+        seen: list[dict] = []
+        with pytest.raises(TimeoutError, match="still queued"):
+            client.watch(search_id, seen.append, poll_s=0.1, timeout_s=1.0)
+        assert seen and seen[-1]["status"] == "queued"
