@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,51 +93,53 @@ def mean_counted_bits(bits: Mapping[str, int], weights: Mapping[str, int]) -> fl
     return sum(weights[name] * counted_bits(b) for name, b in bits.items()) / total
 
 
-def _assignment(sensitivity: Mapping[str, Mapping[int, float]], threshold: float) -> dict[str, int]:
-    out = {}
-    for name, by_bits in sensitivity.items():
-        out[name] = next((b for b in ASSIGNED_BITS if by_bits[b] < threshold), FALLBACK_BITS)
-    return out
+def _assignment(
+    sensitivity: Mapping[str, Mapping[Any, float]], fallback: Mapping[str, Any], threshold: float
+) -> dict[str, Any]:
+    return {
+        name: next((option for option, s in by_option.items() if s < threshold), fallback[name])
+        for name, by_option in sensitivity.items()
+    }
 
 
 def assign_bits(
-    sensitivity: Mapping[str, Mapping[int, float]],
-    cost: Mapping[str, Mapping[int, float]],
+    sensitivity: Mapping[str, Mapping[Any, float]],
+    cost: Mapping[str, Mapping[Any, float]],
     budget: float,
-) -> tuple[dict[str, int], float]:
+    fallback: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], float]:
     """The paper's assignment under a budget, and its threshold.
 
-    `sensitivity[layer][b]` is S(layer, b) for b in `ASSIGNED_BITS`; `cost[layer][b]` what the layer
-    costs at width b (bits of storage, or weights x counted bits for a mean), for b in
-    `ASSIGNED_BITS` and `FALLBACK_BITS`; the assignment's cost is the sum. A larger threshold gives
-    every layer the same or fewer bits, so the cost falls as the threshold grows: the threshold
-    returned is the smallest candidate (an observed sensitivity, or above all of them) whose cost is
-    within `budget`. Layers whose sensitivity equals the next smaller candidate then get their wider
-    width one by one, most sensitive first, while the total stays within `budget` (identical layers
-    share a sensitivity, so a threshold alone moves in coarse steps). When no threshold meets the
-    budget, every layer gets the smallest width.
+    `sensitivity[layer]` maps the widths tried, smallest first (by default `ASSIGNED_BITS`), to
+    S(layer, b); a layer gets the first width whose sensitivity is under the threshold, else
+    `fallback[layer]` (by default `FALLBACK_BITS`). `cost[layer][b]` is what the layer costs at width
+    b (bits of storage, or weights x counted bits for a mean) for every width it may get; the
+    assignment's cost is the sum. A larger threshold gives every layer the same or fewer bits, so the
+    cost falls as the threshold grows: the threshold returned is the smallest candidate (an observed
+    sensitivity, or above all of them) whose cost is within `budget`. Layers whose sensitivity equals
+    the next smaller candidate then get their wider width one by one, most sensitive first, while
+    the total stays within `budget` (identical layers share a sensitivity, so a threshold alone
+    moves in coarse steps). When no threshold meets the budget, every layer gets its smallest width.
     """
-    candidates = sorted({s for by_bits in sensitivity.values() for s in by_bits.values()})
+    fallback = fallback if fallback is not None else dict.fromkeys(sensitivity, FALLBACK_BITS)
+    candidates = sorted({s for by_option in sensitivity.values() for s in by_option.values()})
     candidates.append(math.inf)
 
-    def total(threshold: float) -> float:
-        assigned = _assignment(sensitivity, threshold)
+    def total(assigned: Mapping[str, Any]) -> float:
         return sum(cost[name][b] for name, b in assigned.items())
 
     low, high = 0, len(candidates) - 1
     while low < high:
         middle = (low + high) // 2
-        if total(candidates[middle]) <= budget:
+        if total(_assignment(sensitivity, fallback, candidates[middle])) <= budget:
             high = middle
         else:
             low = middle + 1
     threshold = candidates[low]
-    assigned = _assignment(sensitivity, threshold)
+    assigned = _assignment(sensitivity, fallback, threshold)
     if low > 0:
-        # Layers of equal sensitivity change together at a threshold; those that would gain bits at
-        # the next smaller one get them one by one, most sensitive first, while the budget allows.
-        wider = _assignment(sensitivity, candidates[low - 1])
-        spent = sum(cost[name][b] for name, b in assigned.items())
+        wider = _assignment(sensitivity, fallback, candidates[low - 1])
+        spent = total(assigned)
         gaining = [name for name in assigned if wider[name] != assigned[name]]
         gaining.sort(key=lambda name: -sensitivity[name][assigned[name]])
         for name in gaining:

@@ -41,6 +41,7 @@ from torch.func import functional_call
 from search_spaces._base import Choice, Config, ConfigError, OptionError, OptionSpec, SearchSpace, Supernet
 from search_spaces._blocks import BlockSpec
 from search_spaces._quantize import (
+    ASSIGNED_BITS,
     BIT_OPTIONS,
     FALLBACK_BITS,
     SENSITIVITY_ETA,
@@ -276,8 +277,28 @@ class MixedPrecisionSpace(SearchSpace):
         quantized = sum(layer.weights for layer in self.layers)
         weight_bits = sum(layer.weights * counted_bits(bits[layer.path]) for layer in self.layers)
         storage = sum(layer_bits(layer.weights, layer.channels, bits[layer.path]) for layer in self.layers)
-        other = sum(spec.params for spec in self.base.blocks(self.architecture)) - quantized
+        other = self._other_params
         return WeightStorage((storage + other * UNQUANTIZED) / 8, weight_bits / quantized, quantized, other)
+
+    @functools.cached_property
+    def _other_params(self) -> int:
+        """Parameters outside the conv / linear weights (norms, biases, embeddings): 16 bits each."""
+        total = sum(spec.params for spec in self.base.blocks(self.architecture))
+        return total - sum(layer.weights for layer in self.layers)
+
+    def choice_cost(self, choice: str, bits: int) -> dict[str, float]:
+        """What the layer of `choice` adds to `size_mb` and to `bits` at width `bits` (both objectives
+        are sums over layers, so a config's value is the sum of its layers' parts plus the rest)."""
+        layer = self._layers_by_choice[choice]
+        total = sum(item.weights for item in self.layers)
+        return {
+            "size_mb": layer_bits(layer.weights, layer.channels, bits) / 8e6,
+            "bits": layer.weights * counted_bits(bits) / total,
+        }
+
+    @functools.cached_property
+    def _layers_by_choice(self) -> dict[str, QuantLayer]:
+        return {CHOICE_PREFIX + layer.name: layer for layer in self.searched_layers}
 
     def summary(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """A readable digest of a config: weights per width, and the mean bits of every block."""
@@ -461,8 +482,10 @@ class EfficientFormerV2BitsSpace(MixedPrecisionSpace):
 
 
 __all__ = [
+    "ASSIGNED_BITS",
     "BITSFUSION_MEAN_BITS",
     "CHOICE_PREFIX",
+    "FALLBACK_BITS",
     "SENSITIVITY_ETA",
     "EfficientFormerV2BitsSpace",
     "MixedPrecisionSpace",
@@ -470,6 +493,7 @@ __all__ = [
     "QuantLayer",
     "UNetBitsSpace",
     "WeightStorage",
+    "assign_bits",
     "fake_quantize",
     "quantizable_modules",
     "quantize_module",

@@ -204,6 +204,7 @@ SMALL_STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "tpe-evolution": {"switch_after": 8, "n_startup_trials": 4, "population_size": 4},
     "evolving": {"quality": "params", "target_ms": 1.6},
     "slimming": {"quality": "params"},
+    "bitsfusion": {"quality": "params", "cost": f"latency:{DEVICE}", "budget": 1.6},
 }
 #: Options at which every registered space is small enough for quick tests; a new space gets its own.
 SMALL_OPTIONS: dict[str, dict[str, Any]] = {
