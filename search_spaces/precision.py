@@ -246,8 +246,18 @@ class MixedPrecisionSpace(SearchSpace):
         return {CHOICE_PREFIX + name: bits for name, bits in assigned.items()}
 
     def describe(self) -> dict[str, Any]:
-        out = super().describe()
-        out["reference_configs"] = {name: self.reference_config(name) for name in self._references()}
+        """As `SearchSpace.describe`, with the reference configs of this instance's layers (which
+        depend on the options: at small widths some shortcut convs disappear), the base space and
+        the fixed layers."""
+        out = {
+            "name": self.name,
+            "description": self.description,
+            "choices": [c.to_dict() for c in self.choice_map.values()],
+            "options": [spec.to_dict() for spec in self.option_specs()],
+            "option_values": dict(self.options),
+            "reference_configs": {name: self.reference_config(name) for name in self._references()},
+            "cardinality": str(self.cardinality),
+        }
         out["base_space"] = self.base_class.name
         out["fixed_layers"] = {layer.name: layer.fixed for layer in self.layers if layer.fixed}
         return out
@@ -484,6 +494,7 @@ class EfficientFormerV2BitsSpace(MixedPrecisionSpace):
 __all__ = [
     "ASSIGNED_BITS",
     "BITSFUSION_MEAN_BITS",
+    "BIT_OPTIONS",
     "CHOICE_PREFIX",
     "FALLBACK_BITS",
     "SENSITIVITY_ETA",

@@ -8,8 +8,8 @@ config (16-bit layers add 0; the fixed layers add the same to every config and a
 
 The weights are the space's `weights` option when it names a checkpoint (see
 `search_spaces.precision`), else the architecture initialised from the proxy seed
-(`SensitivityTable.weights` says which). Values are computed on first use, one forward pass per
-(layer, width), and cached per process.
+(`SensitivityTable.weights` says which). Values are computed on first use, one forward pass per layer
+(the batch repeated once per width), and cached per process.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from nas.proxies._base import Proxy
 from nas.proxies.context import ProxyContext
 from nas.proxies.errors import ProxyError
 from nas.proxies.registry import register_proxy
 from search_spaces import SearchSpace
-from search_spaces.precision import SENSITIVITY_ETA, MixedPrecisionSpace, fake_quantize
+from search_spaces.precision import BIT_OPTIONS, SENSITIVITY_ETA, MixedPrecisionSpace, fake_quantize
 
 #: Samples in the fixed batch the sensitivity is measured on.
-SENSITIVITY_BATCH = 4
+SENSITIVITY_BATCH = 2
 
 _TABLES: dict[tuple[Any, ...], SensitivityTable] = {}
 
@@ -38,6 +38,12 @@ def _flat(output: Any) -> torch.Tensor:
     if isinstance(output, tuple | list):
         return torch.cat([t.reshape(-1) for t in output])
     return output.reshape(-1)
+
+
+def _layer_output(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(x, weight, module.bias)
+    return F.linear(x, weight, module.bias)
 
 
 class SensitivityTable:
@@ -56,16 +62,35 @@ class SensitivityTable:
         """M(i, b): the output's mean squared error with only layer `name` at `bits`."""
         if bits >= 16:
             return 0.0
-        key = (name, bits)
-        if key not in self._mse:
-            layer = self.layers[name]
-            weight = self.model.get_submodule(layer.path).weight
+        if (name, bits) not in self._mse:
+            self._measure(name)
+        return self._mse[(name, bits)]
+
+    def _measure(self, name: str) -> None:
+        """M(name, b) for every width at once: one forward pass of the batch repeated once per width,
+        the layer computing each copy with its weight at that width (the other layers see float
+        weights; every operation of these networks treats samples independently)."""
+        layer = self.layers[name]
+        module = self.model.get_submodule(layer.path)
+        widths = [b for b in BIT_OPTIONS if b < 16]
+        weights = [fake_quantize(module.weight, b) for b in widths]
+
+        def per_width(_module: nn.Module, args: tuple[Any, ...], _output: torch.Tensor) -> torch.Tensor:
+            parts = args[0].chunk(len(widths))
+            return torch.cat([_layer_output(module, x, w) for x, w in zip(parts, weights, strict=True)])
+
+        handle = module.register_forward_hook(per_width)
+        try:
             with torch.no_grad():
-                output = functional_call(
-                    self.model, {f"{layer.path}.weight": fake_quantize(weight, bits)}, self.inputs
-                )
-            self._mse[key] = float((_flat(output).double() - self.reference).pow(2).mean())
-        return self._mse[key]
+                repeated = tuple(t.repeat(len(widths), *[1] * (t.dim() - 1)) for t in self.inputs)
+                outputs = self.model(*repeated)
+        finally:
+            handle.remove()
+        chunks = outputs if isinstance(outputs, tuple | list) else (outputs,)
+        per_output = [t.chunk(len(widths)) for t in chunks]
+        for k, bits in enumerate(widths):
+            out = torch.cat([parts[k].reshape(-1) for parts in per_output]).double()
+            self._mse[(name, bits)] = float((out - self.reference).pow(2).mean())
 
     def sensitivity(self, name: str, bits: int) -> float:
         """S(i, b) = M(i, b) * N_i^(-0.3)."""

@@ -148,3 +148,33 @@ def test_efficientformerv2_composes_too() -> None:
     model = space.build("w3").eval()
     with torch.no_grad():
         assert torch.isfinite(model(*space.example_inputs())[0]).all()
+
+
+def test_quantized_export_round_trips_to_the_fake_quantized_outputs() -> None:
+    import copy
+
+    from search_spaces.precision import quantize_module
+    from search_spaces.quantized_export import export_quantized, load_quantized, read_assignment
+
+    space = get_space("unet_bits", **SMALL_UNET)
+    assert isinstance(space, MixedPrecisionSpace)
+    config = space.canonicalize({**space.canonicalize("bitsfusion"), "bits.mid.resnet0.conv1": 16})
+    torch.manual_seed(3)
+    trained = space.float_model()
+    data = export_quantized(space, config, trained)
+    header = read_assignment(data)
+    assert header["config_id"] == space.config_id(config)
+    assert {path: entry["bits"] for path, entry in header["layers"].items()} == space.assignment(config)
+    loaded = load_quantized(space, data).eval()
+    fake = quantize_module(copy.deepcopy(trained), space.assignment(config)).eval()
+    inputs = space.example_inputs(batch=2)
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), fake(*inputs))
+        assert not torch.equal(loaded(*inputs), trained.eval()(*inputs))
+    # Packed codes take about (bits + 1) / 32 of the float32 weights.
+    codes = sum(
+        math.ceil(layer.weights * (space.assignment(config)[layer.path] + 1) / 8)
+        for layer in space.layers
+        if space.assignment(config)[layer.path] < 16
+    )
+    assert codes < len(data)
