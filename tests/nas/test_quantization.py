@@ -25,6 +25,8 @@ def test_size_and_bits_objectives_count_the_weights() -> None:
     two = evaluator.evaluate(space.canonicalize("w2")).values
     assert two["size_mb"] < four["size_mb"] and two["bits"] < four["bits"]
     assert two["params"] == four["params"]
+    digest = evaluator.evaluate(space.canonicalize("w2")).metrics["weights_by_bits"]
+    assert set(digest) == {"2", "8"} and sum(digest.values()) == sum(layer.weights for layer in space.layers)
     assert four["size_mb"] == pytest.approx(space.weight_storage("w4").size_mb)
     plain = SubnetEvaluator("unet", SMALL_OPTIONS["unet"], objectives, {})
     values = plain.evaluate("sd15").values
