@@ -15,6 +15,7 @@ from latency_lut.predictors import BlockSum
 from nas.objectives import Objective, check_offered
 from nas.proxies import DEFAULT_SUPERNET_DIR, ProxyContext, available_proxies, get_proxy
 from search_spaces import SearchSpace, get_space
+from search_spaces.precision import MixedPrecisionSpace, weight_storage
 
 #: What prices `latency:<device>`: the device's predictor, or a plain table snapshot (block key -> ms).
 LatencySource = LatencyPredictor | Mapping[str, float]
@@ -47,6 +48,9 @@ class SubnetEvaluator:
     for the device and space, see `latency_lut.predictors`) or a plain table snapshot (block key ->
     ms, as `LatencyTable.snapshot` gives, summed). `params` is the sum of the blocks' parameter
     counts (no tracing); `macs` comes from `space.count` (fvcore, cached per block key);
+    `size_mb` and `bits` count the weights' storage (`search_spaces.precision.weight_storage`); on
+    a space with per-layer bit widths the metric `weights_by_bits` says how many weights each width
+    holds (a digest of the config's hundreds of entries);
     `latency:<device>` is the predictor's estimate, recorded with the metrics
     `latency_predictor:<device>` (its name), `latency_expected_error:<device>` (its relative RMS
     error on held-out subnets, where known), `latency_coverage:<device>` (the share of blocks with a
@@ -141,6 +145,13 @@ class SubnetEvaluator:
                 metrics["macs_uncounted_ops"] = mac_count.uncounted
         if "params" in wanted:
             values["params"] = float(sum(spec.params for spec in blocks))
+        if isinstance(self.space, MixedPrecisionSpace):
+            # A readable digest beside the hundreds of per-layer entries of the config.
+            metrics["weights_by_bits"] = self.space.summary(canonical)["weights_by_bits"]
+        if wanted & {"size_mb", "bits"}:
+            storage = weight_storage(self.space, canonical)
+            measured = {"size_mb": storage.size_mb, "bits": storage.mean_bits}
+            values.update({name: value for name, value in measured.items() if name in wanted})
         for name in self.proxies:
             assert self.proxy_context is not None
             start = time.perf_counter()

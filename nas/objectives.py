@@ -1,11 +1,14 @@
-"""Objectives (`latency:<device>`, `params`, `macs`, `proxy:<name>`) and constraints
-(`latency:host-cpu-torch <= 5`).
+"""Objectives (`latency:<device>`, `params`, `macs`, `size_mb`, `bits`, `proxy:<name>`) and
+constraints (`latency:host-cpu-torch <= 5`).
 
 Units: latency in milliseconds, `params` in parameters, `macs` in multiply-accumulates of one forward
-pass at the space's options; these three are minimised. `proxy:<name>` is a quality proxy of
-`nas.proxies` (e.g. `proxy:synflow`), in the proxy's own units and direction (most are maximised;
-`proxy:supernet_loss` is minimised). Which proxies a space offers depends on the space (see
-`nas.proxies.available_proxies`); `nas.spec.resolve` checks them against the chosen space.
+pass at the space's options, `size_mb` the weights' storage in 10^6 bytes and `bits` the mean bits
+per conv / linear weight, both counted as BitsFusion counts them (`search_spaces.precision`; a space
+without a precision dimension stores every parameter at 16 bits); these are minimised.
+`proxy:<name>` is a quality proxy of `nas.proxies` (e.g. `proxy:synflow`), in the proxy's own units
+and direction (most are maximised; `proxy:supernet_loss` is minimised). Which proxies a space
+offers depends on the space (see `nas.proxies.available_proxies`); `nas.spec.resolve` checks them
+against the chosen space.
 
 This module is the one grammar of objectives: specs hold the names as strings, everything past
 `nas.spec.resolve` passes the parsed `Objective`s (the runner hands them to the evaluators), and
@@ -25,7 +28,12 @@ from nas.directions import Direction
 from search_spaces import FieldError, SpaceError
 
 #: Objectives that take no argument, with their directions.
-PLAIN_OBJECTIVES: dict[str, Direction] = {"params": "minimize", "macs": "minimize"}
+PLAIN_OBJECTIVES: dict[str, Direction] = {
+    "params": "minimize",
+    "macs": "minimize",
+    "size_mb": "minimize",
+    "bits": "minimize",
+}
 #: Objectives written `<kind>:<argument>`, with the kind's usual direction (a proxy's own direction,
 #: see `objective_direction`, takes precedence).
 PARAMETRIZED_OBJECTIVES: dict[str, Direction] = {"latency": "minimize", "proxy": "maximize"}

@@ -4,7 +4,7 @@ Importing the package registers every built-in space.
 """
 
 # The built-in spaces register themselves (`register_space`) when imported.
-from search_spaces import efficientformerv2, temporal, unet  # noqa: F401
+from search_spaces import efficientformerv2, precision, temporal, unet  # noqa: F401
 from search_spaces._base import (
     Choice,
     Config,

@@ -2,6 +2,7 @@
 
 # The built-in strategies register themselves (`register_strategy`) when imported.
 from nas.strategies import (  # noqa: F401
+    bitsfusion,
     block_evolving,
     optuna_nsga2,
     optuna_nsga3,

@@ -75,8 +75,14 @@ class EvolvingStrategy(StepwiseStrategy):
         self.choices = params.get("choices") or [
             name for name in space.choice_map if name.rsplit(".", 1)[-1] in BLOCK_COUNT_SUFFIXES
         ]
+        if not self.choices:
+            raise SpecError(
+                f"strategy 'evolving' needs block-count choices (…{'/'.join(BLOCK_COUNT_SUFFIXES)}); "
+                f"space {space.name!r} has none",
+                field="space",
+            )
         unknown = [c for c in self.choices if c not in space.choice_map]
-        if unknown or not self.choices:
+        if unknown:
             raise SpecError(
                 f"strategy parameter 'choices' of 'evolving' names unknown choices {unknown} (or the space "
                 "has no block-count choices)",

@@ -267,6 +267,22 @@ class TemporalDenoisingTask(DenoisingTask):
         supernet.load_image_unet(image_supernet.extract(self.space.base_config))
 
 
+@register_task
+class EfficientFormerV2BitsTask(ImageClassificationTask):
+    """EfficientFormerV2 with per-layer weight bits: the same data and loss as its base space."""
+
+    space_name = "efficientformerv2_bits"
+    rules = ("sandwich",)
+
+
+@register_task
+class UNetBitsDenoisingTask(DenoisingTask):
+    """A UNet with per-layer weight bits: the same data and loss as its base space."""
+
+    space_name = "unet_bits"
+    rules = ("sandwich",)
+
+
 def make_task(space: SearchSpace, seed: int = 0) -> TrainingTask:
     """The training task of `space` (by its name), bound to `seed`."""
     return task_class(space.name)(space, seed)

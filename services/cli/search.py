@@ -251,7 +251,7 @@ def search_export(
     search_id: str,
     output: Annotated[Path, typer.Option("--output", "-o", help="model file to write")],
     trial: Annotated[int | None, typer.Option(help="the trial's number")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="torchscript, onnx or coreml")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="torchscript, onnx, coreml or quantized")] = "onnx",
     front_index: Annotated[
         int | None, typer.Option(help="instead of --trial: the front's member at this index (0 = first)")
     ] = None,

@@ -79,7 +79,7 @@ def space_export(
     name: str,
     config: ConfigArg,
     output: Annotated[Path, typer.Option("--output", "-O", help="model file to write (-o is --option here)")],
-    fmt: Annotated[str, typer.Option("--format", help="torchscript, onnx or coreml")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="torchscript, onnx, coreml or quantized")] = "onnx",
     option: OptionsOpt = None,
     server: ServerOpt = None,
 ) -> None:

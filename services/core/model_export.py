@@ -1,4 +1,6 @@
-"""Subnets as model files (TorchScript, ONNX, zipped Core ML) for the export endpoints, with the
+"""Subnets as model files (TorchScript, ONNX, zipped Core ML; for spaces with per-layer bit widths
+also `quantized`, packed low-bit weights with the assignment: `search_spaces.quantized_export`) for
+the export endpoints, with the
 limits that keep one request from taking the server down: at most `MAX_EXPORT_PARAMS` parameters and
 `MAX_CONCURRENT_EXPORTS` exports at once. Refusals are `ExportRefusedError`s that say what to do."""
 
@@ -12,6 +14,8 @@ from latency_lut.backends import BackendUnavailableError
 from latency_lut.coreml_backend import import_coremltools
 from latency_lut.export import export_subnet
 from search_spaces import SearchSpace
+from search_spaces.precision import MixedPrecisionSpace
+from search_spaces.quantized_export import export_quantized
 
 MAX_EXPORT_PARAMS = 100_000_000
 #: Exports built at once by this process (each builds a whole subnet); more are refused (503).
@@ -21,7 +25,10 @@ _FILES = {
     "torchscript": (".pt", "application/octet-stream"),
     "onnx": (".onnx", "application/octet-stream"),
     "coreml": (".mlpackage.zip", "application/zip"),
+    "quantized": (".quantized.zip", "application/zip"),
 }
+#: Formats every space exports; `quantized` (packed low-bit weights) needs a mixed-precision space.
+ARCHITECTURE_FORMATS = ["torchscript", "onnx", "coreml"]
 
 
 class ExportRefusedError(RuntimeError):
@@ -53,6 +60,14 @@ def export_model(
             "(smaller width_scale or a smaller config), or export locally with the library",
             f"<= {MAX_EXPORT_PARAMS} parameters",
         )
+    if fmt == "quantized" and not isinstance(space, MixedPrecisionSpace):
+        raise ExportRefusedError(
+            422,
+            "format",
+            f"format 'quantized' packs per-layer bit widths: space {space.name!r} has none "
+            "(use unet_bits or efficientformerv2_bits)",
+            ARCHITECTURE_FORMATS,
+        )
     if fmt == "coreml":
         try:
             import_coremltools()
@@ -63,7 +78,10 @@ def export_model(
             503, "format", f"{MAX_CONCURRENT_EXPORTS} exports are running; retry in a few seconds"
         )
     try:
-        content = export_subnet(space, canonical, fmt, precision)
+        if isinstance(space, MixedPrecisionSpace) and fmt == "quantized":
+            content = export_quantized(space, canonical)
+        else:
+            content = export_subnet(space, canonical, fmt, precision)
     finally:
         _EXPORTS.release()
     suffix, media_type = _FILES[fmt]

@@ -20,7 +20,9 @@ from search_spaces import BlockSpec, get_space, list_spaces
 #: Every registered space at options small enough for many conversions.
 SMALL_OPTIONS = {
     "efficientformerv2": {"resolution": 32, "num_classes": 10},
+    "efficientformerv2_bits": {"resolution": 32, "num_classes": 10},
     "unet": {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32},
+    "unet_bits": {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32},
     "temporal": {
         "latent_size": 8,
         "width_scale": 0.0625,

@@ -204,11 +204,14 @@ SMALL_STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "tpe-evolution": {"switch_after": 8, "n_startup_trials": 4, "population_size": 4},
     "evolving": {"quality": "params", "target_ms": 1.6},
     "slimming": {"quality": "params"},
+    "bitsfusion": {"quality": "params", "cost": f"latency:{DEVICE}", "budget": 1.6},
 }
 #: Options at which every registered space is small enough for quick tests; a new space gets its own.
 SMALL_OPTIONS: dict[str, dict[str, Any]] = {
     "efficientformerv2": {"resolution": 32, "num_classes": 10},
+    "efficientformerv2_bits": {"resolution": 32, "num_classes": 10},
     "unet": {"latent_size": 8, "text_tokens": 4, "cross_attention_dim": 32, "width_scale": 0.0625},
+    "unet_bits": {"latent_size": 8, "text_tokens": 4, "cross_attention_dim": 32, "width_scale": 0.0625},
     "temporal": {
         "frames": 2,
         "latent_size": 8,

@@ -120,7 +120,7 @@ def test_unknown_objective_is_a_spec_error_before_any_evaluator(tiny_space: Tiny
     with pytest.raises(SpecError, match="unknown objective 'accuracy'") as info:
         SubnetEvaluator(tiny_space.name, tiny_space.options, [Objective("accuracy", "minimize")], {})
     assert info.value.field == "objectives"
-    assert info.value.allowed == ["params", "macs", "latency:<device>", "proxy:<name>"]
+    assert info.value.allowed == ["params", "macs", "size_mb", "bits", "latency:<device>", "proxy:<name>"]
 
 
 def test_builds_registered_spaces_by_name(effv2_space: SearchSpace) -> None:

@@ -187,7 +187,8 @@ def test_params_and_macs_baselines(hand) -> None:
 def test_every_proxy_is_tested_by_hand() -> None:
     tested = {"synflow", "snip", "grad_norm", "zico", "naswot", "jacob_cov", "params", "macs"}
     supernet_proxies = {"supernet_loss", "supernet_accuracy"}  # tests/nas/test_proxy_supernet.py
-    assert set(list_proxies()) == tested | supernet_proxies
+    quantization = {"quant_sensitivity"}  # tests/nas/test_quantization.py
+    assert set(list_proxies()) == tested | supernet_proxies | quantization
 
 
 def test_contract_attributes() -> None:

@@ -82,7 +82,7 @@ def test_space_without_a_task_offers_only_the_counting_baselines() -> None:
     assert offered == {"macs": "maximize", "params": "maximize"}
     with pytest.raises(SpecError, match="it needs data and a loss for the space") as info:
         parse_objective("proxy:synflow", [], proxies=offered, space=tiny.name)
-    assert info.value.allowed == ["params", "macs", "proxy:macs", "proxy:params"]
+    assert info.value.allowed == ["params", "macs", "size_mb", "bits", "proxy:macs", "proxy:params"]
     assert parse_objective("proxy:params", [], proxies=offered).direction == "maximize"
 
 
@@ -117,7 +117,7 @@ def test_evaluator_computes_proxies_and_records_their_cost(effv2_space: SearchSp
 def test_evaluator_rejects_unavailable_proxies_naming_the_space(tiny_space: TinySpace) -> None:
     with pytest.raises(SpecError, match=r"proxy 'snip' is not available.*for space 'tiny-test'") as info:
         SubnetEvaluator(tiny_space.name, tiny_space.options, objectives(["proxy:snip"]), {}, space=tiny_space)
-    assert info.value.allowed == ["params", "macs", "proxy:macs", "proxy:params"]
+    assert info.value.allowed == ["params", "macs", "size_mb", "bits", "proxy:macs", "proxy:params"]
     outcome = SubnetEvaluator(
         tiny_space.name, tiny_space.options, objectives(["proxy:params"]), {}, space=tiny_space
     ).evaluate(tiny_space.largest())

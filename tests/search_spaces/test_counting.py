@@ -24,6 +24,8 @@ SMALL = {
     "efficientformerv2": {"resolution": 64},
     "unet": {"latent_size": 8, "width_scale": 0.1, "text_tokens": 8, "cross_attention_dim": 32},
     "temporal": {"frames": 4, "latent_size": 8, "width_scale": 0.125, "text_tokens": 8},
+    "efficientformerv2_bits": {"resolution": 64},
+    "unet_bits": {"latent_size": 8, "width_scale": 0.1, "text_tokens": 8, "cross_attention_dim": 32},
 }
 MATMUL_OPS = ("aten::matmul", "aten::bmm", "aten::einsum", "aten::scaled_dot_product_attention")
 # effv2 attention: 8 heads, key_dim 32 (attention downsampling: 16), values 4x the key width.

@@ -241,7 +241,10 @@ def export_trial(
     queue: QueueDep,
     store: StoreDep,
     format: Annotated[
-        Literal["onnx", "torchscript", "coreml"], Query(description="model file format")
+        Literal["onnx", "torchscript", "coreml", "quantized"],
+        Query(
+            description="model file format (quantized: packed weights + assignment JSON, bit-width spaces)"
+        ),
     ] = "onnx",
 ) -> Response:
     """The subnet of one trial as a model file, at the search's space options (as

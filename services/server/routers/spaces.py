@@ -138,7 +138,9 @@ def evaluate(
 )
 def export(name: SpaceName, body: ExportIn) -> Response:
     """A subnet as a model file with random weights: `torchscript` (a traced `.pt`), `onnx` (opset 17)
-    or `coreml` (an `.mlpackage` folder, zipped; needs the `coreml` extra, else 501). Subnets above
+    or `coreml` (an `.mlpackage` folder, zipped; needs the `coreml` extra, else 501); on a space with
+    per-layer bit widths also `quantized` (packed codes and scales per layer and the assignment as
+    JSON, zipped; docs/quantization.md). Subnets above
     100M parameters are refused (413); at most two exports run at once (else 503, retry later)."""
     space = space_at(name, body.space_options)
     return _model_file(

@@ -589,5 +589,5 @@ class ExportIn(BaseModel):
 
     config: dict[str, Any] | str
     space_options: dict[str, Any] = Field(default_factory=dict)
-    format: Literal["torchscript", "onnx", "coreml"] = "onnx"
+    format: Literal["torchscript", "onnx", "coreml", "quantized"] = "onnx"
     coreml_precision: Literal["fp16", "fp32"] = "fp16"
