@@ -107,8 +107,7 @@ def resolve(
         field = "space" if exc.field == "space" else f"space_options.{exc.field}"
         raise SpecError(str(exc), field=field, allowed=exc.allowed) from None
     proxies = available_proxies(space, supernet_dir=supernet_dir)
-    preferred = default_proxy(space.name)
-    spec = with_default_proxy(spec, preferred if preferred in proxies else "params")
+    spec = with_default_proxy(spec, default_proxy(space.name, proxies))
     objectives = [
         parse_objective(text, devices, field=f"objectives[{i}]", proxies=proxies, space=space.name)
         for i, text in enumerate(spec.objectives)
