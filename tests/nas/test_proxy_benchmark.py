@@ -59,7 +59,7 @@ def test_toy_run_with_a_distilled_supernet_scores_teacher_distance_and_the_predi
     benchmark: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--spaces", "unet", "--subnets", "3", "--steps", "1", "--supernet-steps", "1"]
-    argv += ["--predictor-samples", "6", "--proxies", "params", "macs", "teacher_distance", "predicted"]
+    argv += ["--predictor-samples", "6", "--proxies", "params", "teacher_distance", "predicted"]
     benchmark.main([*argv, "--cache-dir", str(tmp_path), "--json", str(tmp_path / "out.json")])
     out = capsys.readouterr().out
     assert "| `teacher_distance` | supernet |" in out and "| `predicted` | predictor |" in out

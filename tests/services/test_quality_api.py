@@ -90,7 +90,7 @@ def test_search_scores_subnets_with_teacher_distance_and_the_predictor(http: htt
     # `proxy:default` is stored as what it stands for here: the teacher distance.
     stored = http.get(f"/v1/searches/{sid}").json()["spec"]
     assert stored["objectives"] == ["params", "proxy:teacher_distance", "proxy:predicted"]
-    search = wait_for(http, sid, {"succeeded", "failed"})
+    search = wait_for(http, sid, {"succeeded", "failed"}, timeout_s=900)
     assert search["status"] == "succeeded", search
     trials = http.get(f"/v1/searches/{sid}/trials").json()["items"]
     assert len(trials) == 3 and all(t["state"] == "complete" for t in trials), trials
