@@ -7,7 +7,12 @@ generated classes) or held-out denoising loss (UNet, timesteps spread over the s
 proxy available for the space scores every subnet, timed, and so do the supernet-inherited proxies
 after the space's supernet is trained with `nas.training` for `--supernet-steps` steps.
 Correlations are signed so that +1 means "ranks better subnets higher" whatever the proxy's or the
-truth's direction.
+truth's direction. The diffusion spaces' supernets train with in-place distillation
+(`supernet_distill` subnets a step), which `teacher_distance` reads; the temporal supernet starts
+from the UNet benchmark's. Where a setup has `predictor_samples`, the `predicted` proxy's predictor is
+fitted on that many other inherited subnets (none of the judged ones) before scoring. Each space ends
+with the default proxy's (`proxy:default` at these options) rho and tau beside `macs`, `params` and
+the inits' agreement (with `--truth-seeds 2`).
 
 Ground truth (per subnet, written as each finishes, so an interrupted run resumes) and trained
 supernets are cached under `--cache-dir` (default benchmarks/.cache), keyed by every setting that
@@ -16,7 +21,7 @@ each with one torch thread; a subnet's result does not depend on the process it 
 supernets train in this process with `--jobs` torch threads. The proxies are scored and timed here,
 one after another, with one torch thread (`--threads`), so their seconds are comparable.
 
-    python benchmarks/proxy_correlation.py                      # both spaces, 30 subnets (< 1 hour)
+    python benchmarks/proxy_correlation.py                      # every space, 30 subnets
     python benchmarks/proxy_correlation.py --spaces unet --subnets 12 --supernet-steps 0
 """
 
@@ -40,7 +45,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.proxies import ProxyContext, ProxyError, available_proxies, get_proxy, kendall, spearman
+from nas.proxies import (
+    ProxyContext,
+    ProxyError,
+    QualityPredictor,
+    available_proxies,
+    default_proxy,
+    fit_for_checkpoint,
+    get_proxy,
+    kendall,
+    predictor_path,
+    spearman,
+)
 from nas.proxies.task_data import classification_output, is_classification
 from nas.training import TrainConfig, latest_checkpoint, make_task, train_supernet
 from nas.training.tasks import TrainingTask
@@ -65,6 +81,12 @@ class SpaceSetup:
     supernet_steps: int
     supernet_batch_size: int
     supernet_lr: float
+    #: Random subnets per supernet step distilled from the full network (robust and temporal rules).
+    supernet_distill: int = 0
+    #: The space whose benchmark supernet this one starts from (temporal: the trained image UNet).
+    supernet_init: str | None = None
+    #: Inherited configs (none of the judged ones) the `predicted` proxy is fitted on; 0: not fitted.
+    predictor_samples: int = 0
 
     def settings(self, seed: int, init_seed: int) -> dict[str, Any]:
         """Everything the cached truth depends on (`seed`: subnets and data; `init_seed`: weights)."""
@@ -98,6 +120,31 @@ SETUPS: dict[str, SpaceSetup] = {
         supernet_steps=120,
         supernet_batch_size=16,
         supernet_lr=1e-3,
+        supernet_distill=1,
+        predictor_samples=60,
+    ),
+    # Two frames keep a video subnet about as cheap as the UNet's; the whole subnet (image UNet and
+    # temporal layers) trains from scratch, so the truth ranks the temporal layers on equal footing.
+    "temporal": SpaceSetup(
+        space="temporal",
+        options={
+            "frames": 2,
+            "latent_size": 8,
+            "text_tokens": 8,
+            "cross_attention_dim": 64,
+            "width_scale": 0.0625,
+        },
+        train_steps=60,
+        batch_size=4,
+        lr=1e-3,
+        weight_decay=0.01,
+        held_out=128,
+        supernet_steps=80,
+        supernet_batch_size=4,
+        supernet_lr=1e-3,
+        supernet_distill=1,
+        supernet_init="unet",
+        predictor_samples=60,
     ),
 }
 
@@ -255,7 +302,8 @@ def _truth_text(truth: dict[str, float]) -> str:
 
 # ---------------------------------------------------------------------------- supernet
 def trained_supernet(space: SearchSpace, setup: SpaceSetup, seed: int, cache: Path) -> Path:
-    """A checkpoint of the space's supernet after `supernet_steps` steps (trained or resumed as needed)."""
+    """A checkpoint of the space's supernet after `supernet_steps` steps (trained or resumed as needed);
+    a setup with `supernet_init` starts from that space's benchmark supernet (trained first)."""
     settings = {
         "space": space.name,
         "options": dict(space.options),
@@ -263,6 +311,14 @@ def trained_supernet(space: SearchSpace, setup: SpaceSetup, seed: int, cache: Pa
         "lr": setup.supernet_lr,
         "seed": seed,
     }
+    if setup.supernet_distill:
+        settings["distill_subnets"] = setup.supernet_distill
+    init_from = None
+    if setup.supernet_init is not None:
+        init_setup = SETUPS[setup.supernet_init]
+        init_space = get_space(init_setup.space, **init_setup.options)
+        init_from = str(trained_supernet(init_space, init_setup, seed, cache))
+        settings["init_from"] = Path(init_from).parent.name
     out_dir = cache / "supernets" / f"{space.name}-{config_id(settings)}"
     latest = latest_checkpoint(out_dir)
     done = 0 if latest is None else int(latest.stem.split("-")[1])
@@ -279,6 +335,8 @@ def trained_supernet(space: SearchSpace, setup: SpaceSetup, seed: int, cache: Pa
             device="cpu",
             keep_checkpoints=1,
             out_dir=out_dir,
+            distill_subnets=setup.supernet_distill,
+            init_from=init_from,
         )
         result = train_supernet(config, resume=latest is not None)
         log(
@@ -349,6 +407,48 @@ def markdown_table(results: list[ProxyResult], truths: list[str], n: int) -> str
     return "\n".join(lines)
 
 
+def default_verdict(results: list[ProxyResult], default: str, truth: str, agreement: float | None) -> str:
+    """The default proxy against `truth`, beside `macs` and `params` and the truth's own agreement."""
+    by_name = {r.name: r for r in results}
+    text = f"default `proxy:default` = `{default}` against {truth}: "
+    if default not in by_name:
+        return text + "not scored"
+    rho = _rho(by_name[default], truth)
+    baselines = {n: _rho(by_name[n], truth) for n in ("macs", "params") if n in by_name}
+    text += f"rho {rho:+.3f}, tau {by_name[default].kendall.get(truth, float('nan')):+.3f}"
+    text += "".join(f"; `{n}` {v:+.3f}" for n, v in baselines.items())
+    if baselines:
+        text += f" (margin over the better baseline {rho - max(baselines.values()):+.3f})"
+    if agreement is not None:
+        text += f"; the truth's inits agree at {agreement:+.3f}"
+    return text
+
+
+def fitted_predictor(
+    context: ProxyContext, setup: SpaceSetup, judged: list[Config], seed: int
+) -> QualityPredictor:
+    """The `predicted` proxy's predictor for the context's checkpoint, fitted on
+    `setup.predictor_samples` inherited subnets that are not judged (cached next to the checkpoint)."""
+    assert context.supernet_checkpoint is not None
+    path = predictor_path(context.supernet_checkpoint)
+    if path.exists():
+        stored = QualityPredictor.load(path)
+        same_checkpoint = stored.checkpoint == str(context.supernet_checkpoint)
+        if stored.samples == setup.predictor_samples and same_checkpoint:
+            return stored
+    log(f"  fitting the quality predictor on {setup.predictor_samples} inherited subnets")
+    folds = min(5, max(2, setup.predictor_samples // 3))
+    predictor = fit_for_checkpoint(
+        context, samples=setup.predictor_samples, folds=folds, seed=seed + 1, exclude=judged
+    )
+    predictor.save(path)
+    log(
+        f"  predictor of {predictor.target}: {predictor.measure_seconds:.0f}s to measure; held-out rho "
+        f"{predictor.cv_spearman:+.3f}"
+    )
+    return predictor
+
+
 def verdict(results: list[ProxyResult], truth: str) -> str:
     """Which proxy ranks best against `truth`, and whether a zero-cost one beats `params`."""
     by_name = {r.name: r for r in results}
@@ -392,10 +492,14 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
         with torch_threads(max(args.jobs, args.threads)):
             checkpoint = trained_supernet(space, setup, args.seed, args.cache_dir)
     context = ProxyContext(space, seed=args.seed, supernet_checkpoint=checkpoint)
-    offered = available_proxies(space, supernet=checkpoint is not None)
+    predictor = None
+    if checkpoint is not None and setup.predictor_samples:
+        predictor = fitted_predictor(context, setup, configs, args.seed)
+    offered = available_proxies(space, supernet=checkpoint is not None, predictor=predictor is not None)
     names = [n for n in offered if args.proxies is None or n in args.proxies]
     results = score_proxies(context, names, configs)
     correlate(results, quality)
+    default = default_proxy(space.name, offered)
     ranges = ", ".join(
         f"{kind} {min(map(abs, v)):.4f}..{max(map(abs, v)):.4f}" for kind, v in quality.items()
     )
@@ -403,14 +507,25 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
         f"{space.name} ({json.dumps(space.options, sort_keys=True)}): {len(configs)} subnets, each trained "
         f"from scratch for {setup.train_steps} AdamW steps of batch {setup.batch_size} "
         f"({statistics.median(t['seconds'] for t in truths):.1f}s per subnet, median); held-out {ranges}"
-        + (f"; supernet trained {setup.supernet_steps} steps" if checkpoint else "; no supernet")
+        + (
+            f"; supernet trained {setup.supernet_steps} steps"
+            + (f", {setup.supernet_distill} distilled subnet(s) a step" if setup.supernet_distill else "")
+            if checkpoint
+            else "; no supernet"
+        )
     )
+    if predictor is not None:
+        summary += (
+            f"; `predicted` fitted on {predictor.samples} other inherited subnets' {predictor.target} "
+            f"({predictor.measure_seconds:.0f}s to measure; {predictor.folds}-fold held-out rho "
+            f"{predictor.cv_spearman:+.3f}, tau {predictor.cv_kendall:+.3f}, RMSE {predictor.cv_rmse:.4g})"
+        )
+    agreements: dict[str, float] = {}
     if len(per_seed) > 1:
         seeds = [quality_of(rows) for rows in per_seed]
         pairs = [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]]
-        agreement = ", ".join(
-            f"{kind} {statistics.mean(spearman(a[kind], b[kind]) for a, b in pairs):+.3f}" for kind in kinds
-        )
+        agreements = {kind: statistics.mean(spearman(a[kind], b[kind]) for a, b in pairs) for kind in kinds}
+        agreement = ", ".join(f"{kind} {value:+.3f}" for kind, value in agreements.items())
         summary += (
             f". Truth = mean over {len(per_seed)} weight inits; the inits' rankings agree with Spearman "
             f"rho {agreement} (the truth's own noise: no proxy can be judged much beyond it)"
@@ -419,7 +534,12 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
         "space": space.name,
         "summary": summary,
         "table": markdown_table(results, kinds, len(configs)),
-        "verdict": "\n".join(f"- {verdict(results, kind)}" for kind in kinds),
+        "verdict": "\n".join(
+            [f"- {verdict(results, kind)}" for kind in kinds]
+            + [f"- {default_verdict(results, default, kind, agreements.get(kind))}" for kind in kinds]
+        ),
+        "default": default,
+        "agreement": agreements,
         "configs": configs,
         "truth": truths,
         "proxies": [asdict(r) for r in results],
@@ -443,6 +563,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="supernet training steps; 0 skips the supernet proxies (default 120)",
     )
     parser.add_argument("--proxies", nargs="+", help="only these proxies (default: every available one)")
+    parser.add_argument(
+        "--predictor-samples",
+        type=int,
+        help="inherited subnets the `predicted` proxy is fitted on; 0 skips it (default: per space, 60)",
+    )
     parser.add_argument(
         "--truth-seeds",
         type=int,
@@ -484,6 +609,8 @@ def main(argv: list[str] | None = None) -> None:
             setup = replace(setup, train_steps=args.steps)
         if args.supernet_steps is not None:
             setup = replace(setup, supernet_steps=args.supernet_steps)
+        if args.predictor_samples is not None:
+            setup = replace(setup, predictor_samples=args.predictor_samples)
         reports.append(run_space(setup, args))
     command = "python benchmarks/proxy_correlation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"Command: `{command.strip()}` ({time.perf_counter() - start:.0f}s in all)\n")

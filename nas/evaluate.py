@@ -14,6 +14,7 @@ from latency_lut import BUILTIN_DEVICES, LatencyPredictor, TableView
 from latency_lut.predictors import BlockSum
 from nas.objectives import Objective, check_offered
 from nas.proxies import DEFAULT_SUPERNET_DIR, ProxyContext, available_proxies, get_proxy
+from nas.proxies.predictor import predictor_for
 from search_spaces import SearchSpace, get_space
 from search_spaces.precision import MixedPrecisionSpace, weight_storage
 
@@ -88,7 +89,12 @@ class SubnetEvaluator:
         self.proxy_context: ProxyContext | None = None
         if self.proxies:
             offered = available_proxies(
-                self.space, supernet=True if supernet_checkpoint else None, supernet_dir=supernet_dir
+                self.space,
+                supernet=True if supernet_checkpoint else None,
+                supernet_dir=supernet_dir,
+                predictor=predictor_for(self.space, supernet_checkpoint) is not None
+                if supernet_checkpoint
+                else None,
             )
             for objective in self.objectives:
                 check_offered(objective, offered, space=self.space.name)

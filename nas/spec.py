@@ -121,8 +121,7 @@ def resolve(
         space = None
     proxies = available_proxies(space, supernet_dir=supernet_dir) if space is not None else None
     if space is not None:
-        preferred = default_proxy(space.name)
-        spec = with_default_proxy(spec, preferred if preferred in (proxies or {}) else "params")
+        spec = with_default_proxy(spec, default_proxy(space.name, proxies))
     space_name = space.name if space is not None else None
     # Without a space its proxies are unknown: only the other objectives can be checked.
     parsed = [

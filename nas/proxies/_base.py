@@ -6,7 +6,8 @@ inside the runner's evaluator actors. Every proxy declares
 - `name`: how specs name it (`proxy:<name>`),
 - `direction`: whether larger (`maximize`) or smaller (`minimize`) values predict a better subnet,
 - `needs`: what it consumes besides the config: `nothing` (counting only), `batch` (a batch of the
-  space's task data, see `nas.proxies.task_data`) or `supernet` (a trained supernet checkpoint),
+  space's task data, see `nas.proxies.task_data`), `supernet` (a trained supernet checkpoint) or
+  `predictor` (a quality predictor fitted next to that checkpoint, `nas.proxies.predictor`),
 - `cost`: what one evaluation runs: `counting` (no tensors), `forward` (forward passes), `backward`
   (forward and backward passes) or `inherited` (a subnet extracted from a supernet, its BN statistics
   recalibrated, then forward passes). The seconds one evaluation really takes are measured by the
@@ -27,7 +28,7 @@ from search_spaces import SearchSpace
 if TYPE_CHECKING:
     from nas.proxies.context import ProxyContext
 
-ProxyNeeds = Literal["nothing", "batch", "supernet"]
+ProxyNeeds = Literal["nothing", "batch", "supernet", "predictor"]
 ProxyCost = Literal["counting", "forward", "backward", "inherited"]
 
 
@@ -59,6 +60,11 @@ class Proxy(abc.ABC):
             return (
                 "it needs a trained supernet checkpoint of the space at these options "
                 "(run `nas supernet train`)"
+            )
+        if self.needs == "predictor":
+            return (
+                "it needs a quality predictor fitted next to the space's supernet checkpoint at these "
+                "options (run `nas supernet train`, then `nas supernet fit-predictor`)"
             )
         return "it does not apply to the space"
 

@@ -52,6 +52,8 @@ class ProxyContext:
         self._task: TrainingTask | None = None
         self._batch: Batch | None = None
         self._supernet: LoadedSupernet | None = None
+        #: What proxies compute once per context and reuse (e.g. the teacher's predictions).
+        self.memo: dict[str, Any] = {}
 
     @property
     def task(self) -> TrainingTask:

@@ -3,12 +3,13 @@ default proxy per space."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from nas.directions import Direction
 from nas.proxies._base import Proxy
 from nas.proxies.errors import UnknownProxyError
-from nas.proxies.supernet_checkpoints import DEFAULT_SUPERNET_DIR, find_checkpoint
+from nas.proxies.supernet_checkpoints import DEFAULT_SUPERNET_DIR, find_checkpoint, predictor_path
 from nas.proxies.task_data import has_task
 from search_spaces import Registry, SearchSpace
 
@@ -16,13 +17,16 @@ PROXIES: Registry[type[Proxy]] = Registry(
     "proxy", field="proxy", error=UnknownProxyError, known="known proxies"
 )
 
-#: The proxy each space's searches should use for quality, chosen from the correlation benchmark
-#: (docs/proxies.md); spaces not listed fall back to `params`.
-#: Measured by `benchmarks/proxy_correlation.py` on 30 subnets per space (docs/proxies.md, 2026-11-23):
-#: EfficientFormerV2: synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13), tied with
-#: jacob_cov, snip and grad_norm on the mean of both and the cheapest of them; UNet: naswot rho +0.51
-#: vs denoising loss (params +0.39; the `macs` baseline, +0.57, is a cost and not offered as quality).
-DEFAULT_PROXY: dict[str, str] = {"efficientformerv2": "synflow", "unet": "naswot"}
+#: The proxies each space's searches should use for quality, best first, chosen from the correlation
+#: benchmark (docs/proxies.md): `proxy:default` is the first one the space offers at the search's
+#: options (the supernet proxies only where a trained checkpoint is found); spaces not listed, or
+#: offering none of their list, fall back to `params`.
+#: Measured by `benchmarks/proxy_correlation.py` (docs/proxies.md): EfficientFormerV2 (2026-11-23, 30
+#: subnets): synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13). UNet (2026-12-05,
+#: 8 subnets, inits agree at +0.98): naswot +0.83, teacher_distance +0.64 after a 40-step distilled
+#: supernet, predicted -0.10 (params +0.52; the `macs` baseline, +0.86, is a cost, not quality), so
+#: the teacher-relative and learned proxies are offered but not the default. Temporal: not judged yet.
+DEFAULT_PROXY: dict[str, list[str]] = {"efficientformerv2": ["synflow"], "unet": ["naswot"]}
 
 
 def register_proxy(cls: type[Proxy]) -> type[Proxy]:
@@ -40,29 +44,47 @@ def get_proxy(name: str) -> Proxy:
     return PROXIES.get(name)()
 
 
-def default_proxy(space_name: str) -> str:
-    """The measured best proxy of `space_name` (see docs/proxies.md), `params` where none beat it."""
-    return DEFAULT_PROXY.get(space_name, "params")
+def default_proxy(space_name: str, offered: Iterable[str] | None = None) -> str:
+    """The measured best proxy of `space_name` among `offered` (see docs/proxies.md): the first of
+    its preference list that is offered (the first of the list when `offered` is None), `params`
+    where none is."""
+    preferred = DEFAULT_PROXY.get(space_name, [])
+    if offered is None:
+        return preferred[0] if preferred else "params"
+    names = set(offered)
+    return next((name for name in preferred if name in names), "params")
 
 
 def available_proxies(
-    space: SearchSpace, *, supernet: bool | None = None, supernet_dir: str | Path = DEFAULT_SUPERNET_DIR
+    space: SearchSpace,
+    *,
+    supernet: bool | None = None,
+    supernet_dir: str | Path = DEFAULT_SUPERNET_DIR,
+    predictor: bool | None = None,
 ) -> dict[str, Direction]:
     """The proxies that can score subnets of `space`, with their directions.
 
     Proxies that need a batch need a task for the space (`nas.proxies.task_data.has_task`); proxies
-    that need a supernet also need a trained checkpoint of it. `supernet` says whether one is
-    available; by default `find_checkpoint` looks for one under `supernet_dir`.
+    that need a supernet also need a trained checkpoint of it, and `predicted` a quality predictor
+    fitted next to that checkpoint. `supernet` and `predictor` say whether they are available; by
+    default `find_checkpoint` looks under `supernet_dir` (and the predictor next to what it finds).
     """
     with_task = has_task(space)
+    checkpoint = None
+    if supernet is None or (predictor is None and supernet):
+        checkpoint = find_checkpoint(space, supernet_dir) if with_task else None
     if supernet is None:
-        supernet = with_task and find_checkpoint(space, supernet_dir) is not None
+        supernet = checkpoint is not None
+    if predictor is None:
+        predictor = checkpoint is not None and predictor_path(checkpoint).is_file()
     out: dict[str, Direction] = {}
     for name in list_proxies():
         proxy = get_proxy(name)
         if proxy.needs == "batch" and not with_task:
             continue
         if proxy.needs == "supernet" and not (with_task and supernet):
+            continue
+        if proxy.needs == "predictor" and not (with_task and supernet and predictor):
             continue
         if proxy.supports(space):
             out[name] = proxy.direction

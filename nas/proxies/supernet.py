@@ -5,6 +5,14 @@ subnet from the supernet (`Supernet.extract`), recalibrate its BatchNorm running
 training batches (reset, then forward passes in train mode without gradients: the supernet shares
 one set of statistics between all widths, which describes no single subnet), then evaluate it in
 eval mode on the task's held-out batch. Spaces without BatchNorm skip the recalibration.
+
+`teacher_distance` (minimise, diffusion spaces: a denoising task) needs no real data at all, as
+Flexiffusion's "relative" FID: it compares the inherited subnet's noise predictions with the full
+network's (the teacher: the supernet's largest subnet) on a fixed, seeded set of noisy latents,
+timesteps spread over the whole schedule and text embeddings (the task's held-out batch of
+`TEACHER_BATCH` samples), as the mean squared difference divided by the mean square of the teacher's
+prediction. The teacher's predictions are computed once per context. A supernet trained with
+distillation (`--distill-subnets`) teaches its subnets exactly this target.
 """
 
 from __future__ import annotations
@@ -18,12 +26,14 @@ from nas.proxies._base import Proxy
 from nas.proxies.context import ProxyContext
 from nas.proxies.errors import ProxyError
 from nas.proxies.registry import register_proxy
-from nas.proxies.task_data import classification_output, is_classification, make_task
-from nas.training.tasks import TrainingTask
+from nas.proxies.task_data import classification_output, has_task, is_classification, make_task
+from nas.training.tasks import DenoisingTask, TrainingTask
 from search_spaces import SearchSpace
 
 #: Held-out samples the inherited subnet is scored on.
 HELD_OUT_SIZE = 256
+#: Noisy latents (with their timesteps and text embeddings) on which subnet and teacher are compared.
+TEACHER_BATCH = 64
 #: Training batches (of `RECALIBRATION_BATCH` samples) that re-estimate BatchNorm statistics.
 RECALIBRATION_BATCHES = 4
 RECALIBRATION_BATCH = 64
@@ -90,3 +100,45 @@ class SupernetAccuracy(Proxy):
                 context.task, model, context.task.held_out_batch(HELD_OUT_SIZE)
             )
         return float((logits.argmax(-1) == labels).float().mean())
+
+
+def teacher_prediction(context: ProxyContext) -> torch.Tensor:
+    """The teacher's (the supernet's largest subnet's) noise predictions on the fixed batch, once."""
+    if "teacher_prediction" not in context.memo:
+        teacher = inherited_subnet(context, context.space.largest())
+        with torch.no_grad():
+            context.memo["teacher_prediction"] = context.task.predict(teacher, _teacher_batch(context))
+    return context.memo["teacher_prediction"]
+
+
+def _teacher_batch(context: ProxyContext) -> dict[str, torch.Tensor]:
+    if "teacher_batch" not in context.memo:
+        context.memo["teacher_batch"] = context.task.held_out_batch(TEACHER_BATCH)
+    return context.memo["teacher_batch"]
+
+
+@register_proxy
+class TeacherDistance(Proxy):
+    name = "teacher_distance"
+    direction = "minimize"
+    needs = "supernet"
+    cost = "inherited"
+    description = (
+        "relative distance of the inherited subnet's noise predictions from the full (teacher) "
+        "network's on fixed seeded latents, timesteps and text embeddings (diffusion spaces)"
+    )
+
+    def supports(self, space: SearchSpace) -> bool:
+        return has_task(space) and isinstance(make_task(space), DenoisingTask)
+
+    def requirement(self) -> str:
+        return f"{super().requirement()}, and a diffusion (denoising) space"
+
+    def compute(self, context: ProxyContext, config: dict[str, Any]) -> float:
+        if not isinstance(context.task, DenoisingTask):
+            raise ProxyError(f"teacher_distance needs a diffusion space; {context.space.name!r} is not")
+        teacher = teacher_prediction(context)
+        model = inherited_subnet(context, config)
+        with torch.no_grad():
+            prediction = context.task.predict(model, _teacher_batch(context))
+        return float(((prediction - teacher) ** 2).mean() / (teacher**2).mean().clamp_min(1e-12))

@@ -20,6 +20,15 @@ from search_spaces import SearchSpace, Supernet, config_id
 
 #: Where trained supernets live unless a caller says otherwise (relative to the working directory).
 DEFAULT_SUPERNET_DIR = Path("var/supernets")
+#: File name of a fitted quality predictor (`nas.proxies.predictor`), beside the checkpoint its
+#: targets were measured on.
+PREDICTOR_FILE = "predictor.json"
+
+
+def predictor_path(checkpoint: str | Path) -> Path:
+    """Where the quality predictor of a checkpoint (a file, or a run directory) lives."""
+    checkpoint = Path(checkpoint)
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / PREDICTOR_FILE
 
 
 @dataclass

@@ -10,9 +10,17 @@ run trains the subnets the uninterrupted run would have.
   subnets each step; the extremes bound the space, the random ones cover its middle.
 - `robust` (SnapFusion's "stochastic forward propagation"): one base subnet (the largest, or a named
   reference config) with every ResNet and transformer block replaced by the identity with probability
-  `skip_prob`, so that the UNet stays usable when architecture evolving later removes blocks.
+  `skip_prob`, so that the UNet stays usable when architecture evolving later removes blocks. With
+  `distill_subnets` > 0, each step also trains that many random subnets by in-place distillation: their
+  noise prediction learns the base subnet's prediction of the same step (detached), as BigNAS and
+  Once-for-All train small subnets from the largest, so that subnets with inherited weights can be
+  compared with the full network (the `teacher_distance` proxy).
 - `temporal` (SnapGen-V): only the temporal layers train, on a frozen spatial UNet; each step trains
-  `random_subnets` random temporal configs.
+  `random_subnets` random temporal configs, or, with `distill_subnets` > 0, the largest temporal config
+  on the task loss and `distill_subnets` random ones distilled from its prediction.
+
+A rule that `distills` lists its teacher first in `step_configs`; the trainer trains the teacher on the
+task loss and every later subnet of the step on `task.distill_loss(prediction, teacher prediction)`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ class TrainingRule(abc.ABC):
     """Which subnets a step trains, which parameters train at all, and which subnets are evaluated."""
 
     name: ClassVar[str]
+    #: Whether the first subnet of a step is the teacher the others are distilled from.
+    distills: bool = False
 
     def __init__(self, space: SearchSpace):
         self.space = space
@@ -89,10 +99,18 @@ class RobustRule(TrainingRule):
 
     name = "robust"
 
-    def __init__(self, space: SearchSpace, skip_prob: float = DEFAULT_SKIP_PROB, base: Config | None = None):
+    def __init__(
+        self,
+        space: SearchSpace,
+        skip_prob: float = DEFAULT_SKIP_PROB,
+        base: Config | None = None,
+        distill_subnets: int = 0,
+    ):
         super().__init__(space)
         self.skip_prob = skip_prob
         self.base = space.canonicalize(base) if base is not None else space.largest()
+        self.distill_subnets = distill_subnets
+        self.distills = distill_subnets > 0
 
     def prepare(self, supernet: Supernet) -> None:
         if not hasattr(supernet, "skip_prob"):
@@ -105,13 +123,16 @@ class RobustRule(TrainingRule):
         supernet.skip_prob = self.skip_prob
 
     def step_configs(self, rng: np.random.Generator) -> list[Config]:
-        return [self.base]
+        return [self.base, *(self.space.sample(rng) for _ in range(self.distill_subnets))]
 
     def eval_configs(self) -> dict[str, Config]:
-        return {"base": self.base}
+        if not self.distills:
+            return {"base": self.base}
+        return {"base": self.base, "smallest": self.space.smallest()}
 
     def describe(self) -> dict[str, Any]:
-        return {"rule": self.name, "skip_prob": self.skip_prob, "base": self.base}
+        out = {"rule": self.name, "skip_prob": self.skip_prob, "base": self.base}
+        return {**out, "distill_subnets": self.distill_subnets} if self.distills else out
 
 
 class TemporalRule(TrainingRule):
@@ -120,9 +141,11 @@ class TemporalRule(TrainingRule):
 
     name = "temporal"
 
-    def __init__(self, space: SearchSpace, random_subnets: int = 2):
+    def __init__(self, space: SearchSpace, random_subnets: int = 2, distill_subnets: int = 0):
         super().__init__(space)
         self.random_subnets = max(1, random_subnets)
+        self.distill_subnets = distill_subnets
+        self.distills = distill_subnets > 0
 
     def prepare(self, supernet: Supernet) -> None:
         super().prepare(supernet)
@@ -143,6 +166,8 @@ class TemporalRule(TrainingRule):
         return list(supernet.temporal_parameters())
 
     def step_configs(self, rng: np.random.Generator) -> list[Config]:
+        if self.distills:
+            return [self.space.largest(), *(self.space.sample(rng) for _ in range(self.distill_subnets))]
         return [self.space.sample(rng) for _ in range(self.random_subnets)]
 
     def eval_configs(self) -> dict[str, Config]:
@@ -150,6 +175,8 @@ class TemporalRule(TrainingRule):
         return {"largest": self.space.largest(), "random0": self.space.sample(rng)}
 
     def describe(self) -> dict[str, Any]:
+        if self.distills:
+            return {"rule": self.name, "distill_subnets": self.distill_subnets}
         return {"rule": self.name, "random_subnets": self.random_subnets}
 
 
@@ -163,15 +190,23 @@ def make_rule(
     skip_prob: float = DEFAULT_SKIP_PROB,
     random_subnets: int = 2,
     base_config: str | Mapping[str, Any] | None = None,
+    distill_subnets: int = 0,
 ) -> TrainingRule:
     """The rule `name` for `space` with the settings that apply to it (the others are ignored)."""
     if name == "sandwich":
+        if distill_subnets:
+            raise TrainingConfigError(
+                "distill_subnets applies to the rules 'robust' and 'temporal' (noise-prediction "
+                "distillation); rule 'sandwich' trains every subnet on the task loss",
+                field="distill_subnets",
+                allowed=[0],
+            )
         return SandwichRule(space, random_subnets)
     if name == "robust":
         base = space.canonicalize(base_config) if base_config is not None else None
-        return RobustRule(space, skip_prob, base)
+        return RobustRule(space, skip_prob, base, distill_subnets)
     if name == "temporal":
-        return TemporalRule(space, random_subnets)
+        return TemporalRule(space, random_subnets, distill_subnets)
     raise TrainingConfigError(
         f"unknown rule {name!r}; known rules: {sorted(RULES)}", field="rule", allowed=sorted(RULES)
     )

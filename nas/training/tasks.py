@@ -84,6 +84,23 @@ class TrainingTask(abc.ABC):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The scalar training loss of `model` (an activated supernet or a subnet) on `batch`."""
 
+    def predict(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """`model`'s output on `batch` (what distillation compares); tasks that distill override it,
+        together with `loss_of` and `distill_loss`."""
+        raise TrainingConfigError(
+            f"the task of space {self.space.name!r} does not support distillation",
+            field="distill_subnets",
+            allowed=[0],
+        )
+
+    def loss_of(self, prediction: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The task loss of a `predict` output: `loss_of(predict(model, batch), batch)` is `loss`."""
+        raise NotImplementedError
+
+    def distill_loss(self, prediction: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """How far a student's `predict` output is from the teacher's."""
+        raise NotImplementedError
+
     def train_batch(self, step: int, batch_size: int, rank: int = 0) -> Batch:
         """The batch of training step `step` (0-based) for data rank `rank`."""
         return self.draw(batch_generator(self.seed, TRAIN_STREAM, step, rank), batch_size, held_out=False)
@@ -222,10 +239,19 @@ class DenoisingTask(TrainingTask):
         batch["noise"] = torch.randn(batch["latents"].shape, generator=generator)
         return batch
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def predict(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The predicted noise of the batch's noisy latents."""
         noisy = self.schedule.add_noise(batch["latents"], batch["noise"], batch["timesteps"])
-        prediction = model(noisy, batch["timesteps"].to(self.timestep_dtype), batch["text"])
+        return model(noisy, batch["timesteps"].to(self.timestep_dtype), batch["text"])
+
+    def loss_of(self, prediction: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.mse_loss(prediction, batch["noise"])
+
+    def distill_loss(self, prediction: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(prediction, teacher)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.loss_of(self.predict(model, batch), batch)
 
 
 @register_task

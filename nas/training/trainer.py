@@ -46,6 +46,7 @@ IDENTITY_FIELDS = (
     "skip_prob",
     "random_subnets",
     "base_config",
+    "distill_subnets",
     "seed",
     "batch_size",
     "lr",
@@ -61,7 +62,9 @@ class TrainConfig:
 
     `rule=None` takes the space's default rule (sandwich for efficientformerv2, robust for unet,
     temporal for temporal); `skip_prob` applies to `robust`, `random_subnets` to `sandwich` and
-    `temporal`, `base_config` (a reference config's name or a config) to `robust`. `device=None`
+    `temporal`, `base_config` (a reference config's name or a config) to `robust`; `distill_subnets`
+    (robust and temporal) adds that many random subnets a step, distilled from the base (largest)
+    subnet's noise prediction. `device=None`
     takes CUDA when there is one, else the CPU. `eval_every=0` evaluates only before and after;
     `checkpoint_every=0` checkpoints only at the end (when `out_dir` is set); `keep_checkpoints`
     keeps the newest N checkpoints (0: all). `init_from` (a checkpoint file or a run's directory)
@@ -79,6 +82,7 @@ class TrainConfig:
     skip_prob: float = DEFAULT_SKIP_PROB
     random_subnets: int = 2
     base_config: str | dict[str, Any] | None = None
+    distill_subnets: int = 0
     seed: int = 0
     device: str | None = None
     max_grad_norm: float | None = 1.0
@@ -117,6 +121,12 @@ class TrainConfig:
             self.random_subnets >= 0,
             "random_subnets",
             f"random_subnets must be >= 0, got {self.random_subnets}",
+            "int >= 0",
+        )
+        _require(
+            self.distill_subnets >= 0,
+            "distill_subnets",
+            f"distill_subnets must be >= 0, got {self.distill_subnets}",
             "int >= 0",
         )
         _require(
@@ -275,6 +285,7 @@ class SupernetTrainer:
             skip_prob=config.skip_prob,
             random_subnets=config.random_subnets,
             base_config=config.base_config,
+            distill_subnets=config.distill_subnets,
         )
         initial = None
         if warm_start and config.init_from is not None:
@@ -371,15 +382,24 @@ class SupernetTrainer:
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
     def train_step(self) -> list[float]:
-        """Take one step; returns the loss of each subnet it trained."""
+        """Take one step; returns the loss of each subnet it trained (a distilled subnet's: its
+        distillation loss)."""
         batch = self._to_device(self.task.train_batch(self.step, self.config.batch_size, self.rank))
         configs = self.rule.step_configs(np.random.default_rng([self.config.seed, self.step]))
         self.supernet.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses = []
+        teacher = None
         for config in configs:
             self.supernet.activate(config)
-            loss = self.task.loss(self.model, batch)
+            if not self.rule.distills:
+                loss = self.task.loss(self.model, batch)
+            elif teacher is None:
+                prediction = self.task.predict(self.model, batch)
+                loss = self.task.loss_of(prediction, batch)
+                teacher = prediction.detach()
+            else:
+                loss = self.task.distill_loss(self.task.predict(self.model, batch), teacher)
             (loss / len(configs)).backward()
             losses.append(float(loss.detach()))
         if self.config.max_grad_norm is not None:

@@ -50,6 +50,13 @@ def train(
     base_config: Annotated[
         str | None, typer.Option("--base-config", help="robust: reference config to train [largest]")
     ] = None,
+    distill_subnets: Annotated[
+        int | None,
+        typer.Option(
+            "--distill-subnets",
+            help="robust/temporal: random subnets per step distilled from the base's noise prediction [0]",
+        ),
+    ] = None,
     init_from: Annotated[
         str | None,
         typer.Option("--init-from", help="start from a checkpoint (temporal: from a unet run's checkpoint)"),
@@ -94,6 +101,7 @@ def train(
             "skip_prob": skip_prob,
             "random_subnets": random_subnets,
             "base_config": base_config,
+            "distill_subnets": distill_subnets,
             "init_from": init_from,
             "seed": seed,
             "device": device,
@@ -152,3 +160,76 @@ def train(
         )
     out.print(table)
     out.print(f"checkpoint: {result.checkpoint}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("fit-predictor")
+@user_errors()
+def fit_predictor(
+    space: Annotated[str, typer.Option("--space", help="the space whose supernet was trained")],
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="space option NAME=VALUE, repeatable")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="checkpoint file or run directory [found under --supernet-dir]"),
+    ] = None,
+    supernet_dir: Annotated[
+        Path, typer.Option("--supernet-dir", help="directory of trained supernets")
+    ] = Path("var/supernets"),
+    samples: Annotated[
+        int, typer.Option("--samples", min=6, help="random subnets whose target is measured [200]")
+    ] = 200,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="teacher_distance or supernet_loss [teacher_distance where offered]"),
+    ] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="cross-validation folds [5]")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the sampled subnets and folds [0]")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads of torch [1]")] = 1,
+) -> None:
+    """Fit the space's quality predictor (`proxy:predicted`) on inherited subnets of its supernet.
+
+    Measures --target on --samples seeded random subnets with weights inherited from the checkpoint,
+    fits a ridge regression on their config encoding and log parameter count (ridge strength by
+    --folds-fold cross-validation) and writes it, with its held-out error, as predictor.json next to
+    the checkpoint, where searches find it.
+    """
+    import torch
+
+    from nas.proxies import ProxyContext, ProxyError, find_checkpoint, fit_for_checkpoint, predictor_path
+    from search_spaces import get_space
+
+    torch.set_num_threads(threads)
+    subject = get_space(space, **parse_options(option or []))
+    path = checkpoint or find_checkpoint(subject, supernet_dir)
+    if path is None:
+        raise ValueError(
+            f"no trained supernet of space {space!r} at options {subject.options} under {supernet_dir}; "
+            "run `nas supernet train` first or pass --checkpoint"
+        )
+    context = ProxyContext(subject, supernet_checkpoint=path)
+    try:
+        predictor = fit_for_checkpoint(context, samples=samples, target=target, folds=folds, seed=seed)
+    except ProxyError as exc:
+        raise ValueError(str(exc)) from None
+    written = predictor_path(predictor.checkpoint)
+    predictor.save(written)
+    table = Table("target", "samples", "measured in", "ridge alpha", "held-out RMSE", "rho", "tau",
+                  title=f"quality predictor ({folds}-fold cross-validation)")  # fmt: skip
+    table.add_row(
+        predictor.target,
+        str(predictor.samples),
+        f"{predictor.measure_seconds:.1f}s",
+        f"{predictor.alpha:g}",
+        f"{predictor.cv_rmse:.4g}",
+        f"{predictor.cv_spearman:+.3f}",
+        f"{predictor.cv_kendall:+.3f}",
+    )
+    out.print(table)
+    out.print(
+        f"predictor of {predictor.target} fitted on {predictor.samples} subnets: held-out RMSE "
+        f"{predictor.cv_rmse:.4g}, rho {predictor.cv_spearman:+.3f}\npredictor: {written}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -3,6 +3,7 @@ training at a tiny size, resume, and exit code 2 with the offending field for ba
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,33 @@ def test_parse_options_reads_json_values() -> None:
         "base": "snapgen",
         "flag": True,
     }
+
+
+UNET = ["--space", "unet", "-o", "latent_size=8", "-o", "text_tokens=4", "-o", "cross_attention_dim=32",
+        "-o", "width_scale=0.0625"]  # fmt: skip
+
+
+def test_distilled_unet_then_fit_predictor(tmp_path: Path) -> None:
+    out = tmp_path / "unet-run"
+    trained = train(*UNET, "--steps", "1", "--batch-size", "2", "--distill-subnets", "1", "--out", str(out))
+    assert trained.exit_code == 0, trained.output
+    assert load_checkpoint(out / "step-00000001.pt")["rule"]["distill_subnets"] == 1
+
+    fit = runner.invoke(
+        root, ["supernet", "fit-predictor", *UNET, "--checkpoint", str(out), "--samples", "6", "--folds", "2"]
+    )
+    assert fit.exit_code == 0, fit.output
+    assert "predictor of teacher_distance fitted on 6 subnets: held-out RMSE" in fit.stdout
+    stored = json.loads((out / "predictor.json").read_text())
+    assert stored["samples"] == 6 and stored["folds"] == 2 and stored["target"] == "teacher_distance"
+    assert stored["checkpoint"] == str(out / "step-00000001.pt")
+
+    wrong = runner.invoke(
+        root, ["supernet", "fit-predictor", *UNET, "--checkpoint", str(out), "--target", "naswot"]
+    )
+    assert wrong.exit_code == 2 and "allowed targets: ['supernet_loss', 'teacher_distance']" in wrong.stderr
+    nowhere = ["--supernet-dir", str(tmp_path / "no")]
+    missing = runner.invoke(root, ["supernet", "fit-predictor", *UNET, *nowhere])
+    assert missing.exit_code == 2 and "run `nas supernet train` first" in missing.stderr
+    refused = train(*EFFV2, "--distill-subnets", "1", "--out", str(tmp_path / "effv2"))
+    assert refused.exit_code == 2 and "distill_subnets applies" in refused.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from nas.proxies.catalog import proxy_catalog
 from search_spaces import FieldError, get_space, list_spaces
 from services.core.measurement_store import UnknownDeviceError
 from services.core.model_export import ModelFile, export_model
@@ -58,10 +59,20 @@ def list_all() -> list[SpaceSummary]:
 
 
 @router.get("/{name}", response_model=SpaceDetail, responses={404: {"model": ErrorBody}})
-def describe(name: SpaceName, request: Request) -> SpaceDetail:
-    """One space at the options given as query parameters (e.g. `?resolution=64`; defaults otherwise)."""
+def describe(name: SpaceName, request: Request, settings: SettingsDep) -> SpaceDetail:
+    """One space at the options given as query parameters (e.g. `?resolution=64`; defaults otherwise),
+    with the quality proxies a search can use at those options (the supernet-inherited ones once a
+    supernet is trained under the server's supernet directory, `predicted` once fitted) and the one
+    `proxy:default` stands for."""
     options = {key: parse_option_value(value) for key, value in request.query_params.items()}
-    return SpaceDetail(**get_space(name, **options).describe())
+    space = get_space(name, **options)
+    catalog = proxy_catalog(space, settings.supernet_dir)
+    return SpaceDetail(
+        **space.describe(),
+        proxies=catalog["proxies"],
+        default_proxy=catalog["default"],
+        supernet_checkpoint=catalog["supernet_checkpoint"],
+    )
 
 
 @router.post(

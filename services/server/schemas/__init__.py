@@ -76,10 +76,30 @@ class SpaceSummary(BaseModel):
     options: list[OptionOut]
 
 
+class ProxyOut(BaseModel):
+    name: str = Field(description="objective `proxy:<name>` in a search spec")
+    direction: str
+    needs: str = Field(description="nothing, batch, supernet or predictor")
+    cost: str
+    description: str
+    available: bool = Field(description="whether a search of the space at these options can use it now")
+    requirement: str | None = Field(None, description="what it still needs, when not available")
+    predictor: dict[str, Any] | None = Field(
+        None, description="`predicted`: the fitted predictor's target, training size and held-out error"
+    )
+
+
 class SpaceDetail(SpaceSummary):
     choices: list[ChoiceOut]
     option_values: dict[str, Any]
     reference_configs: dict[str, dict[str, Any]]
+    proxies: list[ProxyOut] = Field(
+        default_factory=list, description="quality proxies of the space at these options"
+    )
+    default_proxy: str | None = Field(None, description="what `proxy:default` stands for at these options")
+    supernet_checkpoint: str | None = Field(
+        None, description="the trained supernet the inherited proxies use at these options, if any"
+    )
 
 
 class DeviceOut(BaseModel):
