@@ -41,6 +41,10 @@ class InputProblem(ValueError):
         return {"field": self.field, "message": str(self), "allowed": self.allowed}
 
 
+class NotJsonBody(InputProblem):
+    """A body that does not parse as JSON at all."""
+
+
 def _path(trail: tuple[Any, str | int] | None, root: str) -> str:
     """The dotted path of a trail of (parent trail, key) pairs, built only for an error message."""
     parts: list[str | int] = []
@@ -122,15 +126,17 @@ def check_path_and_query(scope: Scope) -> None:
             )
 
 
-def _is_json(scope: Scope) -> bool:
-    """Whether FastAPI would read this request's body as JSON (no content type, or a JSON one)."""
+def _declared_json(scope: Scope) -> bool | None:
+    """Whether the request declares a JSON body: True for a JSON content type, False for another one,
+    None without a content type (FastAPI reads such a body as JSON on JSON routes; routes that take
+    raw bytes, such as table files, take it as it is)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
             media = value.decode("latin-1").split(";", 1)[0].strip().lower()
             return media == "application/json" or (
                 media.startswith("application/") and media.endswith("+json")
             )
-    return True
+    return None
 
 
 class RequestInputCheck:
@@ -154,7 +160,8 @@ class RequestInputCheck:
         except InputProblem as exc:
             await send_error(send, 422, [exc.to_dict()])
             return
-        if scope.get("method", "") not in _BODY_METHODS or not _is_json(scope):
+        declared = _declared_json(scope)
+        if scope.get("method", "") not in _BODY_METHODS or declared is False:
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -171,7 +178,9 @@ class RequestInputCheck:
             return
         body = b"".join(chunks)
         problem = _body_problem(body)
-        if problem is not None:
+        # An undeclared body that is no JSON at all may be a file for a raw-bytes route: the route
+        # answers for it (JSON routes refuse it with the API's 422 too).
+        if problem is not None and not (declared is None and isinstance(problem, NotJsonBody)):
             await send_error(send, 422, [problem.to_dict()])
             return
         replayed = False
@@ -198,9 +207,9 @@ def _body_problem(body: bytes) -> InputProblem | None:
             f"at most {MAX_JSON_DEPTH} levels",
         )
     except UnicodeDecodeError as exc:
-        return InputProblem("body", f"the request body is not UTF-8 text ({exc.reason})", "a JSON object")
+        return NotJsonBody("body", f"the request body is not UTF-8 text ({exc.reason})", "a JSON object")
     except json.JSONDecodeError as exc:
-        return InputProblem(
+        return NotJsonBody(
             "body", f"the request body is not valid JSON ({exc.msg} at character {exc.pos})", "a JSON object"
         )
     except ValueError:  # e.g. an integer of more digits than Python converts: the route's parsing answers

@@ -188,7 +188,8 @@ def test_every_proxy_is_tested_by_hand() -> None:
     tested = {"synflow", "snip", "grad_norm", "zico", "naswot", "jacob_cov", "params", "macs"}
     supernet_proxies = {"supernet_loss", "supernet_accuracy"}  # tests/nas/test_proxy_supernet.py
     quantization = {"quant_sensitivity"}  # tests/nas/test_quantization.py
-    assert set(list_proxies()) == tested | supernet_proxies | quantization
+    teacher_relative = {"teacher_distance", "predicted"}  # tests/nas/test_teacher_relative.py
+    assert set(list_proxies()) == tested | supernet_proxies | quantization | teacher_relative
 
 
 def test_contract_attributes() -> None:
@@ -196,7 +197,7 @@ def test_contract_attributes() -> None:
         proxy = get_proxy(name)
         assert proxy.name == name
         assert proxy.direction in ("maximize", "minimize")
-        assert proxy.needs in ("nothing", "batch", "supernet")
+        assert proxy.needs in ("nothing", "batch", "supernet", "predictor")
         assert proxy.cost in ("counting", "forward", "backward", "inherited")
         assert proxy.description
     assert get_proxy("supernet_loss").direction == "minimize"
