@@ -53,7 +53,8 @@ def test_export_button_sends_the_key(page, secured: LiveServer, tmp_path) -> Non
     from services.core.demo_search import insert_synthetic_search
 
     engine = secured.app.state.engine
-    reader = create_key(engine, "exporter", ["searches:read"])[1]
+    # A stored search belongs to `legacy` (no key submitted it): reading it takes searches:read-all.
+    reader = create_key(engine, "exporter", ["searches:read-all"])[1]
     search_id = insert_synthetic_search(engine, trials=12, name="export-under-auth")
     page.goto(secured.url + "/")
     page.fill("#api-key", reader)

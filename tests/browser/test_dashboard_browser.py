@@ -151,7 +151,8 @@ def test_running_search_progress_advances_without_reload(page, live, http, plot_
         row,
     )
     page.wait_for_selector(f"{row}[data-status='running']")
-    page.wait_for_function("() => window.__seen.some(done => done > 0)")
+    # The first trial waits for the search's table of blocks to be measured (slow on a busy host).
+    page.wait_for_function("() => window.__seen.some(done => done > 0)", timeout=240_000)
     screenshot(page, "searches-running")
     page.wait_for_selector(f"{row}[data-status='succeeded']", timeout=240_000)
     page.wait_for_function("() => window.__seen.includes(40)")
