@@ -243,6 +243,11 @@ class Constraint:
         return self.violation(values) <= 0
 
 
+def upper_bound(constraints: Iterable[Constraint], name: str) -> float | None:
+    """The bound of the first `name <= bound` among `constraints`, or None."""
+    return next((c.bound for c in constraints if c.objective.name == name and c.op == "<="), None)
+
+
 def parse_constraint(
     text: str,
     known_devices: Iterable[str],

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nas.objectives import Objective, SpecError
+from nas.objectives import Objective, SpecError, upper_bound
 from nas.strategies._stepwise import Action, StepwiseStrategy
 from nas.strategies.params import ParamCheck, config_or_reference, positive_number
 from nas.strategies.registry import register_strategy
@@ -75,9 +75,9 @@ class BitsFusionStrategy(StepwiseStrategy):
         )
 
     def _budget_from_constraints(self) -> float:
-        for constraint in self.constraints:
-            if constraint.objective.name == self.cost.name and constraint.op == "<=":
-                return constraint.bound
+        bound = upper_bound(self.constraints, self.cost.name)
+        if bound is not None:
+            return bound
         raise SpecError(
             f"strategy 'bitsfusion' needs a budget on {self.cost.name!r}: strategy_params.budget or a "
             f"constraint '{self.cost.name} <= <number>' (e.g. bits <= 1.99, size_mb <= 220)",

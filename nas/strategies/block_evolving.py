@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nas.objectives import SpecError
+from nas.objectives import SpecError, upper_bound
 from nas.strategies._stepwise import Action, StepwiseStrategy
 from nas.strategies.params import ParamCheck, config_or_reference, int_at_least, positive_number
 from nas.strategies.registry import register_strategy
@@ -91,9 +91,9 @@ class EvolvingStrategy(StepwiseStrategy):
             )
 
     def _target_from_constraints(self) -> float:
-        for c in self.constraints:
-            if c.objective.name == self.latency.name and c.op == "<=":
-                return c.bound
+        bound = upper_bound(self.constraints, self.latency.name)
+        if bound is not None:
+            return bound
         raise SpecError(
             f"strategy 'evolving' needs a latency target: strategy_params.target_ms or a constraint "
             f"'{self.latency.name} <= <ms>'",

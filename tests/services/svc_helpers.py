@@ -172,3 +172,17 @@ def wait_for(http_client: httpx.Client, search_id: str, statuses: set[str], time
         if time.monotonic() > deadline:
             raise AssertionError(f"search {search_id} still {search['status']}: {search['status_message']}")
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def backend_live_server(request, tmp_path_factory, prefix: str) -> Iterator[LiveServer]:
+    """A live app (auth on, no scheduler) over an empty database of the backend `request.param`
+    ("sqlite" or "postgres"): what module fixtures parametrized over both backends serve."""
+    from services.server.app import create_app
+
+    tmp_path = tmp_path_factory.mktemp(f"{prefix}-{request.param}")
+    postgres = request.getfixturevalue("postgres_engine") if request.param == "postgres" else None
+    with empty_service_database(tmp_path, postgres) as (url, _engine):
+        settings = service_settings(tmp_path, database_url=url, auth_disabled=False)
+        with LiveServer(create_app(settings, start_scheduler=False)) as live:
+            yield live

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from svc_helpers import LiveServer, empty_service_database, service_settings
+from svc_helpers import LiveServer, backend_live_server
 
 from services.core.auth import create_key
 from services.server.app import create_app
@@ -70,12 +70,8 @@ CASES = _cases()
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def fuzz_server(request, tmp_path_factory) -> Iterator[LiveServer]:
-    tmp_path = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    postgres = request.getfixturevalue("postgres_engine") if request.param == "postgres" else None
-    with empty_service_database(tmp_path, postgres) as (url, _engine):
-        settings = service_settings(tmp_path, database_url=url, auth_disabled=False)
-        with LiveServer(create_app(settings, start_scheduler=False)) as live:
-            yield live
+    with backend_live_server(request, tmp_path_factory, "fuzz") as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 import sqlalchemy as sa
-from svc_helpers import SMALL_SPEC, LiveServer, empty_service_database, service_settings
+from svc_helpers import SMALL_SPEC, LiveServer, backend_live_server
 
 from latency_lut.io import MAX_LATENCY_MS
 from latency_lut.key_checks import space_blocks
 from services.core.auth import create_key
 from services.core.db import DeviceRow
-from services.server.app import create_app
 from services.server.input_checks import MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH
 
 
@@ -33,12 +32,8 @@ def nested(levels: int) -> dict:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def backend_server(request, tmp_path_factory) -> Iterator[LiveServer]:
-    tmp_path = tmp_path_factory.mktemp(f"hardening-{request.param}")
-    postgres = request.getfixturevalue("postgres_engine") if request.param == "postgres" else None
-    with empty_service_database(tmp_path, postgres) as (url, _engine):
-        settings = service_settings(tmp_path, database_url=url, auth_disabled=False)
-        with LiveServer(create_app(settings, start_scheduler=False)) as live:
-            yield live
+    with backend_live_server(request, tmp_path_factory, "hardening") as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
