@@ -20,6 +20,7 @@ Keys themselves (creation, hashing, scopes) are `services.core.auth`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 import time
@@ -220,12 +221,18 @@ def heavy_request(request: Request) -> Iterator[RequestDeadline]:
 HeavyRequestDep = Annotated[RequestDeadline, Depends(heavy_request)]
 
 
+@functools.cache
+def _default_input_elements(space_name: str) -> int:
+    """Elements of the example inputs of `space_name` at its default options (fixed per space)."""
+    return sum(t.numel() for t in get_space(space_name).example_inputs())
+
+
 def check_request_inputs(space: SearchSpace, settings: Settings, *, field: str = "space_options") -> None:
     """Refuse (422) options whose inputs have more than `NAS_MAX_REQUEST_INPUT_SCALE` times the
     elements of the space's default inputs: the cost of a request's MAC counts and predictor set-up
     grows with them (searches, which run in the background, take any valid options)."""
     elements = sum(t.numel() for t in space.example_inputs())
-    default = sum(t.numel() for t in get_space(space.name).example_inputs())
+    default = _default_input_elements(space.name)
     limit = int(default * settings.max_request_input_scale)
     if elements > limit:
         raise FieldError(
