@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -54,22 +55,34 @@ def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], f: str | Path
         module.train(was_training)
 
 
+#: Sessions a module is timed in, round-robin (see `OnnxRuntimeBackend`).
+DEFAULT_SESSIONS = 3
+
+
 class OnnxRuntimeBackend(MeasurementBackend):
     """ONNX Runtime on this host's CPU (`CPUExecutionProvider`), `threads` intra-op threads, one
     inter-op thread, sequential execution and all graph optimisations (what a deployment would use),
     timed on `clock` (see `latency_lut.backends.CLOCKS`).
 
-    Preparing a module exports it and builds a session (untimed); a sample times one `session.run` on
-    the example inputs, so it includes ONNX Runtime's per-call overhead exactly once per forward.
+    Preparing a module exports it and builds `sessions` sessions of it, each run once (untimed); a sample times one
+    `session.run` on the example inputs, so it includes ONNX Runtime's per-call overhead exactly once
+    per forward. Successive samples go to the sessions in turn: two sessions of the same model can
+    differ by several percent for as long as they live (where their buffers landed), which one
+    session per measurement turns into a difference between two measurements of the same network;
+    on this host the median difference between two measurements of the same small network was 4.5%
+    with one session and 1.7% with three taken in turn (docs/lut.md).
     """
 
     name = "onnxruntime-cpu"
     runtime = "onnxruntime"
     export_suffix = ".onnx"
 
-    def __init__(self, threads: int = 1, clock: str | None = None):
+    def __init__(self, threads: int = 1, clock: str | None = None, sessions: int = DEFAULT_SESSIONS):
         self.threads = check_threads(threads)
         self.clock = check_clock(clock or default_clock(threads), threads)
+        if isinstance(sessions, bool) or not isinstance(sessions, int) or not 1 <= sessions <= 16:
+            raise ValueError(f"sessions must be an integer from 1 to 16, got {sessions!r}")
+        self.sessions = sessions
         self._ort = _onnxruntime()
 
     def session(self, model: bytes | str | Path) -> Any:
@@ -88,9 +101,12 @@ class OnnxRuntimeBackend(MeasurementBackend):
     def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
         buffer = io.BytesIO()
         export_onnx(module, inputs, buffer)
-        session = self.session(buffer.getvalue())
+        sessions = [self.session(buffer.getvalue()) for _ in range(self.sessions)]
         feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
-        yield lambda: session.run(None, feeds)
+        for session in sessions:  # each session's first run allocates: never a sample
+            session.run(None, feeds)
+        turns = itertools.cycle(sessions)
+        yield lambda: next(turns).run(None, feeds)
 
     def export(self, module: nn.Module, inputs: Sequence[torch.Tensor], path: str | Path) -> Path:
         path = Path(path)
@@ -109,6 +125,7 @@ class OnnxRuntimeBackend(MeasurementBackend):
             "torch": torch.__version__,
             "opset": OPSET,
             "threads": self.threads,
+            "sessions": self.sessions,
             "clock": self.clock,
             "providers": ["CPUExecutionProvider"],
         }
