@@ -2,12 +2,14 @@
 `size_mb` and `proxy:quant_sensitivity` submitted, watched to the end on Ray, its front read, and a
 member exported as packed low-bit weights that load back (real HTTP, small options).
 
-The search runs on `efficientformerv2_bits` (81 layers, milliseconds per forward pass): on the
-277-layer small UNet the sensitivity table alone takes minutes on a loaded 2-core machine, which
-`benchmarks/bitwidth.py` measures instead; the UNet's view and its 422s are checked here."""
+The flow runs twice: on `efficientformerv2_bits` (81 layers, with the event stream and the CLI's
+client) and on the small `unet_bits` (277 searched layers; its sensitivity table costs one forward
+pass per layer, about 15 s on one idle core), with a checkpoint named by the spec so that the loaded
+export can be compared with the fake-quantized module of the same weights."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import httpx
@@ -17,6 +19,7 @@ from svc_helpers import LiveServer, throwaway_server, wait_for
 
 from nas.pareto import non_dominated
 from search_spaces import get_space
+from search_spaces.precision import MixedPrecisionSpace, quantize_module
 from search_spaces.quantized_export import load_quantized, read_assignment
 from services.client import NasClient
 
@@ -93,3 +96,47 @@ def test_submit_watch_front_and_export_a_member(live: LiveServer, http: httpx.Cl
         "/v1/spaces/unet/export", json={"config": "sd15", "format": "quantized", "space_options": OPTIONS}
     )
     assert plain.status_code == 422 and plain.json()["detail"][0]["field"] == "format"
+
+
+def test_unet_bits_round_trip_from_submit_to_loaded_export(
+    live: LiveServer, http: httpx.Client, tmp_path
+) -> None:
+    """The issue's done-when on the UNet space itself: a search on `unet_bits` (277 searched layers at
+    these options) over HTTP, its front, and a member exported with the weights of a checkpoint the
+    spec names, whose loaded outputs are the fake-quantized module's."""
+    space = get_space("unet_bits", **OPTIONS)
+    assert isinstance(space, MixedPrecisionSpace)
+    torch.manual_seed(7)
+    trained = space.float_model()
+    checkpoint = tmp_path / "unet.pt"
+    torch.save(trained.state_dict(), checkpoint)
+    options = {**OPTIONS, "weights": str(checkpoint)}
+    spec = {**SPEC, "name": "unet bits", "space": "unet_bits", "space_options": options}
+    created = http.post("/v1/searches", json=spec)
+    assert created.status_code == 202, created.text
+    sid = created.json()["id"]
+    search = wait_for(http, sid, {"succeeded", "failed", "cancelled"}, timeout_s=600)
+    assert search["status"] == "succeeded", search
+    trials = http.get(f"/v1/searches/{sid}/trials", params={"limit": 50}).json()["items"]
+    assert len(trials) == 5
+    front = http.get(f"/v1/searches/{sid}/pareto").json()["trials"]
+    points = [(t["values"]["size_mb"], t["values"]["proxy:quant_sensitivity"]) for t in trials]
+    assert {t["number"] for t in front} == {trials[i]["number"] for i in non_dominated(points).tolist()}
+
+    member = front[0]
+    config = space.canonicalize(member["config"])
+    assert member["values"]["size_mb"] == pytest.approx(space.weight_storage(config).size_mb)
+    assert member["values"]["proxy:quant_sensitivity"] > 0
+    exported = http.get(
+        f"/v1/searches/{sid}/trials/{member['number']}/export", params={"format": "quantized"}
+    )
+    assert exported.status_code == 200, exported.text
+    header = read_assignment(exported.content)
+    assert header["config_id"] == member["config_id"] == space.config_id(config)
+    assert {path: entry["bits"] for path, entry in header["layers"].items()} == space.assignment(config)
+    loaded = load_quantized(space, exported.content).eval()
+    fake = quantize_module(copy.deepcopy(trained), space.assignment(config)).eval()
+    inputs = space.example_inputs(batch=2)
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), fake(*inputs))
+        assert not torch.equal(loaded(*inputs), trained.eval()(*inputs))
