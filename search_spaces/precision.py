@@ -106,6 +106,21 @@ class MixedPrecisionSpace(SearchSpace):
     default_architecture: ClassVar[str]
     fixed_kinds: ClassVar[tuple[str, ...]]
 
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        if self.options["weights"]:
+            self.check_weights(self.options["weights"])
+
+    def check_weights(self, path: str) -> None:
+        """What can be checked of the `weights` checkpoint without reading its tensors (so that a
+        search spec naming a wrong one is refused when it is submitted): that it exists."""
+        if not Path(path).exists():
+            raise OptionError(
+                f"option 'weights': no file or folder {path!r} on this machine",
+                field="weights",
+                allowed="a checkpoint path on the server's disk ('' = random init)",
+            )
+
     @functools.cached_property
     def base(self) -> SearchSpace:
         """The base space at this space's options."""
@@ -364,8 +379,20 @@ class MixedPrecisionSpace(SearchSpace):
         random init from the global generator."""
         model = self.base.build(self.architecture)
         if self.options["weights"]:
-            load_weights(model, self.options["weights"])
+            self.load_weights(model, self.options["weights"])
         return model
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        """Load the checkpoint `path` into `model` (the architecture's float model): a file saved by
+        `torch.save` or safetensors in this project's names. `OptionError` (field `weights`) says
+        what is wrong."""
+        if Path(path).is_dir():
+            raise OptionError(
+                f"option 'weights': {path!r} is a folder; space {self.name!r} reads a checkpoint file",
+                field="weights",
+                allowed="a state dict file (.pt or .safetensors) of the architecture's float model",
+            )
+        load_weights(model, path)
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         bits = self.assignment(config)
@@ -389,25 +416,39 @@ def quantize_module(model: nn.Module, bits: Mapping[str, int]) -> nn.Module:
 
 
 def load_weights(model: nn.Module, path: str) -> None:
-    """Load float weights into `model`: a state dict saved by `torch.save`
+    """Load float weights into `model`: a state dict saved by `torch.save` (or a `.safetensors` file)
     whose names and shapes are the model's; `OptionError` (field `weights`) naming what is wrong."""
     source = Path(path)
-    if not source.is_file():
-        raise OptionError(f"option 'weights': no file {path!r} on this machine", field="weights")
+    if not source.exists():
+        raise OptionError(f"option 'weights': no file or folder {path!r} on this machine", field="weights")
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        if source.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(source)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise OptionError(
-            f"option 'weights': {path!r} is not a torch state dict ({type(exc).__name__})", field="weights"
+            f"option 'weights': {path!r} is not a torch or safetensors state dict ({type(exc).__name__})",
+            field="weights",
         ) from None
     own = model.state_dict()
-    wrong = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
-    if wrong:
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {list(state[k].shape)} (expected {list(own[k].shape)})" for k in own if
+              k in state and own[k].shape != state[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(keys)} {what}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+            if keys
+        ]
         raise OptionError(
-            f"option 'weights': {path!r} does not hold this architecture's weights "
-            f"({len(wrong)} names or shapes differ, e.g. {wrong[:3]})",
+            f"option 'weights': {path!r} does not hold this architecture's weights: " + "; ".join(parts),
             field="weights",
-            allowed="a state dict of the architecture's float model (`space.float_model().state_dict()`)",
+            allowed="a state dict of the architecture's float model (`space.float_model().state_dict()`), "
+            "or for unet_bits a diffusers UNet folder",
         )
     model.load_state_dict(state)
 
@@ -468,6 +509,25 @@ class UNetBitsSpace(MixedPrecisionSpace):
     base_class = UNetSpace
     default_architecture = "sd15"
     fixed_kinds = ("unet.time_embed", "unet.conv_in", "unet.conv_out")
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        """As `MixedPrecisionSpace.load_weights`, and a folder is read as a diffusers UNet
+        (`search_spaces.diffusers_unet`: config.json + diffusion_pytorch_model.safetensors or .bin)."""
+        if not Path(path).is_dir():
+            return super().load_weights(model, path)
+        from search_spaces.diffusers_unet import load_diffusers_unet
+
+        assert isinstance(self.base, UNetSpace)
+        load_diffusers_unet(self.base, self.architecture, model, path)
+
+    def check_weights(self, path: str) -> None:
+        """As `MixedPrecisionSpace.check_weights`; a diffusers folder's config.json is checked too."""
+        super().check_weights(path)
+        if Path(path).is_dir():
+            from search_spaces.diffusers_unet import check_folder
+
+            assert isinstance(self.base, UNetSpace)
+            check_folder(self.base, self.architecture, path)
 
     def _block_labels(self, base: SearchSpace, architecture: Config) -> list[str]:
         assert isinstance(base, UNetSpace)

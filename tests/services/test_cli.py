@@ -78,6 +78,18 @@ def test_server_refusal_is_exit_2_with_the_field(server: LiveServer, tmp_path: P
     assert missing.exit_code == 2 and "no search with id 'nope'" in missing.stderr
 
 
+def test_weights_flag_names_a_checkpoint_the_server_checks(server: LiveServer, tmp_path: Path) -> None:
+    spec = tmp_path / "bits.yaml"
+    spec.write_text(
+        "space: unet_bits\nspace_options: {latent_size: 8, width_scale: 0.0625}\n"
+        "objectives: [size_mb, proxy:quant_sensitivity]\nbudget: {trials: 2}\n"
+    )
+    missing = tmp_path / "no-such-unet"
+    result = nas("search", "submit", str(spec), "--weights", str(missing), "--server", server.url)
+    assert result.exit_code == 2, result.output
+    assert "space_options.weights" in result.stderr and str(missing) in result.stderr, result.stderr
+
+
 def test_client_error_carries_the_server_detail(server: LiveServer) -> None:
     with NasClient(server.url) as client:
         with pytest.raises(ClientError) as refused:
