@@ -154,3 +154,31 @@ def test_a_config_of_another_unet_is_refused_when_the_space_is_made(tmp_path: Pa
         get_space("efficientformerv2_bits", resolution=32, num_classes=10).load_weights(
             torch.nn.Linear(1, 1), str(folder)
         )
+
+
+def test_the_mapped_weights_compute_what_diffusers_computes(tmp_path: Path) -> None:
+    """diffusers' own `UNet2DConditionModel` (random weights, saved by `save_pretrained`) against our
+    UNet loaded from that folder. Width x0.5 is the smallest at which SD-v1.5's head dims (40, 80,
+    160) divide the widths (160, 320, 640), as diffusers' attention needs."""
+    from diffusers import UNet2DConditionModel
+
+    options = {"latent_size": 8, "width_scale": 0.5, "text_tokens": 4, "cross_attention_dim": 64}
+    torch.manual_seed(0)
+    theirs = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(160, 320, 640, 640),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+    ).eval()
+    with torch.no_grad():
+        for parameter in theirs.parameters():  # diffusers zero-initialises some layers (conv_out)
+            parameter.normal_(0.0, 0.05)
+    theirs.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    space = get_space("unet_bits", **options, weights=str(tmp_path))
+    assert isinstance(space, MixedPrecisionSpace)
+    ours = space.float_model().eval()
+    sample, timestep, context = space.example_inputs(batch=2)
+    with torch.no_grad():
+        expected = theirs(sample, timestep, encoder_hidden_states=context).sample
+        assert torch.allclose(ours(sample, timestep, context), expected, atol=1e-5)
+        assert expected.abs().max() > 1e-2
