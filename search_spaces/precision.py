@@ -275,6 +275,7 @@ class MixedPrecisionSpace(SearchSpace):
         }
         out["base_space"] = self.base_class.name
         out["fixed_layers"] = {layer.name: layer.fixed for layer in self.layers if layer.fixed}
+        out["layer_stages"] = self.layer_stages()
         return out
 
     def _canonicalize(self, config: Config) -> Config:
@@ -342,6 +343,67 @@ class MixedPrecisionSpace(SearchSpace):
             "mean_bits": round(storage.mean_bits, 4),
             "weights_by_bits": dict(sorted(per_width.items(), key=lambda kv: int(kv[0]))),
             "mean_bits_by_block": {name: round(b / n, 3) for name, (b, n) in per_block.items()},
+        }
+
+    def stage_of(self, layer: QuantLayer) -> str:
+        """The group a layer is shown in (default: its block)."""
+        return layer.label
+
+    def layer_stages(self) -> list[dict[str, Any]]:
+        """The layers per stage, in execution order: stage, layers, searched layers, weights."""
+        out: dict[str, dict[str, Any]] = {}
+        for layer in self.layers:
+            entry = out.setdefault(
+                self.stage_of(layer),
+                {"stage": self.stage_of(layer), "layers": 0, "searched": 0, "weights": 0},
+            )
+            entry["layers"] += 1
+            entry["searched"] += layer.fixed is None
+            entry["weights"] += layer.weights
+        return list(out.values())
+
+    def precision_view(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A config readable with hundreds of layers: the size and mean bits, a histogram of widths
+        (layers and weights per width), per stage (execution order) its layers, mean bits and
+        histogram, and the full per-layer list (name, stage, width, weights, fixed)."""
+        bits = self.assignment(config)
+        storage = self.weight_storage(config)
+        histogram: dict[int, dict[str, int]] = {}
+        stages: dict[str, dict[str, Any]] = {}
+        layers = []
+        for layer in self.layers:
+            width = bits[layer.path]
+            counts = histogram.setdefault(width, {"bits": width, "layers": 0, "weights": 0})
+            counts["layers"] += 1
+            counts["weights"] += layer.weights
+            stage = self.stage_of(layer)
+            entry = stages.setdefault(
+                stage, {"stage": stage, "layers": 0, "weights": 0, "counted_bits": 0.0, "histogram": {}}
+            )
+            entry["layers"] += 1
+            entry["weights"] += layer.weights
+            entry["counted_bits"] += layer.weights * counted_bits(width)
+            entry["histogram"][str(width)] = entry["histogram"].get(str(width), 0) + 1
+            layers.append(
+                {"name": layer.name, "stage": stage, "bits": width, "weights": layer.weights,
+                 "fixed": layer.fixed is not None}
+            )  # fmt: skip
+        return {
+            "size_mb": round(storage.size_mb, 4),
+            "mean_bits": round(storage.mean_bits, 4),
+            "layers_total": len(self.layers),
+            "histogram": [histogram[b] for b in sorted(histogram)],
+            "stages": [
+                {
+                    "stage": entry["stage"],
+                    "layers": entry["layers"],
+                    "weights": entry["weights"],
+                    "mean_bits": round(entry["counted_bits"] / entry["weights"], 3),
+                    "histogram": dict(sorted(entry["histogram"].items(), key=lambda kv: int(kv[0]))),
+                }
+                for entry in stages.values()
+            ],
+            "layers": layers,
         }
 
     # ----------------------------------------------------------------- blocks and modules
@@ -528,6 +590,10 @@ class UNetBitsSpace(MixedPrecisionSpace):
 
             assert isinstance(self.base, UNetSpace)
             check_folder(self.base, self.architecture, path)
+
+    def stage_of(self, layer: QuantLayer) -> str:
+        """The UNet stage (`down0` .. `up0`, `mid`) or outer block (`time`, `conv_in`, `conv_out`)."""
+        return layer.label.split(".", 1)[0]
 
     def _block_labels(self, base: SearchSpace, architecture: Config) -> list[str]:
         assert isinstance(base, UNetSpace)

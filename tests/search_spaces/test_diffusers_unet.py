@@ -146,7 +146,7 @@ def test_a_config_of_another_unet_is_refused_when_the_space_is_made(tmp_path: Pa
     with pytest.raises(OptionError, match="has none of"):
         small_space(weights=str(folder))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(OptionError, match="no config.json"):
+    with pytest.raises(OptionError, match=r"no config\.json"):
         small_space(weights=str(tmp_path / "empty"))
     with pytest.raises(OptionError, match="no diffusers UNet2DConditionModel layout"):
         get_space("unet_bits", **SMALL_UNET, architecture="snapfusion", weights=str(folder))

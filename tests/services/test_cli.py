@@ -127,6 +127,52 @@ def test_unreachable_server_is_exit_1_naming_url(spec_file: Path) -> None:
     assert f"http://127.0.0.1:{port}" in result.stderr and "nas serve" in result.stderr
 
 
+def test_a_bit_width_space_is_shown_per_stage() -> None:
+    small = [
+        "-o",
+        "latent_size=8",
+        "-o",
+        "width_scale=0.0625",
+        "-o",
+        "text_tokens=4",
+        "-o",
+        "cross_attention_dim=32",
+    ]
+    shown = nas("spaces", "unet_bits", *small, env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "277 choices bits.<stage>.<layer>" in shown.stdout and "│ down0" in shown.stdout
+    assert "bits.down0.resnet0.conv1" not in shown.stdout, "the layers are listed only on request"
+    every = nas("spaces", "unet_bits", *small, "--layers", env={"COLUMNS": "200"})
+    assert "bits.down0.resnet0.conv1" in every.stdout and "bits.up0.transformer2.proj_out" in every.stdout
+
+
+def test_evaluate_shows_the_widths_per_stage(server: LiveServer) -> None:
+    small = [
+        "-o",
+        "latent_size=8",
+        "-o",
+        "width_scale=0.0625",
+        "-o",
+        "text_tokens=4",
+        "-o",
+        "cross_attention_dim=32",
+    ]
+    args = ["space", "evaluate", "unet_bits", "-c", "w3", *small, "--server", server.url]
+    result = nas(*args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert (
+        "281 quantized layers" in result.stdout
+        and "layers per width: 3 bits: 277, 8 bits: 4" in result.stdout
+    )
+    assert (
+        "│ mid" in result.stdout
+        and "3:" in result.stdout
+        and "every layer's width: --layers" in result.stdout
+    )
+    layers = nas(*args, "--layers", env={"COLUMNS": "200"})
+    assert "down0.resnet0.conv1" in layers.stdout and "conv_in.conv (fixed)" in layers.stdout
+
+
 def test_spaces_command() -> None:
     listed = nas("spaces")
     assert listed.exit_code == 0 and "efficientformerv2" in listed.stdout

@@ -9,6 +9,7 @@ export can be compared with the fake-quantized module of the same weights."""
 
 from __future__ import annotations
 
+import collections
 import copy
 from collections.abc import Iterator
 
@@ -60,6 +61,35 @@ def test_the_space_view_stays_readable(http: httpx.Client) -> None:
     bad = http.post("/v1/searches", json={**SPEC, "objectives": ["size_mb", "proxy:quant_sensitivty"]})
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "objectives[1]"
     assert "proxy:quant_sensitivity" in bad.json()["detail"][0]["allowed"]
+
+
+def test_hundreds_of_widths_are_shown_per_stage(http: httpx.Client) -> None:
+    view = http.get("/v1/spaces/unet_bits", params=OPTIONS).json()
+    stages = {s["stage"]: s for s in view["layer_stages"]}
+    assert list(stages)[:3] == ["time", "conv_in", "down0"] and stages["time"]["searched"] == 0
+    assert sum(s["searched"] for s in stages.values()) == len(view["choices"]) == 277
+    assert view["fixed_layers"] == {
+        "time.linear_1": 8,
+        "time.linear_2": 8,
+        "conv_in.conv": 8,
+        "conv_out.conv": 8,
+    }
+    scored = http.post(
+        "/v1/spaces/unet_bits/evaluate", json={"config": "w2", "space_options": OPTIONS, "macs": False}
+    ).json()
+    precision = scored["precision"]
+    assert precision["histogram"] == [
+        {"bits": 2, "layers": 277, "weights": precision["histogram"][0]["weights"]},
+        {"bits": 8, "layers": 4, "weights": precision["histogram"][1]["weights"]},
+    ]
+    down0 = next(s for s in precision["stages"] if s["stage"] == "down0")
+    assert down0["histogram"] == {"2": down0["layers"]} and down0["mean_bits"] == pytest.approx(
+        2.322, abs=1e-3
+    )
+    plain = http.post(
+        "/v1/spaces/unet/evaluate", json={"config": "sd15", "space_options": OPTIONS, "macs": False}
+    )
+    assert plain.json()["precision"] is None
 
 
 def test_submit_watch_front_and_export_a_member(live: LiveServer, http: httpx.Client) -> None:
@@ -134,6 +164,17 @@ def test_unet_bits_round_trip_from_submit_to_loaded_export(
     header = read_assignment(exported.content)
     assert header["config_id"] == member["config_id"] == space.config_id(config)
     assert {path: entry["bits"] for path, entry in header["layers"].items()} == space.assignment(config)
+    detail = http.get(f"/v1/dashboard/searches/{sid}/trials/{member['number']}").json()
+    view = detail["precision"]
+    assert view["layers_total"] == len(space.layers) == len(view["layers"])
+    assert sum(h["layers"] for h in view["histogram"]) == len(space.layers)
+    assert {h["bits"]: h["layers"] for h in view["histogram"]} == dict(
+        sorted(collections.Counter(space.assignment(config).values()).items())
+    )
+    assert [s["stage"] for s in view["stages"]][:3] == ["time", "conv_in", "down0"]
+    assert [s["stage"] for s in view["stages"]][-2:] == ["up0", "conv_out"]
+    assert sum(s["layers"] for s in view["stages"]) == len(space.layers)
+    assert view["size_mb"] == pytest.approx(member["values"]["size_mb"], rel=1e-3)
     loaded = load_quantized(space, exported.content).eval()
     fake = quantize_module(copy.deepcopy(trained), space.assignment(config)).eval()
     inputs = space.example_inputs(batch=2)
