@@ -229,7 +229,8 @@ def latency(repeats: int) -> None:
                 if not kernel.modelled:
                     mark = next((m for m, k in kernels.items() if k == kernel.kernel), mark)
                     kernels.setdefault(mark, kernel.kernel)
-                cells.append(f"{statistics.median(samples):.2f} ({mark}, {kernel.on_kernel} on kernel)")
+                note = "m" if kernel.modelled else f"{mark}, {kernel.on_kernel} on kernel"
+                cells.append(f"{statistics.median(samples):.2f} ({note})")
             print(f"| {runtime} | {label} | " + " | ".join(cells) + " | = 16 bits (m) |")
         print(f"(load after {runtime}: {load()})")
     print("\nm: modelled, timed as fake-quantized float (no kernel for that width on that runtime)")
@@ -260,7 +261,7 @@ def main() -> None:
     if "fronts" not in args.skip:
         fronts(space, args.trials, args.population)
     if "latency" not in args.skip:
-        latency(space, args.repeats)
+        latency(args.repeats)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ the packed export reproduces exactly. `weight_storage(config)` counts the size t
 
 Blocks are the base space's blocks with one more key arg, `wbits`: the widest width of the block's
 layers. A table entry for `wbits=w` times the block with every layer at w, so a mixed block is priced
-as its widest layer (no runtime here has kernels below 8 bits; see docs/quantization.md).
+as its widest layer; a table fills such entries on the runtime's real low-bit kernel where it has one
+(`latency_lut.low_bit`; see docs/quantization.md).
 """
 
 from __future__ import annotations
