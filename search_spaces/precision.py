@@ -9,13 +9,13 @@ quantized); `<layer>` is the block's place (`down1.resnet0`, `mid.transformer0`,
 module path inside it (`conv1`, `layers.0.attn2.to_k`). Omitted choices are 16 bits, so the default
 config is the unquantized network.
 
-The paper's exceptions are not choices: the layers of the blocks in `fixed_kinds` are always at the
-option `fixed_bits` (8 by default). On the UNet these are the first and last convs (`conv_in`,
-`conv_out`) and the time-embedding MLP (`time.linear_1`, `time.linear_2`, 2.05 M weights at SD
-size): the paper keeps its first and last convs at 8 bits and we treat the time MLP, which every
-ResNet reads, as the paper treats the first and last layers. Each ResNet's own time-embedding
-projection (`time_emb_proj`) is an ordinary searched layer. On EfficientFormerV2 the stem's two
-convs and the classifier heads are fixed. Norms and biases are never quantized (16 bits).
+The paper's exceptions are not choices: the layers of the blocks in `fixed_kinds`, and the layers
+named in `fixed_layer_names` in any block, are always at the option `fixed_bits` (8 by default). On
+the UNet these are the first and last convs (`conv_in`, `conv_out`, which the paper keeps at 8 bits)
+and the whole time-embedding path: the time MLP (`time.linear_1`, `time.linear_2`) and every
+ResNet's time-embedding projection (`time_emb_proj`, 22 layers), which makes the searched layers of
+SD-v1.5 exactly the paper's 256. On EfficientFormerV2 the stem's two convs and the classifier heads
+are fixed. Norms and biases are never quantized (16 bits).
 
 Quantization is channel-wise, symmetric and uniform with 2^n + 1 levels (`search_spaces._quantize`);
 `build(config)` returns the fake-quantized network (weights quantized and decoded), whose outputs
@@ -106,6 +106,8 @@ class MixedPrecisionSpace(SearchSpace):
     base_class: ClassVar[type[SearchSpace]]
     default_architecture: ClassVar[str]
     fixed_kinds: ClassVar[tuple[str, ...]]
+    #: Layers (by their last name part) kept at `fixed_bits` in every block.
+    fixed_layer_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -178,8 +180,9 @@ class MixedPrecisionSpace(SearchSpace):
         for path, module in quantizable_modules(model):
             _, index, inner = path.split(".", 2)
             block = int(index)
-            fixed = self.options["fixed_bits"] if specs[block].kind in self.fixed_kinds else None
             name = f"{labels[block]}.{inner.removesuffix('.full').removesuffix('.conv')}"
+            kept = specs[block].kind in self.fixed_kinds or name.rsplit(".", 1)[-1] in self.fixed_layer_names
+            fixed = self.options["fixed_bits"] if kept else None
             weight = module.weight
             out.append(QuantLayer(name, path, block, labels[block], weight.numel(), weight.shape[0], fixed))
         names = [layer.name for layer in out]
@@ -572,6 +575,10 @@ class UNetBitsSpace(MixedPrecisionSpace):
     base_class = UNetSpace
     default_architecture = "sd15"
     fixed_kinds = ("unet.time_embed", "unet.conv_in", "unet.conv_out")
+    # The paper's 256 quantizable layers are SD-v1.5's 282 conv / linear layers less the first and
+    # last convs, the time MLP (2) and the 22 ResNets' time-embedding projections: the whole
+    # time-embedding path stays out of the low-bit assignment.
+    fixed_layer_names = ("time_emb_proj",)
 
     def load_weights(self, model: nn.Module, path: str) -> None:
         """As `MixedPrecisionSpace.load_weights`, and a folder is read as a diffusers UNet

@@ -140,7 +140,7 @@ def test_a_bit_width_space_is_shown_per_stage() -> None:
     ]
     shown = nas("spaces", "unet_bits", *small, env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
-    assert "277 choices bits.<stage>.<layer>" in shown.stdout and "│ down0" in shown.stdout
+    assert "255 choices bits.<stage>.<layer>" in shown.stdout and "│ down0" in shown.stdout
     assert "bits.down0.resnet0.conv1" not in shown.stdout, "the layers are listed only on request"
     every = nas("spaces", "unet_bits", *small, "--layers", env={"COLUMNS": "200"})
     assert "bits.down0.resnet0.conv1" in every.stdout and "bits.up0.transformer2.proj_out" in every.stdout
@@ -162,7 +162,7 @@ def test_evaluate_shows_the_widths_per_stage(server: LiveServer) -> None:
     assert result.exit_code == 0, result.output
     assert (
         "281 quantized layers" in result.stdout
-        and "layers per width: 3 bits: 277, 8 bits: 4" in result.stdout
+        and "layers per width: 3 bits: 255, 8 bits: 26" in result.stdout
     )
     assert (
         "│ mid" in result.stdout
