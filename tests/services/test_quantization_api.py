@@ -3,8 +3,8 @@
 member exported as packed low-bit weights that load back (real HTTP, small options).
 
 The flow runs twice: on `efficientformerv2_bits` (81 layers, with the event stream and the CLI's
-client) and on the small `unet_bits` (255 searched layers; its sensitivity table costs one forward
-pass per layer, about 15 s on one idle core), with a checkpoint named by the spec so that the loaded
+client) and on the small `unet_bits` (255 searched layers; its sensitivity table takes about 20 s
+on one busy core), with a checkpoint named by the spec so that the loaded
 export can be compared with the fake-quantized module of the same weights."""
 
 from __future__ import annotations
