@@ -22,6 +22,7 @@ from latency_lut.backends import (
     check_threads,
     default_clock,
 )
+from latency_lut.low_bit import WeightKernel, onnx_low_bit
 
 #: Opset of every export: old enough for any ONNX Runtime of the last years, new enough for GELU.
 OPSET = 17
@@ -107,6 +108,19 @@ class OnnxRuntimeBackend(MeasurementBackend):
             session.run(None, feeds)
         turns = itertools.cycle(sessions)
         yield lambda: next(turns).run(None, feeds)
+
+    @contextlib.contextmanager
+    def low_bit(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor], bits: int
+    ) -> Iterator[tuple[Runnable, WeightKernel]]:
+        """8 bits: MatMuls on int8 `MatMulInteger` (dynamic quantization); 4 and 2 bits: MatMuls on
+        `MatMulNBits` (weight-only); other widths modelled (`latency_lut.low_bit`)."""
+        buffer = io.BytesIO()
+        export_onnx(module, inputs, buffer)
+        model, kernel = onnx_low_bit(buffer.getvalue(), bits)
+        session = self.session(model)
+        feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
+        yield lambda: session.run(None, feeds), kernel
 
     def export(self, module: nn.Module, inputs: Sequence[torch.Tensor], path: str | Path) -> Path:
         path = Path(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from svc_helpers import wait_for
 
 from nas.pareto import non_dominated
 from search_spaces import get_space
@@ -258,3 +259,41 @@ def test_search_list_filters_by_status_and_text(page, live, plot_search, big_sea
     page.wait_for_selector(f"tr[data-search-id='{big_search}']", state="detached")
     assert "No searches match" in page.inner_text("#searches-table")
     screenshot(page, "searches-filtered")
+
+
+BITS_SPEC = {
+    "name": "browser-bits-search",
+    "space": "unet_bits",
+    "space_options": {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32},
+    "objectives": ["size_mb", "bits"],
+    "strategy": "nsga2",
+    "strategy_params": {"population_size": 4},
+    "budget": {"trials": 6, "parallelism": 1},
+    "seed": 2,
+}
+
+
+def test_a_bit_width_trial_is_drawn_per_stage_with_every_layer_collapsed(page, live, http):
+    created = http.post("/v1/searches", json=BITS_SPEC)
+    assert created.status_code == 202, created.text
+    search_id = created.json()["id"]
+    search = wait_for(http, search_id, {"succeeded", "failed", "cancelled"})
+    assert search["status"] == "succeeded", search
+    open_search(page, live.url, search_id)
+    page.wait_for_selector("#precision-view")
+    number = int(page.get_attribute("#selected-number", "data-number"))
+    view = http.get(f"/v1/dashboard/searches/{search_id}/trials/{number}").json()["precision"]
+    rows = page.locator("#precision-stages tr[data-stage]")
+    assert rows.count() == len(view["stages"]) == 12
+    assert [rows.nth(i).get_attribute("data-stage") for i in range(3)] == ["time", "conv_in", "down0"]
+    mid = page.locator("#precision-stages tr[data-stage='mid'] .width-part")
+    assert {mid.nth(i).get_attribute("data-bits") for i in range(mid.count())} == set(
+        next(s for s in view["stages"] if s["stage"] == "mid")["histogram"]
+    )
+    # Hundreds of layers and the raw config are there, collapsed.
+    layers = page.locator("#precision-layers")
+    assert layers.get_attribute("open") is None and not page.locator("#trial-config").is_visible()
+    layers.locator("summary").click()
+    assert layers.locator("tr").count() == view["layers_total"] == 281
+    assert f"{view['layers_total']} quantized layers" in page.inner_text("#precision-view")
+    screenshot(page, "bits-trial")
