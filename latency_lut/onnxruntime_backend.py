@@ -65,13 +65,13 @@ class OnnxRuntimeBackend(MeasurementBackend):
     inter-op thread, sequential execution and all graph optimisations (what a deployment would use),
     timed on `clock` (see `latency_lut.backends.CLOCKS`).
 
-    Preparing a module exports it and builds `sessions` sessions of it, each run once (untimed); a sample times one
-    `session.run` on the example inputs, so it includes ONNX Runtime's per-call overhead exactly once
-    per forward. Successive samples go to the sessions in turn: two sessions of the same model can
-    differ by several percent for as long as they live (where their buffers landed), which one
-    session per measurement turns into a difference between two measurements of the same network;
-    on this host the median difference between two measurements of the same small network was 4.5%
-    with one session and 1.7% with three taken in turn (docs/lut.md).
+    Preparing a module exports it and builds `sessions` sessions of it, each run once (untimed); a
+    sample times one `session.run` on the example inputs, so it includes ONNX Runtime's per-call
+    overhead exactly once per forward. Successive samples go to the sessions in turn: two sessions
+    of the same model can differ by several percent for as long as they live (where their buffers
+    landed), which one session per measurement turns into a difference between two measurements of
+    the same network; on this host the median difference between two measurements of the same small
+    network was 4.5% with one session and 1.7% with three taken in turn (docs/lut.md).
     """
 
     name = "onnxruntime-cpu"
@@ -102,12 +102,17 @@ class OnnxRuntimeBackend(MeasurementBackend):
     def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
         buffer = io.BytesIO()
         export_onnx(module, inputs, buffer)
-        sessions = [self.session(buffer.getvalue()) for _ in range(self.sessions)]
+        yield self._in_turns(buffer.getvalue(), inputs)
+
+    def _in_turns(self, model: bytes, inputs: Sequence[torch.Tensor]) -> Runnable:
+        """One run of `model` per call, in this backend's sessions taken in turn; each session is run
+        once here first (its first run allocates: never a sample)."""
+        sessions = [self.session(model) for _ in range(self.sessions)]
         feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
-        for session in sessions:  # each session's first run allocates: never a sample
+        for session in sessions:
             session.run(None, feeds)
         turns = itertools.cycle(sessions)
-        yield lambda: next(turns).run(None, feeds)
+        return lambda: next(turns).run(None, feeds)
 
     @contextlib.contextmanager
     def low_bit(
@@ -118,9 +123,7 @@ class OnnxRuntimeBackend(MeasurementBackend):
         buffer = io.BytesIO()
         export_onnx(module, inputs, buffer)
         model, kernel = onnx_low_bit(buffer.getvalue(), bits)
-        session = self.session(model)
-        feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
-        yield lambda: session.run(None, feeds), kernel
+        yield self._in_turns(model, inputs), kernel
 
     def export(self, module: nn.Module, inputs: Sequence[torch.Tensor], path: str | Path) -> Path:
         path = Path(path)
