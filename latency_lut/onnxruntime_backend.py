@@ -56,8 +56,8 @@ def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], f: str | Path
         module.train(was_training)
 
 
-#: Sessions a module is timed in, round-robin (see `OnnxRuntimeBackend`).
-DEFAULT_SESSIONS = 3
+#: Sessions a module is timed in, taken in turn (see `OnnxRuntimeBackend`).
+DEFAULT_SESSIONS = 1
 
 
 class OnnxRuntimeBackend(MeasurementBackend):
@@ -67,11 +67,11 @@ class OnnxRuntimeBackend(MeasurementBackend):
 
     Preparing a module exports it and builds `sessions` sessions of it, each run once (untimed); a
     sample times one `session.run` on the example inputs, so it includes ONNX Runtime's per-call
-    overhead exactly once per forward. Successive samples go to the sessions in turn: two sessions
-    of the same model can differ by several percent for as long as they live (where their buffers
-    landed), which one session per measurement turns into a difference between two measurements of
-    the same network; on this host the median difference between two measurements of the same small
-    network was 4.5% with one session and 1.7% with three taken in turn (docs/lut.md).
+    overhead exactly once per forward. With several sessions, successive samples go to them in
+    turn (two sessions of one model can differ by a few percent for as long as they live). One is the
+    default: with three, the tests' small networks ran about 1.7x slower than with one (each call
+    finds the caches holding the other sessions' buffers, unlike a deployment), and a second
+    measurement agreed with the first no more often (docs/lut.md).
     """
 
     name = "onnxruntime-cpu"
