@@ -69,7 +69,7 @@ class OnnxRuntimeBackend(MeasurementBackend):
     sample times one `session.run` on the example inputs, so it includes ONNX Runtime's per-call
     overhead exactly once per forward. With several sessions, successive samples go to them in
     turn (two sessions of one model can differ by a few percent for as long as they live). One is the
-    default: with three, the tests' small networks ran about 1.7x slower than with one (each call
+    default: with three, the tests' small networks ran about 1.9x slower than with one (each call
     finds the caches holding the other sessions' buffers, unlike a deployment), and a second
     measurement agreed with the first no more often (docs/lut.md).
     """
