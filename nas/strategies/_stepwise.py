@@ -34,6 +34,35 @@ class Action:
         return {"choice": self.choice, "from": self.old, "to": self.new}
 
 
+def rank_by_cost_per_gain(rows: list[dict[str, Any]], cost: str, gain: str) -> list[dict[str, Any]]:
+    """`rows` ordered best first by `cost` paid per unit of `gain` (SnapFusion's quality lost per ms
+    saved; EfficientFormerV2's quality lost per MES gained); every row must have `gain > 0`.
+
+    A plain ratio misorders the free rows: with `cost <= 0` (nothing lost, or quality gained), a
+    larger gain makes the ratio *less* negative, so a removal saving 0.4 ms with a tiny quality gain
+    would beat one saving 6.6 ms at no quality change. So a free row scores 0 and the free rows come
+    first, the largest gain first; the others follow by cost per gain, smallest first. Ties go to
+    the larger gain, then to the smaller cost, then to the order of `rows`. Each row gets its
+    `score` (cost per gain, 0 when free)."""
+    for row in rows:
+        row["score"] = max(row[cost], 0.0) / row[gain]
+    return sorted(rows, key=lambda r: (r["score"], -r[gain], r[cost]))
+
+
+def ranking_log(ranked: list[dict[str, Any]], n_taken: int, rule: str) -> dict[str, Any]:
+    """Why a step took its first `n_taken` ranked rows: the rule, their scores, their summed quality
+    and latency changes, and the runner-up (the best row not taken; None when there was none)."""
+    taken, runner_up = ranked[:n_taken], ranked[n_taken] if len(ranked) > n_taken else None
+    out: dict[str, Any] = {"ranked_by": rule, "score": [r["score"] for r in taken]}
+    for key in ("d_quality", "d_latency_ms"):
+        if all(key in r for r in taken):
+            out[key] = sum(r[key] for r in taken)
+    out["runner_up"] = None
+    if runner_up is not None:
+        out["runner_up"] = {k: runner_up[k] for k in ("actions", "score", "d_quality", "d_latency_ms") if k in runner_up}
+    return out
+
+
 class StepwiseStrategy(Strategy):
     """Base of greedy stepwise strategies; see the module docstring."""
 
