@@ -69,6 +69,7 @@ class EvolvingStrategy(StepwiseStrategy):
             params["target_ms"] if "target_ms" in params else self._target_from_constraints()
         )
         self.group_size: int = params.get("group_size", 2)
+        self.actions_per_step = self.group_size
         refs = space.reference_configs()
         self._base = self.start_param(
             params.get("base"), "base", refs["sd15"] if "sd15" in refs else space.largest()
@@ -104,6 +105,9 @@ class EvolvingStrategy(StepwiseStrategy):
 
     def start(self) -> Config:
         return self._base
+
+    def latency_target(self) -> tuple[str, float] | None:
+        return self.latency.name, self.target_ms
 
     def candidates(self, current: Config, values: Mapping[str, float]) -> list[tuple[Action, ...]]:
         deltas = (-1,) if values[self.latency.name] > self.target_ms else (-1, +1)

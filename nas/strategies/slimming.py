@@ -108,6 +108,10 @@ class SlimmingStrategy(StepwiseStrategy):
     def start(self) -> Config:
         return self._start
 
+    def latency_target(self) -> tuple[str, float] | None:
+        latency = self.measures.get("latency")
+        return None if latency is None or self.target_ms is None else (latency, self.target_ms)
+
     def candidates(self, current: Config, values: Mapping[str, float]) -> list[tuple[Action, ...]]:
         latency = self.measures.get("latency")
         if self.target_ms is not None and latency is not None and values[latency] <= self.target_ms:

@@ -11,7 +11,8 @@ import typer
 import yaml
 from rich.table import Table
 
-from services.cli.common import JsonOpt, OptionsOpt, ServerOpt, client, out, parse_options
+from services.cli.common import JsonOpt, OptionsOpt, ServerOpt, client, out, parse_options, print_table
+from services.cli.common import table as grid_table
 from services.cli.errors import user_errors
 
 space_app = typer.Typer(no_args_is_help=True, help="Score or export one subnet of a space on a NAS server.")
@@ -99,11 +100,11 @@ def spaces(
     from search_spaces import get_space, list_spaces
 
     if name is None:
-        table = Table("space", "cardinality", "description")
+        spaces = grid_table("space", "subnets (cardinality)", "description")
         for space_name in list_spaces():
             space = get_space(space_name)
-            table.add_row(space_name, f"{space.cardinality:.3g}", space.description)
-        out.print(table)
+            spaces.add_row(space_name, f"{space.cardinality:.3g}", space.description)
+        print_table(spaces)
         return
     info = get_space(name, **parse_options(option)).describe()
     if as_json:
@@ -111,8 +112,8 @@ def spaces(
         return
     out.print(f"[bold]{info['name']}[/bold]: {info['description']}")
     out.print(f"cardinality {info['cardinality']}; options {info['option_values']}")
-    choices = Table("choice", "options")
+    choices = grid_table("choice", "options")
     for choice in info["choices"]:
         choices.add_row(choice["name"], ", ".join(map(str, choice["options"])))
-    out.print(choices)
+    print_table(choices)
     out.print(f"reference configs: {', '.join(info['reference_configs'])}")

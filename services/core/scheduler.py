@@ -265,14 +265,15 @@ class Scheduler:
             "front_size": len(result.front),
             "hypervolume": result.hypervolume,
             "elapsed_s": result.elapsed_s,
+            "steps": result.steps or None,
         }
         if result.state == "succeeded":
             message = f"succeeded: {counts['trials_done']} trials, front of {len(result.front)}"
             if result.warnings:
                 message += f"; {len(result.warnings)} warning(s): {result.warnings[0]}"
-            self._finish(
-                search_id, SearchStatus.SUCCEEDED, message=message, warnings=result.warnings, **counts
-            )
+            # The warnings said at submit stay; the run's own follow.
+            warnings = list(dict.fromkeys([*(row.warnings or []), *result.warnings]))
+            self._finish(search_id, SearchStatus.SUCCEEDED, message=message, warnings=warnings, **counts)
         elif result.state == "failed":
             error = result.error or "the runner failed without an error message"
             message = f"failed: {error}"
