@@ -86,7 +86,7 @@ def test_front_shows_the_right_points_in_2d_and_3d(page, live, http, plot_search
     page.wait_for_function("() => document.getElementById('pareto-plot').data[0].type === 'scatter3d'")
     front3 = trace(page, FRONT_TRACE)
     # With every objective of the search plotted, the page's front is the runner's stored front.
-    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["trials"]}
+    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["items"]}
     assert set(front3["numbers"]) == stored
     screenshot(page, "search-3d")
 
@@ -167,7 +167,7 @@ def test_running_search_progress_advances_without_reload(page, live, http, plot_
 def test_hundred_thousand_trials_render_thinned_with_the_whole_front(page, live, http, big_search):
     open_search(page, live.url, big_search)
     front = trace(page, FRONT_TRACE)
-    stored = http.get(f"/v1/searches/{big_search}/pareto").json()["trials"]
+    stored = http.get(f"/v1/searches/{big_search}/pareto").json()["items"]
     assert set(front["numbers"]) == {t["number"] for t in stored}
     shown = sum(trace(page, name)["n"] for name in ("feasible", "infeasible", FRONT_TRACE))
     assert shown <= 20_000 + front["n"]

@@ -52,11 +52,11 @@ def test_submit_wait_status_pareto(server: LiveServer, finished_search: dict, sp
     assert pareto.exit_code == 0
     front = json.loads(pareto.stdout)
     api_front = httpx.get(f"{server.url}/v1/searches/{sid}/pareto").json()
-    assert [t["number"] for t in front["trials"]] == [t["number"] for t in api_front["trials"]]
+    assert [t["number"] for t in front["items"]] == [t["number"] for t in api_front["items"]]
     table = nas("search", "pareto", sid, "--server", server.url)
     assert table.exit_code == 0
     assert "latency:host-cpu-torch (ms, min)" in table.stdout and "params (M, min)" in table.stdout
-    assert f"{len(front['trials'])} on the front" in table.stdout
+    assert f"{len(front['items'])} on the front" in table.stdout
 
     listed = nas("search", "list", "--server", server.url, "--json")
     assert sid in [s["id"] for s in json.loads(listed.stdout)["items"]]
