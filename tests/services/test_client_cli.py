@@ -215,3 +215,41 @@ def test_watch_gives_up_after_its_timeout(tmp_path: Path) -> None:
         with pytest.raises(TimeoutError, match="still queued"):
             client.watch(search_id, seen.append, poll_s=0.1, timeout_s=1.0)
         assert seen and seen[-1].status == "queued"
+
+
+def test_step_log_of_an_evolving_search_through_client_and_cli(live: LiveServer, finished: str) -> None:
+    """A real `evolving` run (two depth choices, one removal per step, a target nothing meets): the
+    scheduler stores its step log, the API serves it, the client reads it typed, the CLI prints it.
+    (After `finished`: the device's table is measured, so the submit can estimate the steps.)"""
+    spec = {
+        **SMALL_SPEC,
+        "name": "steps",
+        "objectives": ["latency:host-cpu-torch", "proxy:params"],
+        "constraints": ["latency:host-cpu-torch <= 0.0001"],
+        "strategy": "evolving",
+        "strategy_params": {"group_size": 1, "choices": ["stage1.depth", "stage2.depth"]},
+        "budget": {"trials": 8, "parallelism": 2},
+    }
+    with NasClient(live.url) as client:
+        submitted = client.submit(spec)
+        # 8 trials buy 3 steps of 2 probes (after the start), far from a 0.1 microsecond target.
+        (warning,) = submitted.warnings
+        assert "buys about 3 steps of 2 evaluations" in warning
+        final = client.wait(submitted.id, poll_s=0.2, timeout_s=240)
+        steps = client.steps(submitted.id)
+    assert final.status == "succeeded" and warning in final.warnings
+    assert isinstance(steps, Page) and steps.total == len(steps) == 3
+    assert steps.raw["final"] is True and steps.raw["strategy"] == "evolving"
+    for step in steps:
+        assert step.kind == "remove" and len(step.taken) == 1 and step.taken[0]["to"] < step.taken[0]["from"]
+        assert step.d_latency_ms is not None and step.d_latency_ms < 0
+        assert step.ranked_by and "quality lost per ms saved" in step.ranked_by
+        # The taken action scores no worse than the runner-up.
+        assert step.runner_up is not None and step.score[0] <= step.runner_up["score"]
+        assert {p["actions"][0]["choice"] for p in step.raw["probed"]} <= {"stage1.depth", "stage2.depth"}
+    shown = nas("search", "steps", submitted.id, "--server", live.url)
+    assert shown.exit_code == 0, shown.output
+    assert "latency change (ms)" in shown.stdout and "runner-up (score)" in shown.stdout
+    first = steps[0].taken[0]
+    assert f"{first['choice']} {first['from']}->{first['to']}" in shown.stdout
+    assert "3 steps; score: quality lost per ms saved" in shown.stdout
