@@ -264,7 +264,7 @@ def test_device_commands(live: LiveServer) -> None:
     shown = runner.invoke(cli_app, ["devices", "show", name, "--server", live.url])
     assert json.loads(shown.stdout)["metadata"] == {"android": 14}
     listed = runner.invoke(cli_app, ["devices", "list", "--server", live.url, "--json"])
-    assert name in {d["name"] for d in json.loads(listed.stdout)}
+    assert name in {d["name"] for d in json.loads(listed.stdout)["items"]}
     clash = runner.invoke(cli_app, ["devices", "add", name, "--runtime", "onnx", "--hardware", "Pixel 8",
                                     "--server", live.url])  # fmt: skip
     assert clash.exit_code == 2 and "never change" in clash.stderr

@@ -95,7 +95,9 @@ def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: Measu
 def samples(
     device: DeviceDep,
     store: MeasurementsDep,
-    key: Annotated[str, Query(min_length=1, max_length=1024)],
+    key: Annotated[
+        str, Query(min_length=1, max_length=1024, pattern=r"^[^\x00]+$", description="a table key (no NUL)")
+    ],
     offset: OffsetQuery = 0,
     limit: ShortListLimit = SHORT_LIST_LIMIT,
 ) -> SamplePage:
