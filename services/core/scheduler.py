@@ -269,10 +269,10 @@ class Scheduler:
         }
         if result.state == "succeeded":
             message = f"succeeded: {counts['trials_done']} trials, front of {len(result.front)}"
-            if result.warnings:
-                message += f"; {len(result.warnings)} warning(s): {result.warnings[0]}"
-            # The warnings said at submit stay; the run's own follow.
+            # The warnings said at submit stay; the run's own follow (and lead the message).
             warnings = list(dict.fromkeys([*(row.warnings or []), *result.warnings]))
+            if warnings:
+                message += f"; {len(warnings)} warning(s): {(result.warnings or warnings)[0]}"
             self._finish(search_id, SearchStatus.SUCCEEDED, message=message, warnings=warnings, **counts)
         elif result.state == "failed":
             error = result.error or "the runner failed without an error message"

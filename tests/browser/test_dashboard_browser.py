@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from svc_helpers import wait_for
 
 from nas.pareto import non_dominated
 from search_spaces import get_space
@@ -258,3 +259,31 @@ def test_search_list_filters_by_status_and_text(page, live, plot_search, big_sea
     page.wait_for_selector(f"tr[data-search-id='{big_search}']", state="detached")
     assert "No searches match" in page.inner_text("#searches-table")
     screenshot(page, "searches-filtered")
+
+
+def test_search_page_shows_the_step_log_of_a_stepwise_search(page, live, http, plot_search):
+    """An `evolving` search (after `plot_search`: its blocks are measured) shows one Steps row per
+    decision, with the action taken."""
+    spec = {
+        **{k: plot_search["spec"][k] for k in ("space", "space_options", "seed")},
+        "name": "browser-steps",
+        "objectives": ["latency:host-cpu-torch", "proxy:params"],
+        "constraints": ["latency:host-cpu-torch <= 0.0001"],
+        "strategy": "evolving",
+        "strategy_params": {"group_size": 1, "choices": ["stage1.depth", "stage2.depth"]},
+        "budget": {"trials": 8, "parallelism": 2},
+    }
+    created = http.post("/v1/searches", json=spec)
+    assert created.status_code == 202, created.text
+    search = wait_for(http, created.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert search["status"] == "succeeded", search
+    steps = http.get(f"/v1/searches/{search['id']}/steps").json()["items"]
+    assert len(steps) == 3
+    open_search(page, live.url, search["id"])
+    page.wait_for_selector("#steps-table tbody tr")
+    rows = page.locator("#steps-table tbody tr")
+    assert rows.count() == len(steps)
+    first = steps[0]["taken"][0]
+    assert f"{first['choice']} {first['from']}\u2192{first['to']}" in rows.nth(0).inner_text()
+    assert page.locator("#steps-panel").is_visible()
+    screenshot(page, "steps")
