@@ -155,15 +155,18 @@ class StepwiseStrategy(Strategy):
         planning = {o.name: float("inf") for o in self.objectives}
         planning.update({c.objective.name: float("inf") for c in self.constraints})
         probes = [config for _, config in self._probes(start, planning)]
-        per_step = len(probes)
-        if not per_step:
+        if not probes:
             return []
+        # A step evaluates its probes, and, when it takes several actions together, the config they
+        # lead to (the next step's current config); the walk starts by evaluating `start`.
+        extra = 1 if self.actions_per_step > 1 else 0
+        per_step = len(probes) + extra
         bought = (budget_trials - 1) // per_step
         if bought < 1:
             return [
                 f"budget {budget_trials} trials buys no step of `{self.name}`: a step evaluates the "
-                f"current config and its {per_step} candidate actions; give budget.trials at least "
-                f"{per_step + 1}"
+                f"current config and its {len(probes)} candidate actions; give budget.trials at least "
+                f"{len(probes) + 1}"
             ]
         target = self.latency_target()
         needed = None
@@ -174,7 +177,7 @@ class StepwiseStrategy(Strategy):
         return [
             f"budget {budget_trials} trials buys about {bought} step{'s' if bought > 1 else ''} of "
             f"{per_step} evaluations; `{self.name}` needs about {needed} steps to reach its latency target "
-            f"of {target[1]:g} ms: about {1 + needed * per_step} trials would reach it "
+            f"of {target[1]:g} ms: about {1 + needed * per_step + extra} trials would reach it "
             "(set budget.trials, or a nearer target)"
         ]
 

@@ -4,6 +4,7 @@ latency and the `params` proxy as quality, and through the runner on the tiny sp
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -138,6 +139,33 @@ def test_evolving_prefers_a_free_big_saving_to_small_savings_with_tiny_gains(une
     assert first["runner_up"]["actions"][0]["choice"] in ("down3.resnets", "up3.resnets")
     costly = next(r for r in first["probed"] if r["actions"][0]["choice"] == "down1.resnets")
     assert costly["score"] == pytest.approx(10.0 / 0.1)
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.6])
+def test_evolving_budget_warning_names_a_budget_that_reaches_the_target(
+    unet: SearchSpace, fraction: float
+) -> None:
+    """The submit-time estimate (steps from the first step's mean saving) against the real walk: the
+    steps it names are within one of those taken, and the trials it names are enough."""
+    base = values_of(unet, unet.canonicalize("sd15"))[LATENCY]
+    target = fraction * base
+
+    def latency(config: dict[str, Any]) -> float:
+        return values_of(unet, config)[LATENCY]
+
+    estimate = make("evolving", unet, [LATENCY, QUALITY], target_ms=target, group_size=2)
+    (warning,) = estimate.budget_warnings(20, latency)
+    assert "budget 20 trials buys about 1 step of 17 evaluations" in warning
+    steps = int(re.search(r"needs about (\d+) steps", warning)[1])
+    trials = int(re.search(r"about (\d+) trials would reach it", warning)[1])
+    assert estimate.budget_warnings(trials, latency) == []
+
+    walk = make("evolving", unet, [LATENCY, QUALITY], target_ms=target, group_size=2)
+    told = {t.config_id: t for t in drive(walk, lambda c: values_of(unet, c), batch=1, limit=trials)}
+    # The first step that led to an evaluated config within the target.
+    reached = [s for s in walk.steps if s.get("to") in told and told[s["to"]].values[LATENCY] <= target]
+    assert reached, "the named budget did not reach the target"
+    assert abs(reached[0]["step"] + 1 - steps) <= 1
 
 
 def test_evolving_resumes_from_told_trials_with_the_same_steps(unet: SearchSpace, evolved) -> None:
