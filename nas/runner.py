@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import ray
@@ -113,6 +113,8 @@ class RunResult:
     error: str | None
     elapsed_s: float
     warnings: list[str] = field(default_factory=list)
+    #: The strategy's decisions (`Strategy.step_log`): stepwise strategies only.
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 #: Numbers and quoted names in a trial's error: masked to group errors that differ only in those.
@@ -492,4 +494,5 @@ class Runner:
             error=error,
             elapsed_s=self._elapsed(),
             warnings=warnings or [],
+            steps=self.strategy.step_log(),
         )

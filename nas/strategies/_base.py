@@ -4,7 +4,7 @@ evaluate. Implementations are registered by name in `nas.strategies.registry`.""
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from nas._trial import Trial
@@ -105,6 +105,24 @@ class Strategy(abc.ABC):
         be accepted, and their configs are then never asked. Returns nothing; raising ends the
         search (see the class docstring).
         """
+
+    def step_log(self) -> list[dict[str, Any]]:
+        """The decisions a stepwise strategy took, one JSON-able dict per step (what it probed, what it
+        took and why); empty for strategies that do not walk in steps. Stored with the search."""
+        return []
+
+    def latency_target(self) -> tuple[str, float] | None:
+        """The latency objective and the target (ms) the strategy heads for, if it has one (a
+        stepwise strategy's `target_ms`); None by default."""
+        return None
+
+    def budget_warnings(
+        self, budget_trials: int, latency: Callable[[Config], float | None] | None = None
+    ) -> list[str]:
+        """What a budget of `budget_trials` will likely not achieve, said before the search runs
+        (none by default). `latency` estimates a config's latency objective in ms (None where it
+        cannot); a stepwise strategy uses it to say how many trials would reach its latency target."""
+        return []
 
     def warnings(self) -> list[str]:
         """What a user should know about a run that ended without an error, asked by the runner once

@@ -11,7 +11,8 @@ failed probe is an action not taken. When no action helps, `ask` returns [] for 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,58 @@ class Action:
     def to_dict(self) -> dict[str, Any]:
         """The action as a step's log shows it: `{"choice", "from", "to"}`."""
         return {"choice": self.choice, "from": self.old, "to": self.new}
+
+
+def rank_by_cost_per_gain(rows: list[dict[str, Any]], cost: str, gain: str) -> list[dict[str, Any]]:
+    """`rows` ordered best first by `cost` paid per unit of `gain` (SnapFusion's quality lost per ms
+    saved; EfficientFormerV2's quality lost per MES gained); every row must have `gain > 0`.
+
+    A plain ratio misorders the free rows: with `cost <= 0` (nothing lost, or quality gained), a
+    larger gain makes the ratio *less* negative, so a removal saving 0.4 ms with a tiny quality gain
+    would beat one saving 6.6 ms at no quality change. So a free row scores 0 and the free rows come
+    first, the largest gain first; the others follow by cost per gain, smallest first. Ties go to
+    the larger gain, then to the smaller cost, then to the order of `rows`. Each row gets its
+    `score` (cost per gain, 0 when free)."""
+    for row in rows:
+        row["score"] = max(row[cost], 0.0) / row[gain]
+    return sorted(rows, key=lambda r: (r["score"], -r[gain], r[cost]))
+
+
+def ranking_log(ranked: list[dict[str, Any]], n_taken: int, rule: str) -> dict[str, Any]:
+    """Why a step took its first `n_taken` ranked rows: the rule, their scores, their summed quality
+    and latency changes, and the runner-up (the best row not taken; None when there was none)."""
+    taken, runner_up = ranked[:n_taken], ranked[n_taken] if len(ranked) > n_taken else None
+    out: dict[str, Any] = {"ranked_by": rule, "score": [r["score"] for r in taken]}
+    for key in ("d_quality", "d_latency_ms"):
+        if all(key in r for r in taken):
+            out[key] = sum(r[key] for r in taken)
+    out["runner_up"] = None
+    if runner_up is not None:
+        out["runner_up"] = {
+            k: runner_up[k] for k in ("actions", "score", "d_quality", "d_latency_ms") if k in runner_up
+        }
+    return out
+
+
+def _steps_to(
+    target_ms: float,
+    start: Config,
+    probes: Sequence[Config],
+    latency: Callable[[Config], float | None],
+    actions_per_step: int,
+) -> int | None:
+    """About how many steps lead from `start` to `target_ms`: the distance over the mean saving of
+    the first step's probes times the actions a step takes. None when the latencies are unknown or no
+    probe saves time."""
+    base = latency(start)
+    if base is None:
+        return None
+    if base <= target_ms:
+        return 0
+    savings = [base - ms for ms in map(latency, probes) if ms is not None and ms < base]
+    if not savings:
+        return None
+    return math.ceil((base - target_ms) / (actions_per_step * sum(savings) / len(savings)))
 
 
 class StepwiseStrategy(Strategy):
@@ -87,6 +140,46 @@ class StepwiseStrategy(Strategy):
             self._pending.discard(trial.config_id)
             ok = trial.state != TrialState.FAILED and all(o.name in trial.values for o in self.objectives)
             self._values.setdefault(trial.config_id, dict(trial.values) if ok else None)
+
+    def step_log(self) -> list[dict[str, Any]]:
+        return [dict(step) for step in self.steps]
+
+    #: Actions one step takes together (SnapFusion's group of removals).
+    actions_per_step = 1
+
+    def budget_warnings(
+        self, budget_trials: int, latency: Callable[[Config], float | None] | None = None
+    ) -> list[str]:
+        start = self.start()
+        # The first step's probes, as the walk would ask them while over its target.
+        planning = {o.name: float("inf") for o in self.objectives}
+        planning.update({c.objective.name: float("inf") for c in self.constraints})
+        probes = [config for _, config in self._probes(start, planning)]
+        if not probes:
+            return []
+        # A step evaluates its probes, and, when it takes several actions together, the config they
+        # lead to (the next step's current config); the walk starts by evaluating `start`.
+        extra = 1 if self.actions_per_step > 1 else 0
+        per_step = len(probes) + extra
+        bought = (budget_trials - 1) // per_step
+        if bought < 1:
+            return [
+                f"budget {budget_trials} trials buys no step of `{self.name}`: a step evaluates the "
+                f"current config and its {len(probes)} candidate actions; give budget.trials at least "
+                f"{len(probes) + 1}"
+            ]
+        target = self.latency_target()
+        needed = None
+        if target is not None and latency is not None:
+            needed = _steps_to(target[1], start, probes, latency, self.actions_per_step)
+        if needed is None or bought >= needed:
+            return []
+        return [
+            f"budget {budget_trials} trials buys about {bought} step{'s' if bought > 1 else ''} of "
+            f"{per_step} evaluations; `{self.name}` needs about {needed} steps to reach its latency target "
+            f"of {target[1]:g} ms: about {1 + needed * per_step + extra} trials would reach it "
+            "(set budget.trials, or a nearer target)"
+        ]
 
     def warnings(self) -> list[str]:
         if self.steps:

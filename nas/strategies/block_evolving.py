@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError, upper_bound
-from nas.strategies._stepwise import Action, StepwiseStrategy
+from nas.strategies._stepwise import Action, StepwiseStrategy, rank_by_cost_per_gain, ranking_log
 from nas.strategies.params import ParamCheck, config_or_reference, int_at_least, positive_number
 from nas.strategies.registry import register_strategy
 from search_spaces import Config
@@ -32,13 +32,14 @@ class EvolvingStrategy(StepwiseStrategy):
     their quality change (the `quality` objective, loss counted in its own direction) and latency
     change (the `latency` objective):
     - while the current latency exceeds `target_ms`, take the `group_size` removals with the
-      smallest quality loss per millisecond saved, together (a removal that gains quality and saves
-      time ranks first);
+      smallest quality loss per millisecond saved, together; removals that lose no quality are free
+      and rank first, the largest saving first (`rank_by_cost_per_gain`);
     - once the target is met, take the single action (addition or removal) with the largest quality
       gain per millisecond it costs among those that keep the latency within the target (a gain
-      that also saves time ranks first);
+      that also saves time is free and ranks first, the largest gain first);
     - stop when no action helps. Every decision is in `steps`: the probed actions with their deltas,
-      the actions taken, and the latency and quality where the step led.
+      the actions taken with their score and the runner-up, and the latency and quality where the
+      step led.
 
     Params: `quality` (objective name; default the first `proxy:` objective), `latency` (default the
     first `latency:` objective), `target_ms` (default the bound of a `<latency> <= X` constraint),
@@ -68,6 +69,7 @@ class EvolvingStrategy(StepwiseStrategy):
             params["target_ms"] if "target_ms" in params else self._target_from_constraints()
         )
         self.group_size: int = params.get("group_size", 2)
+        self.actions_per_step = self.group_size
         refs = space.reference_configs()
         self._base = self.start_param(
             params.get("base"), "base", refs["sd15"] if "sd15" in refs else space.largest()
@@ -104,6 +106,9 @@ class EvolvingStrategy(StepwiseStrategy):
     def start(self) -> Config:
         return self._base
 
+    def latency_target(self) -> tuple[str, float] | None:
+        return self.latency.name, self.target_ms
+
     def candidates(self, current: Config, values: Mapping[str, float]) -> list[tuple[Action, ...]]:
         deltas = (-1,) if values[self.latency.name] > self.target_ms else (-1, +1)
         out = []
@@ -134,6 +139,7 @@ class EvolvingStrategy(StepwiseStrategy):
             }
             for actions, probe in probes
         ]
+        actions_of = {id(row): actions for row, (actions, _) in zip(rows, probes, strict=True)}
         entry: dict[str, Any] = {
             "latency_ms": values[lat],
             "quality": values[self.quality.name],
@@ -141,31 +147,31 @@ class EvolvingStrategy(StepwiseStrategy):
             "probed": rows,
         }
         if values[lat] > self.target_ms:
-            removals = [(r, a) for r, (a, _) in zip(rows, probes, strict=True) if r["d_latency_ms"] < 0]
+            removals = [r for r in rows if r["d_latency_ms"] < 0]
             if not removals:
                 return None, {**entry, "kind": "stop", "reason": "over the target and no removal saves time"}
-            # Quality loss per ms saved; a gain with a saving is negative and so ranks first.
-            removals.sort(key=lambda ra: -ra[0]["d_quality"] / -ra[0]["d_latency_ms"])
-            taken = [a for _, actions in removals[: self.group_size] for a in actions]
-            nxt = self.apply(current, taken) or self.apply(current, removals[0][1])
-            return nxt, {**entry, "kind": "remove", "taken": [a.to_dict() for a in taken]}
-        helpful = [
-            (r, a)
-            for r, (a, _) in zip(rows, probes, strict=True)
-            if r["d_quality"] > 0 and r["latency_ms"] <= self.target_ms
-        ]
+            for row in removals:
+                row["loss"], row["saved_ms"] = -row["d_quality"], -row["d_latency_ms"]
+            ranked = rank_by_cost_per_gain(removals, "loss", "saved_ms")
+            for row in ranked:
+                del row["loss"], row["saved_ms"]
+            group = ranked[: self.group_size]
+            taken = [a for row in group for a in actions_of[id(row)]]
+            nxt = self.apply(current, taken)
+            if nxt is None:  # the group together is no valid subnet: the best removal alone
+                group, taken = ranked[:1], list(actions_of[id(ranked[0])])
+                nxt = self.apply(current, taken)
+            why = ranking_log(ranked, len(group), "quality lost per ms saved (free removals first)")
+            return nxt, {**entry, "kind": "remove", "taken": [a.to_dict() for a in taken], **why}
+        helpful = [r for r in rows if r["d_quality"] > 0 and r["latency_ms"] <= self.target_ms]
         if not helpful:
             return None, {
                 **entry,
                 "kind": "stop",
                 "reason": "target met and no action gains quality within it",
             }
-        helpful.sort(key=lambda ra: _gain_per_ms(ra[0]), reverse=True)
-        row, actions = helpful[0]
+        ranked = rank_by_cost_per_gain(helpful, "d_latency_ms", "d_quality")
+        actions = actions_of[id(ranked[0])]
         kind = "add" if actions[0].new > actions[0].old else "remove"
-        return self.apply(current, actions), {**entry, "kind": kind, "taken": row["actions"]}
-
-
-def _gain_per_ms(row: Mapping[str, float]) -> float:
-    cost = row["d_latency_ms"]
-    return float("inf") if cost <= 0 else row["d_quality"] / cost
+        why = ranking_log(ranked, 1, "ms paid per quality gained (time-saving gains first)")
+        return self.apply(current, actions), {**entry, "kind": kind, "taken": ranked[0]["actions"], **why}

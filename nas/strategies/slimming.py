@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nas.objectives import SpecError
-from nas.strategies._stepwise import Action, StepwiseStrategy
+from nas.strategies._stepwise import Action, StepwiseStrategy, rank_by_cost_per_gain, ranking_log
 from nas.strategies.params import ParamCheck, config_or_reference, positive_number
 from nas.strategies.registry import register_strategy
 from search_spaces import Config
@@ -46,7 +46,8 @@ class SlimmingStrategy(StepwiseStrategy):
     name ends in one of `SLIMMABLE_SUFFIXES`) one option down, and takes the action with the
     smallest quality drop per gain in Mobile Efficiency Score
     `MES = 100 * prod_i (M_i / U_i) ** (-alpha_i)` over latency (the `latency` objective, ms) and
-    parameters (the `params` objective). A quality *gain* with an MES gain ranks first. It stops when
+    parameters (the `params` objective). An action that drops no quality is free and ranks first,
+    the largest MES gain first (`rank_by_cost_per_gain`). It stops when
     no action raises the MES, when the latency reaches `target_ms` (if given), or at the budget.
     Every decision is in `steps` with the probed actions, their quality and MES deltas and the MES.
 
@@ -107,6 +108,10 @@ class SlimmingStrategy(StepwiseStrategy):
     def start(self) -> Config:
         return self._start
 
+    def latency_target(self) -> tuple[str, float] | None:
+        latency = self.measures.get("latency")
+        return None if latency is None or self.target_ms is None else (latency, self.target_ms)
+
     def candidates(self, current: Config, values: Mapping[str, float]) -> list[tuple[Action, ...]]:
         latency = self.measures.get("latency")
         if self.target_ms is not None and latency is not None and values[latency] <= self.target_ms:
@@ -127,17 +132,32 @@ class SlimmingStrategy(StepwiseStrategy):
                 "actions": [a.to_dict() for a in actions],
                 "d_quality": q.to_min(values[q.name]) - q.to_min(probe[q.name]),
                 "d_mes": self.mes(probe) - mes,
+                **(
+                    {"d_latency_ms": probe[self.measures["latency"]] - values[self.measures["latency"]]}
+                    if "latency" in self.measures
+                    else {}
+                ),
             }
             for actions, probe in probes
         ]
         entry: dict[str, Any] = {"mes": mes, "quality": values[q.name], "probed": rows}
         for term, name in self.measures.items():
             entry[term] = values[name]
-        gaining = [(r, a) for r, (a, _) in zip(rows, probes, strict=True) if r["d_mes"] > 0]
+        actions_of = {id(row): actions for row, (actions, _) in zip(rows, probes, strict=True)}
+        gaining = [r for r in rows if r["d_mes"] > 0]
         if not gaining:
             reason = "latency target met" if not probes else "no action raises the MES"
             return None, {**entry, "kind": "stop", "reason": reason}
-        # Quality drop per MES gained (a quality gain is a negative drop and ranks first).
-        gaining.sort(key=lambda ra: -ra[0]["d_quality"] / ra[0]["d_mes"])
-        row, actions = gaining[0]
-        return self.apply(current, actions), {**entry, "kind": "slim", "taken": row["actions"]}
+        for row in gaining:
+            row["drop"] = -row["d_quality"]
+        ranked = rank_by_cost_per_gain(gaining, "drop", "d_mes")
+        for row in ranked:
+            del row["drop"]
+        why = ranking_log(ranked, 1, "quality lost per MES gained (free actions first)")
+        taken = ranked[0]
+        return self.apply(current, actions_of[id(taken)]), {
+            **entry,
+            "kind": "slim",
+            "taken": taken["actions"],
+            **why,
+        }

@@ -165,12 +165,12 @@ def devices_list(server: ServerOpt = None, as_json: JsonOpt = False) -> None:
     with client(server) as api:
         devices = api.devices()
     if as_json:
-        out.print_json(data=devices)
+        out.print_json(data=devices.raw)
         return
     grid = table("device", "runtime", "hardware", "table entries", "source")
     for d in devices:
-        source = "built in" if d["builtin"] else "registered" if d.get("registered") else "table"
-        grid.add_row(d["name"], d["runtime"], d["hardware"], str(d["entries"]), source)
+        source = "built in" if d.builtin else "registered" if d.registered else "table"
+        grid.add_row(d.name, d.runtime, d.hardware, str(d.entries), source)
     print_table(grid)
 
 
@@ -189,7 +189,7 @@ def devices_add(
         device = api.register_device(
             name, runtime=runtime, hardware=hardware, description=description, metadata=parse_options(meta)
         )
-    out.print(f"device {device['name']}: {device['runtime']} on {device['hardware']}", markup=False)
+    out.print(f"device {device.name}: {device.runtime} on {device.hardware}", markup=False)
 
 
 @devices_app.command("show")
@@ -197,7 +197,7 @@ def devices_add(
 def devices_show(name: str, server: ServerOpt = None) -> None:
     """One device as JSON."""
     with client(server) as api:
-        out.print_json(data=api.device(name))
+        out.print_json(data=api.device(name).raw)
 
 
 # --------------------------------------------------------------------------------------- lut

@@ -14,6 +14,7 @@ from services.cli.common import (
     JsonOpt,
     ServerOpt,
     client,
+    err,
     format_value,
     objective_unit,
     out,
@@ -22,7 +23,7 @@ from services.cli.common import (
     table,
 )
 from services.cli.errors import user_errors
-from services.client import NasClient
+from services.client import NasClient, Search
 
 search_app = typer.Typer(no_args_is_help=True, help="Submit and follow searches on a NAS server.")
 
@@ -69,27 +70,29 @@ def search_submit(
         spec["space_options"] = {**(spec.get("space_options") or {}), "weights": str(weights.resolve())}
     with client(server) as api:
         created = api.submit(spec)
-        out.print(f"queued search {created['id']}")
+        out.print(f"queued search {created.id}")
+        for warning in created.warnings:
+            err.print(f"warning: {warning}", markup=False)
         if wait:
-            final = _follow(api, created["id"])
+            final = _follow(api, created.id)
             _print_search(final)
-            if final["status"] != "succeeded":
+            if final.status != "succeeded":
                 raise typer.Exit(1)
 
 
-def _follow(api: NasClient, search_id: str, *, poll_s: float = 1.0) -> dict[str, Any]:
+def _follow(api: NasClient, search_id: str, *, poll_s: float = 1.0) -> Search:
     """Follow the search's server-sent events with a progress bar (trials, failures, time left)."""
     with progress_bar(out) as bar:
         task = bar.add_task("queued", total=None)
 
-        def on_progress(search: dict[str, Any]) -> None:
-            description = f"[{search['status']}] {search['status_message']}"
-            progress = search.get("progress") or {}
+        def on_progress(search: Search) -> None:
+            description = f"[{search.status}] {search.status_message}"
+            progress = search.progress
             if progress.get("failed"):
                 description += f", {progress['failed']} failed"
-            if progress.get("eta_s") and search["status"] == "running":
+            if progress.get("eta_s") and search.status == "running":
                 description += f", ~{progress['eta_s']:.0f}s left"
-            bar.update(task, total=search["budget_trials"], completed=search["trials_done"])
+            bar.update(task, total=search.budget_trials, completed=search.trials_done)
             bar.update(task, description=description)
 
         return api.watch(search_id, on_progress, poll_s=poll_s)
@@ -102,36 +105,36 @@ def search_status(search_id: str, server: ServerOpt = None, as_json: JsonOpt = F
     with client(server) as api:
         search = api.get(search_id)
     if as_json:
-        out.print_json(data=search)
+        out.print_json(data=search.raw)
     else:
         _print_search(search)
 
 
-def _print_search(search: dict[str, Any]) -> None:
+def _print_search(search: Search) -> None:
     grid = Table(show_header=False, box=None)
-    hv = search["hypervolume"]
+    hv = search.hypervolume
     rows = [
-        ("id", search["id"]),
-        ("name", search["name"]),
-        ("status", search["status"]),
-        ("message", search["status_message"]),
-        ("trials", f"{search['trials_done']} of {search['budget_trials']}"),
-        ("failed trials", str(search["trials_failed"])),
-        ("front size", str(search["front_size"])),
+        ("id", search.id),
+        ("name", search.name),
+        ("status", search.status),
+        ("message", search.status_message),
+        ("trials", f"{search.trials_done} of {search.budget_trials}"),
+        ("failed trials", str(search.trials_failed)),
+        ("front size", str(search.front_size)),
         ("hypervolume", "-" if hv is None else f"{hv:.4f}"),
-        ("elapsed", f"{search['elapsed_s']:.1f}s"),
+        ("elapsed", f"{search.elapsed_s:.1f}s"),
         ("time left", _eta_text(search)),
-        ("owner", search.get("owner", "-")),
-        ("error", search["error"] or "-"),
+        ("owner", search.owner or "-"),
+        ("error", search.error or "-"),
     ]
-    rows += [("warning", text) for text in search.get("warnings") or []]
+    rows += [("warning", text) for text in search.warnings]
     for key, value in rows:
         grid.add_row(key, str(value))
-    out.print(grid)
+    print_table(grid)
 
 
-def _eta_text(search: dict[str, Any]) -> str:
-    eta = (search.get("progress") or {}).get("eta_s")
+def _eta_text(search: Search) -> str:
+    eta = search.progress.get("eta_s")
     return "-" if eta is None else f"~{eta:.0f}s"
 
 
@@ -147,20 +150,20 @@ def search_list(
     with client(server) as api:
         page = api.list(status=status, limit=limit)
     if as_json:
-        out.print_json(data=page)
+        out.print_json(data=page.raw)
         return
-    grid = table("name", "status", "trials", "front", "created (UTC)")
+    grid = table("name", "status", "trials (done/budget)", "front (members)", "created (UTC)")
     # Ids are what users copy into other commands: never truncated.
     grid.add_column("id", no_wrap=True, min_width=32)
-    for s in page["items"]:
-        trials = f"{s['trials_done']}/{s['budget_trials']}"
-        created = s["created_at"][:16].replace("T", " ")
-        status = s["status"]
-        if s.get("warnings"):
-            status += f" ({len(s['warnings'])} warning{'s' if len(s['warnings']) > 1 else ''})"
-        grid.add_row(s["name"], status, trials, str(s["front_size"]), created, s["id"])
+    for s in page:
+        trials = f"{s.trials_done}/{s.budget_trials}"
+        created = "-" if s.created_at is None else s.created_at.strftime("%Y-%m-%d %H:%M")
+        status = s.status
+        if s.warnings:
+            status += f" ({len(s.warnings)} warning{'s' if len(s.warnings) > 1 else ''})"
+        grid.add_row(s.name, status, trials, str(s.front_size), created, s.id)
     print_table(grid)
-    out.print(f"{len(page['items'])} of {page['total']} searches")
+    out.print(f"{len(page)} of {page.total} searches")
 
 
 @search_app.command("pareto")
@@ -170,19 +173,17 @@ def search_pareto(search_id: str, server: ServerOpt = None, as_json: JsonOpt = F
     with client(server) as api:
         front = api.pareto(search_id)
     if as_json:
-        out.print_json(data=front)
+        out.print_json(data=front.raw)
         return
-    names = [o["name"] for o in front["objectives"]]
-    grid = table(
-        "trial", *(_objective_header(o["name"], o["direction"]) for o in front["objectives"]), "config id"
-    )
-    for trial in front["trials"]:
-        values = [format_value(n, trial["values"][n]) if n in trial["values"] else "-" for n in names]
-        grid.add_row(str(trial["number"]), *values, trial["config_id"])
+    names = [o.name for o in front.objectives]
+    grid = table("trial", *(_objective_header(o.name, o.direction) for o in front.objectives), "config id")
+    for trial in front:
+        values = [format_value(n, trial.values[n]) if n in trial.values else "-" for n in names]
+        grid.add_row(str(trial.number), *values, trial.config_id)
     print_table(grid)
-    hv = front["hypervolume"]
+    hv = front.hypervolume
     out.print(
-        f"search {search_id} ({front['status']}): {len(front['trials'])} on the front"
+        f"search {search_id} ({front.status}): {len(front)} on the front"
         + ("" if hv is None else f", hypervolume {hv:.4f}")
     )
 
@@ -203,7 +204,7 @@ def search_cancel(search_id: str, server: ServerOpt = None) -> None:
     """Cancel a queued search at once, or a running one after its trials in flight."""
     with client(server) as api:
         search = api.cancel(search_id)
-    out.print(f"search {search_id}: {search['status']} ({search['status_message']})")
+    out.print(f"search {search_id}: {search.status} ({search.status_message})")
 
 
 @search_app.command("watch")
@@ -217,8 +218,43 @@ def search_watch(
     with client(server) as api:
         final = _follow(api, search_id, poll_s=poll_s)
     _print_search(final)
-    if final["status"] != "succeeded":
+    if final.status != "succeeded":
         raise typer.Exit(1)
+
+
+@search_app.command("steps")
+@user_errors()
+def search_steps(search_id: str, server: ServerOpt = None, as_json: JsonOpt = False) -> None:
+    """The step log of a stepwise search (`evolving`, `slimming`): per step the action taken, its
+    quality and latency change, its score under the strategy's rule and the runner-up."""
+    with client(server) as api:
+        page = api.steps(search_id)
+    if as_json:
+        out.print_json(data=page.raw)
+        return
+    grid = table(
+        "step", "kind", "taken", "quality change", "latency change (ms)", "score", "runner-up (score)"
+    )
+    for step in page:
+        runner_up = "-"
+        if step.runner_up:
+            runner_up = f"{_actions_text(step.runner_up['actions'])} ({step.runner_up['score']:.4g})"
+        grid.add_row(
+            str(step.step),
+            step.kind,
+            _actions_text(step.taken) or (step.reason or "-"),
+            "-" if step.d_quality is None else f"{step.d_quality:+.4g}",
+            "-" if step.d_latency_ms is None else f"{step.d_latency_ms:+.4g}",
+            ", ".join(f"{x:.4g}" for x in step.score) or "-",
+            runner_up,
+        )
+    print_table(grid)
+    ranked_by = next((s.ranked_by for s in page if s.ranked_by), None)
+    out.print(f"{page.total} steps" + (f"; score: {ranked_by}, smaller is better" if ranked_by else ""))
+
+
+def _actions_text(actions: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{a['choice']} {a['from']}->{a['to']}" for a in actions)
 
 
 @search_app.command("trials")
@@ -243,11 +279,11 @@ def search_trials(
         if fmt == "table":
             page = api.trials(search_id, limit=limit, state=state)
             grid = table("trial", "state", "values", "config id")
-            for t in page["items"]:
-                values = ", ".join(_value_text(k, v) for k, v in t["values"].items()) or (t["error"] or "-")
-                grid.add_row(str(t["number"]), t["state"], values, t["config_id"])
+            for t in page:
+                values = ", ".join(_value_text(k, v) for k, v in t.values.items()) or (t.error or "-")
+                grid.add_row(str(t.number), t.state, values, t.config_id)
             print_table(grid)
-            out.print(f"{len(page['items'])} of {page['total']} trials")
+            out.print(f"{len(page)} of {page.total} trials")
             return
         if output is None:
             raise ValueError(f"--format {fmt} writes a file: give it with -o FILE")
@@ -273,13 +309,13 @@ def search_export(
             if front_index is None:
                 raise ValueError("give --trial N or --front-index N")
             front = api.pareto(search_id, offset=front_index, limit=1)
-            if not front["trials"]:
-                raise ValueError(f"the front of search {search_id} has {front['total']} members")
-            chosen = front["trials"][0]
+            if not front.items:
+                raise ValueError(f"the front of search {search_id} has {front.total} members")
+            chosen = front[0]
         else:
             chosen = api.trial(search_id, trial)
-        spec = api.get(search_id)["spec"]
+        spec = api.get(search_id).spec
         size = api.export_subnet(
-            spec["space"], chosen["config"], output, fmt, options=spec.get("space_options") or {}
+            spec["space"], chosen.config, output, fmt, options=spec.get("space_options") or {}
         )
-    out.print(f"wrote {output} ({size:,} bytes, {fmt}) of trial {chosen['number']} ({chosen['config_id']})")
+    out.print(f"wrote {output} ({size:,} bytes, {fmt}) of trial {chosen.number} ({chosen.config_id})")

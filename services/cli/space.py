@@ -11,7 +11,8 @@ import typer
 import yaml
 from rich.table import Table
 
-from services.cli.common import JsonOpt, OptionsOpt, ServerOpt, client, out, parse_options, table
+from services.cli.common import JsonOpt, OptionsOpt, ServerOpt, client, out, parse_options, print_table
+from services.cli.common import table as grid_table
 from services.cli.errors import user_errors
 
 space_app = typer.Typer(no_args_is_help=True, help="Score or export one subnet of a space on a NAS server.")
@@ -88,7 +89,7 @@ def print_precision(view: dict[str, Any], layers: bool) -> None:
         f"{view['layers_total']} quantized layers, {view['size_mb']:.3f} MB, {view['mean_bits']:.3f} bits "
         f"per weight; layers per width: {counts}"
     )
-    stages = table("stage", "layers", "weights", "mean bits", "layers per width")
+    stages = grid_table("stage", "layers", "weights", "mean bits", "layers per width")
     for stage in view["stages"]:
         histogram = " ".join(f"{bits}:{n}" for bits, n in stage["histogram"].items())
         stages.add_row(
@@ -98,18 +99,18 @@ def print_precision(view: dict[str, Any], layers: bool) -> None:
             f"{stage['mean_bits']:.2f}",
             histogram,
         )
-    out.print(stages)
+    print_table(stages)
     if not layers:
         out.print("every layer's width: --layers (or --json)")
         return
-    grid = table("layer", "bits", "weights")
+    grid = grid_table("layer", "bits", "weights")
     for layer in view["layers"]:
         grid.add_row(
             layer["name"] + (" (fixed)" if layer["fixed"] else ""),
             str(layer["bits"]),
             f"{layer['weights']:,}",
         )
-    out.print(grid)
+    print_table(grid)
 
 
 @space_app.command("export")
@@ -140,11 +141,11 @@ def spaces(
     from search_spaces import get_space, list_spaces
 
     if name is None:
-        listing = Table("space", "cardinality", "description")
+        spaces = grid_table("space", "subnets (cardinality)", "description")
         for space_name in list_spaces():
             space = get_space(space_name)
-            listing.add_row(space_name, f"{space.cardinality:.3g}", space.description)
-        out.print(listing)
+            spaces.add_row(space_name, f"{space.cardinality:.3g}", space.description)
+        print_table(spaces)
         return
     info = get_space(name, **parse_options(option)).describe()
     if as_json:
@@ -159,20 +160,20 @@ def spaces(
     )
     out.print(f"cardinality {shown}; options {info['option_values']}")
     if info.get("layer_stages") and not layers:
-        stages = table("stage", "layers", "searched", "weights")
+        stages = grid_table("stage", "layers", "searched", "weights")
         for stage in info["layer_stages"]:
             stages.add_row(
                 stage["stage"], str(stage["layers"]), str(stage["searched"]), f"{stage['weights']:,}"
             )
-        out.print(stages)
+        print_table(stages)
         widths = sorted({str(o) for c in info["choices"] for o in c["options"]}, key=int)
         out.print(
             f"{len(info['choices'])} choices bits.<stage>.<layer>, each of {', '.join(widths)} bits; fixed: "
             f"{', '.join(f'{k}={v}' for k, v in info['fixed_layers'].items())}; every choice: --layers"
         )
     else:
-        choices = Table("choice", "options")
+        choices = grid_table("choice", "options")
         for choice in info["choices"]:
             choices.add_row(choice["name"], ", ".join(map(str, choice["options"])))
-        out.print(choices)
+        print_table(choices)
     out.print(f"reference configs: {', '.join(info['reference_configs'])}")

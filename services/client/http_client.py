@@ -11,9 +11,17 @@ from typing import Any, NoReturn
 
 import httpx
 
+from services.client.results import (
+    Device,
+    Page,
+    ParetoFront,
+    Search,
+    Space,
+    Step,
+    Submission,
+    Trial,
+)
 from services.settings import get_settings
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class ClientError(Exception):
@@ -86,7 +94,12 @@ def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 class NasClient:
-    """Talks to one NAS server at `base_url` (e.g. `http://127.0.0.1:8000`)."""
+    """Talks to one NAS server at `base_url` (e.g. `http://127.0.0.1:8000`).
+
+    Searches, trials, fronts, devices and spaces come back as the typed objects of
+    `services.client.results` (`Search`, `Trial`, `ParetoFront`, `Device`, `Space`; lists as a `Page`
+    of them); the device-farm calls (work lists, uploads, predictions, accuracy) return the API's
+    JSON as dicts."""
 
     def __init__(self, base_url: str | None = None, *, timeout: float = 30.0, api_key: str | None = None):
         """`base_url` defaults to `NAS_SERVER_URL` and `api_key` to `NAS_API_KEY` (see
@@ -126,18 +139,18 @@ class NasClient:
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/v1/health")
 
-    def spaces(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/spaces")
+    def spaces(self) -> Page[Space]:
+        return Page.of(self._request("GET", "/v1/spaces"), Space.of)
 
-    def space(self, name: str, **options: Any) -> dict[str, Any]:
-        return self._request("GET", f"/v1/spaces/{name}", params=options)
+    def space(self, name: str, **options: Any) -> Space:
+        return Space.of(self._request("GET", f"/v1/spaces/{name}", params=options))
 
-    def devices(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/devices")
+    def devices(self) -> Page[Device]:
+        return Page.of(self._request("GET", "/v1/devices"), Device.of)
 
     # ----------------------------------------------------------------- device farms
-    def device(self, name: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/devices/{name}")
+    def device(self, name: str) -> Device:
+        return Device.of(self._request("GET", f"/v1/devices/{name}"))
 
     def register_device(
         self,
@@ -147,7 +160,7 @@ class NasClient:
         hardware: str,
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Device:
         """Register a device (or update the description and metadata of the same registration)."""
         body = {
             "name": name,
@@ -156,7 +169,7 @@ class NasClient:
             "description": description,
             "metadata": dict(metadata or {}),
         }
-        return self._request("POST", "/v1/devices", json=body)
+        return Device.of(self._request("POST", "/v1/devices", json=body))
 
     def work(
         self,
@@ -198,8 +211,9 @@ class NasClient:
         """POST one batch of raw samples (`MeasurementBatch`); idempotent per (run id, key)."""
         return self._request("POST", f"/v1/devices/{device}/measurements", json=dict(batch))
 
-    def samples(self, device: str, key: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/v1/devices/{device}/samples", params={"key": key})
+    def samples(self, device: str, key: str) -> Page[dict[str, Any]]:
+        """Every run's raw samples of one table key, one dict per run."""
+        return Page.of(self._request("GET", f"/v1/devices/{device}/samples", params={"key": key}), dict)
 
     def predict(
         self, device: str, space: str, configs: list[Any], *, options: Mapping[str, Any] | None = None
@@ -225,35 +239,42 @@ class NasClient:
             "PUT", f"/v1/devices/{device}/table", params={"format": fmt}, content=content, headers=headers
         )
 
-    def submit(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """Queue a search; returns `{id, status, links}`."""
-        return self._request("POST", "/v1/searches", json=dict(spec))
+    def submit(self, spec: Mapping[str, Any]) -> Submission:
+        """Queue a search; the answer has its id, links and warnings about the spec."""
+        return Submission.of(self._request("POST", "/v1/searches", json=dict(spec)))
 
-    def get(self, search_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/searches/{search_id}")
+    def get(self, search_id: str) -> Search:
+        return Search.of(self._request("GET", f"/v1/searches/{search_id}"))
 
-    def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> Page[Search]:
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if status:
             params["status"] = status
-        return self._request("GET", "/v1/searches", params=params)
+        return Page.of(self._request("GET", "/v1/searches", params=params), Search.of)
 
     def trials(
         self, search_id: str, *, offset: int = 0, limit: int = 100, state: str | None = None
-    ) -> dict[str, Any]:
+    ) -> Page[Trial]:
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if state:
             params["state"] = state
-        return self._request("GET", f"/v1/searches/{search_id}/trials", params=params)
+        return Page.of(self._request("GET", f"/v1/searches/{search_id}/trials", params=params), Trial.of)
 
-    def pareto(self, search_id: str, *, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+    def pareto(self, search_id: str, *, offset: int = 0, limit: int | None = None) -> ParetoFront:
         params: dict[str, Any] = {"offset": offset}
         if limit is not None:
             params["limit"] = limit
-        return self._request("GET", f"/v1/searches/{search_id}/pareto", params=params)
+        return ParetoFront.of_front(self._request("GET", f"/v1/searches/{search_id}/pareto", params=params))
 
-    def trial(self, search_id: str, number: int) -> dict[str, Any]:
-        return self._request("GET", f"/v1/searches/{search_id}/trials/{number}")
+    def trial(self, search_id: str, number: int) -> Trial:
+        return Trial.of(self._request("GET", f"/v1/searches/{search_id}/trials/{number}"))
+
+    def steps(self, search_id: str, *, offset: int = 0, limit: int | None = None) -> Page[Step]:
+        """The decisions of a stepwise strategy (`evolving`, `slimming`); empty for other strategies."""
+        params: dict[str, Any] = {"offset": offset}
+        if limit is not None:
+            params["limit"] = limit
+        return Page.of(self._request("GET", f"/v1/searches/{search_id}/steps", params=params), Step.of)
 
     def export_trials(
         self, search_id: str, path: str | Path, fmt: str = "csv", *, state: str | None = None
@@ -291,26 +312,26 @@ class NasClient:
     def watch(
         self,
         search_id: str,
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_progress: Callable[[Search], None] | None = None,
         *,
         poll_s: float = 1.0,
         timeout_s: float | None = None,
-    ) -> dict[str, Any]:
-        """Follow a search's event stream to its end; `on_progress` sees every event's search.
-        Returns the search as the final event gives it. With `timeout_s`, a search still running
-        after that many seconds raises `TimeoutError` (the search goes on)."""
+    ) -> Search:
+        """Follow a search's event stream to its end; `on_progress` sees every event's search (without
+        its spec). Returns the search as the final event gives it (without its spec). With `timeout_s`, a
+        search still running after that many seconds raises `TimeoutError` (the search goes on)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last: dict[str, Any] | None = None
+        last: Search | None = None
         try:
             for _event, data in self.events(search_id, poll_s=poll_s, read_timeout_s=timeout_s):
-                last = data
+                last = Search.of(data)
                 if on_progress is not None:
-                    on_progress(data)
+                    on_progress(last)
                 if deadline is not None and time.monotonic() > deadline:
                     break
         except ServerUnreachableError:
             last = None  # the stream broke off (a restarting server) or went quiet: poll instead
-        if last is None or last.get("status") not in FINISHED:
+        if last is None or not last.finished:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             return self.wait(search_id, on_progress, poll_s=poll_s, timeout_s=remaining)
         return last
@@ -342,15 +363,15 @@ class NasClient:
         rows: list[dict[str, Any]] = []
         front = self.pareto(search_id)
         while True:
-            for trial in front["trials"]:
-                row = {"number": trial["number"], "config_id": trial["config_id"]}
-                row.update({f"value.{k}": v for k, v in trial["values"].items()})
-                row.update({f"config.{k}": v for k, v in trial["config"].items()})
+            for trial in front:
+                row = {"number": trial.number, "config_id": trial.config_id}
+                row.update({f"value.{k}": v for k, v in trial.values.items()})
+                row.update({f"config.{k}": v for k, v in trial.config.items()})
                 rows.append(row)
-            if not front["trials"] or len(rows) >= front["total"]:
+            if not front.items or len(rows) >= front.total:
                 break
             front = self.pareto(search_id, offset=len(rows))
-        names = [o["name"] for o in front["objectives"]]
+        names = [o.name for o in front.objectives]
         columns = ["number", "config_id", *(f"value.{n}" for n in names)]
         # The objectives first (also for an empty front), then the config choices as they come.
         return pd.DataFrame(rows, columns=list(dict.fromkeys([*columns, *(k for r in rows for k in r)])))
@@ -408,25 +429,25 @@ class NasClient:
         except httpx.TransportError as exc:
             raise ServerUnreachableError(self.base_url, str(exc) or type(exc).__name__) from None
 
-    def cancel(self, search_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/searches/{search_id}/cancel")
+    def cancel(self, search_id: str) -> Search:
+        return Search.of(self._request("POST", f"/v1/searches/{search_id}/cancel"))
 
     def wait(
         self,
         search_id: str,
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_progress: Callable[[Search], None] | None = None,
         *,
         poll_s: float = 1.0,
         timeout_s: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> Search:
         """Poll until the search has finished; `on_progress` sees every state read. Returns the last."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             search = self.get(search_id)
             if on_progress is not None:
                 on_progress(search)
-            if search["status"] in FINISHED:
+            if search.finished:
                 return search
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"search {search_id} still {search['status']} after {timeout_s}s")
+                raise TimeoutError(f"search {search_id} still {search.status} after {timeout_s}s")
             time.sleep(poll_s)

@@ -121,6 +121,9 @@ class SearchRow(Base):
     # What a `succeeded` search did not achieve (no feasible trial, a budget too small for its
     # strategy to take a step): `nas.runner.RunResult.warnings`. None before the search finished.
     warnings: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    # The decisions of a stepwise strategy (`nas.strategies.Strategy.step_log`), written when the run
+    # ends (also when it is cancelled or interrupted). None for other strategies or before that.
+    steps: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
 
 
 class TrialRow(Base):

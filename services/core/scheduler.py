@@ -268,12 +268,13 @@ class Scheduler:
             "front_size": len(result.front),
             "hypervolume": result.hypervolume,
             "elapsed_s": result.elapsed_s,
+            "steps": result.steps or None,
         }
         if result.state == "succeeded":
             message = f"succeeded: {counts['trials_done']} trials, front of {len(result.front)}"
             warnings = _unique([*warnings, *result.warnings])
-            if warnings:
-                message += f"; {len(warnings)} warning(s): {warnings[0]}"
+            if warnings:  # the run's own warnings lead the message
+                message += f"; {len(warnings)} warning(s): {(result.warnings or warnings)[0]}"
             self._finish(search_id, SearchStatus.SUCCEEDED, message=message, warnings=warnings, **counts)
         elif result.state == "failed":
             error = result.error or "the runner failed without an error message"

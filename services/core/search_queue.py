@@ -91,6 +91,44 @@ def check_spec(
     return resolved
 
 
+def spec_warnings(resolved: ResolvedSpec, table: LatencyTable) -> list[str]:
+    """What the spec will likely not achieve, said at submit: a budget too small for the strategy's
+    latency target (`Strategy.budget_warnings`), with latencies estimated from the device's table
+    (block sums; none where the table lacks a block: then only a budget that buys no step at all is
+    reported)."""
+    from latency_lut.predictors import BlockSum, TableView
+    from nas.strategies import make_strategy
+
+    spec = resolved.spec
+    strategy = make_strategy(
+        spec.strategy,
+        resolved.space,
+        resolved.objectives,
+        resolved.constraints,
+        seed=spec.seed,
+        **spec.strategy_params,
+    )
+    target = strategy.latency_target()
+    latency = None
+    if target is not None:
+        objective = next(
+            (
+                o
+                for o in [*resolved.objectives, *(c.objective for c in resolved.constraints)]
+                if o.name == target[0]
+            ),
+            None,
+        )
+        if objective is not None and objective.device:
+            predictor = BlockSum(TableView.from_entries(objective.device, table.entries(objective.device)))
+
+            def latency(config: dict[str, Any]) -> float | None:
+                estimate = predictor.predict(resolved.space.blocks(config))
+                return estimate.total_ms if estimate.complete else None
+
+    return strategy.budget_warnings(spec.budget.trials, latency)
+
+
 def _point_to_farms(error: SpecError, spec: SearchSpec, table: LatencyTable) -> SpecError:
     """`error` with each unknown device that is registered (a farm's device whose table is still
     empty) explained: it has no table yet, and the command that fills it for this space."""
@@ -158,9 +196,11 @@ class SearchQueue:
         return SearchQueue(self.engine, access=access)
 
     # ----------------------------------------------------------------- API side
-    def submit(self, spec: SearchSpec) -> SearchRow:
-        """Store a validated spec as a `queued` search, owned by the caller (`legacy` without one)."""
+    def submit(self, spec: SearchSpec, *, warnings: Sequence[str] = ()) -> SearchRow:
+        """Store a validated spec as a `queued` search, owned by the caller (`legacy` without one),
+        with the `warnings` said at submit (`spec_warnings`; the run adds its own when it ends)."""
         row = SearchRow(
+            warnings=list(warnings) or None,
             owner=self.access.submit_as if self.access is not None else LEGACY_OWNER,
             name=spec.name,
             spec=spec.model_dump(mode="json"),

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -159,6 +159,15 @@ def known_space(name: Annotated[str, PathParam(description="a registered search 
 
 DeviceDep = Annotated[str, Depends(known_device)]
 SpaceName = Annotated[str, Depends(known_space)]
+
+#: Largest offset a list request may name (both databases' integer range).
+MAX_OFFSET = 2**31 - 1
+#: Page size of the lists that are short by nature (spaces, devices, samples, coverage): by default
+#: one page holds them all.
+SHORT_LIST_LIMIT = 1000
+#: `offset` and `limit` of every list endpoint (`services.server.schemas.Page`).
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
+ShortListLimit = Annotated[int, Query(ge=1, le=SHORT_LIST_LIMIT, description="the most items to answer")]
 
 
 # ----------------------------------------------------------------------------- expensive requests

@@ -87,7 +87,7 @@ def test_front_shows_the_right_points_in_2d_and_3d(page, live, http, plot_search
     page.wait_for_function("() => document.getElementById('pareto-plot').data[0].type === 'scatter3d'")
     front3 = trace(page, FRONT_TRACE)
     # With every objective of the search plotted, the page's front is the runner's stored front.
-    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["trials"]}
+    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["items"]}
     assert set(front3["numbers"]) == stored
     screenshot(page, "search-3d")
 
@@ -168,7 +168,7 @@ def test_running_search_progress_advances_without_reload(page, live, http, plot_
 def test_hundred_thousand_trials_render_thinned_with_the_whole_front(page, live, http, big_search):
     open_search(page, live.url, big_search)
     front = trace(page, FRONT_TRACE)
-    stored = http.get(f"/v1/searches/{big_search}/pareto").json()["trials"]
+    stored = http.get(f"/v1/searches/{big_search}/pareto").json()["items"]
     assert set(front["numbers"]) == {t["number"] for t in stored}
     shown = sum(trace(page, name)["n"] for name in ("feasible", "infeasible", FRONT_TRACE))
     assert shown <= 20_000 + front["n"]
@@ -297,3 +297,31 @@ def test_a_bit_width_trial_is_drawn_per_stage_with_every_layer_collapsed(page, l
     assert layers.locator("tr").count() == view["layers_total"] == 281
     assert f"{view['layers_total']} quantized layers" in page.inner_text("#precision-view")
     screenshot(page, "bits-trial")
+
+
+def test_search_page_shows_the_step_log_of_a_stepwise_search(page, live, http, plot_search):
+    """An `evolving` search (after `plot_search`: its blocks are measured) shows one Steps row per
+    decision, with the action taken."""
+    spec = {
+        **{k: plot_search["spec"][k] for k in ("space", "space_options", "seed")},
+        "name": "browser-steps",
+        "objectives": ["latency:host-cpu-torch", "proxy:params"],
+        "constraints": ["latency:host-cpu-torch <= 0.0001"],
+        "strategy": "evolving",
+        "strategy_params": {"group_size": 1, "choices": ["stage1.depth", "stage2.depth"]},
+        "budget": {"trials": 8, "parallelism": 2},
+    }
+    created = http.post("/v1/searches", json=spec)
+    assert created.status_code == 202, created.text
+    search = wait_for(http, created.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert search["status"] == "succeeded", search
+    steps = http.get(f"/v1/searches/{search['id']}/steps").json()["items"]
+    assert len(steps) == 3
+    open_search(page, live.url, search["id"])
+    page.wait_for_selector("#steps-table tbody tr")
+    rows = page.locator("#steps-table tbody tr")
+    assert rows.count() == len(steps)
+    first = steps[0]["taken"][0]
+    assert f"{first['choice']} {first['from']}\u2192{first['to']}" in rows.nth(0).inner_text()
+    assert page.locator("#steps-panel").is_visible()
+    screenshot(page, "steps")

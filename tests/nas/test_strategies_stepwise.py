@@ -4,6 +4,7 @@ latency and the `params` proxy as quality, and through the runner on the tiny sp
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -86,8 +87,12 @@ def test_evolving_removes_cheapest_groups_until_the_target_then_adds(evolved) ->
         if step["kind"] == "remove" and step["latency_ms"] > target:
             # The group taken is the two probed removals with the least quality lost per ms saved.
             removals = [r for r in step["probed"] if r["d_latency_ms"] < 0]
-            ranked = sorted(removals, key=lambda r: r["d_quality"] / r["d_latency_ms"])
+            ranked = sorted(removals, key=lambda r: max(-r["d_quality"], 0) / -r["d_latency_ms"])
             assert step["taken"] == [a for r in ranked[:2] for a in r["actions"]]
+            assert step["score"] == [r["score"] for r in ranked[:2]]
+            if len(ranked) > 2:
+                assert step["runner_up"]["actions"] == ranked[2]["actions"]
+                assert step["runner_up"]["score"] >= step["score"][-1]
             assert all(a["to"] < a["from"] for a in step["taken"])
         elif step["kind"] == "add":
             assert step["latency_ms"] <= target
@@ -97,6 +102,70 @@ def test_evolving_removes_cheapest_groups_until_the_target_then_adds(evolved) ->
     final = {t.config_id: t for t in trials}[strategy.steps[-1]["from"]]
     assert final.values[LATENCY] <= target
     assert strategy.steps[-1]["reason"] == "target met and no action gains quality within it"
+
+
+def test_evolving_prefers_a_free_big_saving_to_small_savings_with_tiny_gains(unet: SearchSpace) -> None:
+    """SnapFusion's rule on the case that went wrong: removing `mid.transformers` saves 6.6 ms at no
+    quality change; removing `down3.resnets` or `up3.resnets` saves 0.4 ms each with a tiny quality
+    gain. A plain ratio of quality change to latency change ranked the small savings first."""
+    sd15 = unet.canonicalize("sd15")
+    saving = {"mid.transformers": 6.6, "down3.resnets": 0.4, "up3.resnets": 0.4}
+
+    def values(config: dict[str, Any]) -> dict[str, float]:
+        latency, quality = 100.0, 1.0
+        for choice, value in config.items():
+            removed = sd15[choice] - value if isinstance(value, int) and choice in saving else 0
+            latency -= removed * saving[choice] if removed > 0 else 0.0
+            quality += 1e-4 * removed if choice != "mid.transformers" and removed > 0 else 0.0
+        # removing a ResNet of down1 costs a lot of quality and saves little time
+        others = sd15["down1.resnets"] - config["down1.resnets"]
+        return {LATENCY: latency - 0.1 * others, QUALITY: quality - 10.0 * others, "params": 1.0}
+
+    strategy = make(
+        "evolving",
+        unet,
+        [LATENCY, QUALITY],
+        target_ms=50.0,
+        group_size=1,
+        choices=["down3.resnets", "mid.transformers", "up3.resnets", "down1.resnets"],
+    )
+    drive(strategy, values, limit=12)
+    first = strategy.steps[0]
+    assert first["kind"] == "remove"
+    assert [a["choice"] for a in first["taken"]] == ["mid.transformers"]
+    assert first["score"] == [0.0]
+    # The runner-up is the other free removal (a small saving), not the costly one.
+    assert first["runner_up"]["score"] == 0.0
+    assert first["runner_up"]["actions"][0]["choice"] in ("down3.resnets", "up3.resnets")
+    costly = next(r for r in first["probed"] if r["actions"][0]["choice"] == "down1.resnets")
+    assert costly["score"] == pytest.approx(10.0 / 0.1)
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.6])
+def test_evolving_budget_warning_names_a_budget_that_reaches_the_target(
+    unet: SearchSpace, fraction: float
+) -> None:
+    """The submit-time estimate (steps from the first step's mean saving) against the real walk: the
+    steps it names are within one of those taken, and the trials it names are enough."""
+    base = values_of(unet, unet.canonicalize("sd15"))[LATENCY]
+    target = fraction * base
+
+    def latency(config: dict[str, Any]) -> float:
+        return values_of(unet, config)[LATENCY]
+
+    estimate = make("evolving", unet, [LATENCY, QUALITY], target_ms=target, group_size=2)
+    (warning,) = estimate.budget_warnings(20, latency)
+    assert "budget 20 trials buys about 1 step of 17 evaluations" in warning
+    steps = int(re.search(r"needs about (\d+) steps", warning)[1])
+    trials = int(re.search(r"about (\d+) trials would reach it", warning)[1])
+    assert estimate.budget_warnings(trials, latency) == []
+
+    walk = make("evolving", unet, [LATENCY, QUALITY], target_ms=target, group_size=2)
+    told = {t.config_id: t for t in drive(walk, lambda c: values_of(unet, c), batch=1, limit=trials)}
+    # The first step that led to an evaluated config within the target.
+    reached = [s for s in walk.steps if s.get("to") in told and told[s["to"]].values[LATENCY] <= target]
+    assert reached, "the named budget did not reach the target"
+    assert abs(reached[0]["step"] + 1 - steps) <= 1
 
 
 def test_evolving_resumes_from_told_trials_with_the_same_steps(unet: SearchSpace, evolved) -> None:
@@ -145,8 +214,8 @@ def test_slimming_takes_the_smallest_quality_drop_per_mes_gain() -> None:
     assert len(slims) >= 2
     for step in slims:
         gaining = [r for r in step["probed"] if r["d_mes"] > 0]
-        best = min(gaining, key=lambda r: -r["d_quality"] / r["d_mes"])  # quality lost per MES gained
-        assert step["taken"] == best["actions"]
+        best = min(gaining, key=lambda r: max(-r["d_quality"], 0) / r["d_mes"])  # quality lost per MES
+        assert step["taken"] == best["actions"] and step["score"] == [best["score"]]
         (action,) = step["taken"]
         assert action["choice"].rsplit(".", 1)[-1] in ("depth", "width", "ratio")
         assert action["to"] < action["from"]

@@ -60,7 +60,7 @@ def test_openapi_docs_are_served(idle: httpx.Client) -> None:
 
 
 def test_spaces_list(idle: httpx.Client) -> None:
-    spaces = idle.get("/v1/spaces").json()
+    spaces = idle.get("/v1/spaces").json()["items"]
     effv2 = next(s for s in spaces if s["name"] == "efficientformerv2")
     assert int(effv2["cardinality"]) > 10**6
     resolution = next(o for o in effv2["options"] if o["name"] == "resolution")
@@ -86,7 +86,7 @@ def test_space_detail_errors(idle: httpx.Client) -> None:
 
 
 def test_devices_include_builtin_with_entry_counts(idle: httpx.Client) -> None:
-    devices = {d["name"]: d for d in idle.get("/v1/devices").json()}
+    devices = {d["name"]: d for d in idle.get("/v1/devices").json()["items"]}
     host = devices["host-cpu-torch"]
     assert host["builtin"] is True and host["backend"] == "torch-cpu"
     assert host["entries"] == 0
@@ -99,7 +99,7 @@ def test_device_known_by_its_table_is_searchable(idle_server: LiveServer, idle: 
     idle_server.app.state.lut.put_many(
         [LatencyEntry("farm-phone", f"effv2.stem|n={i}", 1.0, 0.9, 1.1, 5) for i in range(3)]
     )
-    devices = {d["name"]: d for d in idle.get("/v1/devices").json()}
+    devices = {d["name"]: d for d in idle.get("/v1/devices").json()["items"]}
     assert devices["farm-phone"]["entries"] == 3
     assert devices["farm-phone"]["builtin"] is False and devices["farm-phone"]["backend"] is None
     assert idle.post("/v1/searches", json=body).status_code == 202
@@ -215,7 +215,7 @@ def test_small_search_runs_to_success(http: httpx.Client, finished_search: dict)
     assert search["hypervolume"] is not None and search["hypervolume"] > 0
     assert search["started_at"] and search["finished_at"] and search["elapsed_s"] > 0
 
-    devices = {d["name"]: d for d in http.get("/v1/devices").json()}
+    devices = {d["name"]: d for d in http.get("/v1/devices").json()["items"]}
     assert devices["host-cpu-torch"]["entries"] > 0  # measured by the scheduler before the run
     # Every trial says what priced its latency: the local device's table has in-context entries (the
     # scheduler times every block three ways) and no measured subnets, so the in-context sum.
@@ -246,7 +246,7 @@ def test_pareto_front_is_non_dominated(http: httpx.Client, finished_search: dict
         {"name": "latency:host-cpu-torch", "direction": "minimize"},
         {"name": "params", "direction": "minimize"},
     ]
-    members = front["trials"]
+    members = front["items"]
     assert len(members) == finished_search["front_size"] >= 1
     assert [t["number"] for t in members] == sorted(t["number"] for t in members)
     names = [o["name"] for o in front["objectives"]]

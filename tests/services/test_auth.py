@@ -193,11 +193,11 @@ def test_client_and_cli_send_the_key(secured: LiveServer, monkeypatch) -> None:
         client.list()
     assert refused.value.status == 401
     with NasClient(secured.url, api_key=token) as client:
-        assert client.list()["total"] == 0
+        assert client.list().total == 0
     monkeypatch.setenv("NAS_API_KEY", token)
     get_settings.cache_clear()
     with NasClient(secured.url) as client:
-        assert client.list()["total"] == 0
+        assert client.list().total == 0
     monkeypatch.delenv("NAS_API_KEY")
 
     no_key = runner.invoke(cli_app, ["search", "list", "--server", secured.url], env={"NAS_API_KEY": ""})

@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/searches/{search_id}/trials/{number}"): R,
     ("GET", "/v1/searches/{search_id}/trials/{number}/export"): R,
     ("GET", "/v1/searches/{search_id}/pareto"): R,
+    ("GET", "/v1/searches/{search_id}/steps"): R,
     ("POST", "/v1/searches/{search_id}/cancel"): W,
     # device farms
     ("GET", "/v1/devices"): R,

@@ -15,6 +15,7 @@ import pytest
 from svc_helpers import SMALL_SPEC, LiveServer, demo_spec, free_port, serve_env
 from typer.testing import CliRunner
 
+from search_spaces import get_space, list_spaces
 from services.cli import app
 from services.client import ClientError, NasClient
 
@@ -52,14 +53,19 @@ def test_submit_wait_status_pareto(server: LiveServer, finished_search: dict, sp
     assert pareto.exit_code == 0
     front = json.loads(pareto.stdout)
     api_front = httpx.get(f"{server.url}/v1/searches/{sid}/pareto").json()
-    assert [t["number"] for t in front["trials"]] == [t["number"] for t in api_front["trials"]]
+    assert [t["number"] for t in front["items"]] == [t["number"] for t in api_front["items"]]
     table = nas("search", "pareto", sid, "--server", server.url)
     assert table.exit_code == 0
     assert "latency:host-cpu-torch (ms, min)" in table.stdout and "params (M, min)" in table.stdout
-    assert f"{len(front['trials'])} on the front" in table.stdout
+    assert f"{len(front['items'])} on the front" in table.stdout
 
     listed = nas("search", "list", "--server", server.url, "--json")
     assert sid in [s["id"] for s in json.loads(listed.stdout)["items"]]
+    # The table names its units and shows names and ids whole (a pipe has no 80-column limit).
+    grid = nas("search", "list", "--server", server.url)
+    assert grid.exit_code == 0 and "trials (done/budget)" in grid.stdout and "front (members)" in grid.stdout
+    row = next(line for line in grid.stdout.splitlines() if sid in line)
+    assert "4/4" in row and "…" not in grid.stdout
 
 
 def test_cancel_of_finished_search_is_refused(server: LiveServer, finished_search: dict) -> None:
@@ -176,6 +182,11 @@ def test_evaluate_shows_the_widths_per_stage(server: LiveServer) -> None:
 def test_spaces_command() -> None:
     listed = nas("spaces")
     assert listed.exit_code == 0 and "efficientformerv2" in listed.stdout
+    # Whole descriptions, one row each, whatever their length (they were cut at 80 columns).
+    assert "subnets (cardinality)" in listed.stdout and "…" not in listed.stdout
+    for name in list_spaces():
+        row = next(line for line in listed.stdout.splitlines() if f" {name} " in line)
+        assert get_space(name).description in row
     detail = nas("spaces", "efficientformerv2", "--option", "resolution=64", "--json")
     assert json.loads(detail.stdout)["option_values"]["resolution"] == 64
     unknown = nas("spaces", "resnet")

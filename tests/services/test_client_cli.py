@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import onnx
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from search_spaces import get_space
 from services.cli import app
-from services.client import ClientError, NasClient, parse_sse
+from services.client import ClientError, Device, NasClient, Page, ParetoFront, Search, Space, Trial, parse_sse
 from services.settings import get_settings
 
 runner = CliRunner()
@@ -55,9 +56,10 @@ def test_watch_follows_to_the_end(live: LiveServer, finished: str) -> None:
     assert watched.exit_code == 0, watched.output
     assert "succeeded" in watched.stdout and "4 of 4" in watched.stdout
     with NasClient(live.url) as client:
-        seen: list[dict] = []
+        seen: list[Search] = []
         final = client.watch(finished, seen.append)
-        assert final["status"] == "succeeded" and seen[-1] == final and final["progress"]["recorded"] == 4
+        assert final.status == "succeeded" and seen[-1] == final and final.progress["recorded"] == 4
+        assert final.finished and final.trials_done == 4
     unknown = nas("search", "watch", "0" * 32, "--server", live.url)
     assert unknown.exit_code == 2 and "no search" in unknown.output
 
@@ -94,12 +96,12 @@ def test_search_export_of_a_trial_and_a_front_member(live: LiveServer, finished:
     onnx.checker.check_model(onnx.load(model))
     with NasClient(live.url) as client:
         trial0 = client.trial(finished, 0)
-        member = client.pareto(finished, limit=1)["trials"][0]
-    assert trial0["config_id"] in result.stdout
+        member = client.pareto(finished, limit=1)[0]
+    assert trial0.config_id in result.stdout
     front = tmp_path / "front.pt"
     args = ("search", "export", finished, "--front-index", "0", "--format", "torchscript", "-o", str(front))
     result = nas(*args, "--server", live.url)
-    assert result.exit_code == 0 and member["config_id"] in result.stdout, result.output
+    assert result.exit_code == 0 and member.config_id in result.stdout, result.output
     assert torch.jit.load(str(front)) is not None
     beyond = nas("search", "export", finished, "--front-index", "99", "-o", str(front), "--server", live.url)
     assert beyond.exit_code == 2 and "members" in beyond.output
@@ -167,19 +169,87 @@ def test_trials_and_pareto_dataframes(live: LiveServer, finished: str) -> None:
     assert trials["number"].tolist() == [0, 1, 2, 3]
     assert {"value.params", "value.latency:host-cpu-torch", "config.stage2.depth", "on_front"} <= set(trials)
     assert trials["config.stage2.depth"].notna().all()
-    assert pareto["number"].tolist() == [t["number"] for t in front["trials"]]
+    assert pareto["number"].tolist() == [t.number for t in front]
     assert list(pareto.columns[:4]) == ["number", "config_id", "value.latency:host-cpu-torch", "value.params"]
     on_front = trials[trials["on_front"]].sort_values("number")
     assert on_front["config_id"].tolist() == pareto["config_id"].tolist()
     assert pareto["value.params"].tolist() == on_front["value.params"].tolist()
-    assert final["status"] == "succeeded"
+    assert final.status == "succeeded"
+
+
+def test_client_answers_typed_objects(live: LiveServer, finished: str) -> None:
+    """Searches, trials, fronts, devices and spaces come back as typed objects with parsed times;
+    every list is a `Page` of them (the API's one envelope)."""
+    with NasClient(live.url) as client:
+        search = client.get(finished)
+        page = client.trials(finished, limit=3)
+        front = client.pareto(finished)
+        listed = client.list(limit=5)
+        devices = client.devices()
+        spaces = client.spaces()
+        space = client.space("efficientformerv2", resolution=32, num_classes=10)
+    assert (
+        isinstance(search, Search) and search.id == finished and search.spec["space"] == "efficientformerv2"
+    )
+    assert isinstance(search.created_at, datetime) and search.created_at.tzinfo is not None
+    assert search.finished_at is not None and search.finished_at >= search.created_at
+    assert isinstance(page, Page) and len(page) == 3 and page.total == 4 and page.limit == 3
+    assert all(isinstance(t, Trial) and isinstance(t.finished_at, datetime) for t in page)
+    assert [t.number for t in page] == [0, 1, 2] and page[0].values["params"] > 0
+    assert isinstance(front, ParetoFront) and front.members == front.items and len(front) == front.total >= 1
+    assert [o.name for o in front.objectives] == ["latency:host-cpu-torch", "params"]
+    assert front.objectives[1].direction == "minimize" and front.search_id == finished
+    assert finished in [s.id for s in listed] and listed.total >= 1
+    assert "host-cpu-torch" in [d.name for d in devices] and all(isinstance(d, Device) for d in devices)
+    assert devices.total == len(devices) and devices.offset == 0
+    assert "efficientformerv2" in [s.name for s in spaces] and all(isinstance(s, Space) for s in spaces)
+    assert space.option_values["resolution"] == 32 and space.choices and space.cardinality > 1
+    assert "s0" in space.reference_configs
 
 
 def test_watch_gives_up_after_its_timeout(tmp_path: Path) -> None:
     # A server without a scheduler: its searches stay queued.
     with throwaway_server(tmp_path) as idle, NasClient(idle.url) as client:
-        search_id = client.submit(SMALL_SPEC)["id"]
-        seen: list[dict] = []
+        search_id = client.submit(SMALL_SPEC).id
+        seen: list[Search] = []
         with pytest.raises(TimeoutError, match="still queued"):
             client.watch(search_id, seen.append, poll_s=0.1, timeout_s=1.0)
-        assert seen and seen[-1]["status"] == "queued"
+        assert seen and seen[-1].status == "queued"
+
+
+def test_step_log_of_an_evolving_search_through_client_and_cli(live: LiveServer, finished: str) -> None:
+    """A real `evolving` run (two depth choices, one removal per step, a target nothing meets): the
+    scheduler stores its step log, the API serves it, the client reads it typed, the CLI prints it.
+    (After `finished`: the device's table is measured, so the submit can estimate the steps.)"""
+    spec = {
+        **SMALL_SPEC,
+        "name": "steps",
+        "objectives": ["latency:host-cpu-torch", "proxy:params"],
+        "constraints": ["latency:host-cpu-torch <= 0.0001"],
+        "strategy": "evolving",
+        "strategy_params": {"group_size": 1, "choices": ["stage1.depth", "stage2.depth"]},
+        "budget": {"trials": 8, "parallelism": 2},
+    }
+    with NasClient(live.url) as client:
+        submitted = client.submit(spec)
+        # 8 trials buy 3 steps of 2 probes (after the start), far from a 0.1 microsecond target.
+        (warning,) = submitted.warnings
+        assert "buys about 3 steps of 2 evaluations" in warning
+        final = client.wait(submitted.id, poll_s=0.2, timeout_s=240)
+        steps = client.steps(submitted.id)
+    assert final.status == "succeeded" and warning in final.warnings
+    assert isinstance(steps, Page) and steps.total == len(steps) == 3
+    assert steps.raw["final"] is True and steps.raw["strategy"] == "evolving"
+    for step in steps:
+        assert step.kind == "remove" and len(step.taken) == 1 and step.taken[0]["to"] < step.taken[0]["from"]
+        assert step.d_latency_ms is not None and step.d_latency_ms < 0
+        assert step.ranked_by and "quality lost per ms saved" in step.ranked_by
+        # The taken action scores no worse than the runner-up.
+        assert step.runner_up is not None and step.score[0] <= step.runner_up["score"]
+        assert {p["actions"][0]["choice"] for p in step.raw["probed"]} <= {"stage1.depth", "stage2.depth"}
+    shown = nas("search", "steps", submitted.id, "--server", live.url)
+    assert shown.exit_code == 0, shown.output
+    assert "latency change (ms)" in shown.stdout and "runner-up (score)" in shown.stdout
+    first = steps[0].taken[0]
+    assert f"{first['choice']} {first['from']}->{first['to']}" in shown.stdout
+    assert "3 steps; score: quality lost per ms saved" in shown.stdout

@@ -201,13 +201,13 @@ def test_searches_and_16_clients_at_once(live: LiveServer) -> None:
             assert len(set(config_ids)) == len(config_ids)
             assert page["total"] == len(numbers) == row["trials_done"] + row["trials_failed"], (index, row)
             front = http.get(f"/v1/searches/{search_id}/pareto").json()
-            assert {t["number"] for t in front["trials"]} <= set(numbers)
+            assert {t["number"] for t in front["items"]} <= set(numbers)
             if index in (0, 1):
                 assert row["status"] in {"cancelled", "succeeded"}, row
             else:
                 assert row["status"] == "succeeded", row
             if row["status"] == "succeeded":
-                assert len(numbers) == TINY_SPEC["budget"]["trials"] and front["trials"], (index, row)
+                assert len(numbers) == TINY_SPEC["budget"]["trials"] and front["items"], (index, row)
         listed = http.get("/v1/searches?limit=100").json()
         assert listed["total"] == N_SEARCHES
 

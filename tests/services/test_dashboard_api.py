@@ -68,7 +68,7 @@ def test_search_list_has_progress_best_values_and_filters(http, finished_search,
     assert [s["id"] for s in page["items"]] == [synthetic] and page["total"] == 1
     item = page["items"][0]
     assert item["trials_done"] == item["budget_trials"] == BIG
-    front = http.get(f"/v1/searches/{synthetic}/pareto").json()["trials"]
+    front = http.get(f"/v1/searches/{synthetic}/pareto").json()["items"]
     assert item["best"] == {
         LATENCY: min(t["values"][LATENCY] for t in front),
         "params": min(t["values"]["params"] for t in front),
@@ -85,7 +85,7 @@ def test_plot_front_matches_the_stored_front_and_counts_add_up(http, finished_se
     search_id = finished_search["id"]
     names = finished_search["spec"]["objectives"]
     plot = http.get(f"/v1/dashboard/searches/{search_id}/plot", params={"objectives": names}).json()
-    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["trials"]}
+    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["items"]}
     assert set(plot["front"]["numbers"]) == stored
     counts = plot["counts"]
     series = [plot[s]["numbers"] for s in ("front", "feasible", "infeasible")]
@@ -188,7 +188,7 @@ def test_trials_sort_by_objective_page_and_filter(http, synthetic):
     assert all(not t["feasible"] for t in infeasible["items"])
     newest = http.get(url, params={"sort": "number", "order": "desc", "limit": 3}).json()
     assert [t["number"] for t in newest["items"]] == [BIG - 1, BIG - 2, BIG - 3]
-    stored_front = {t["number"] for t in http.get(f"/v1/searches/{synthetic}/pareto").json()["trials"]}
+    stored_front = {t["number"] for t in http.get(f"/v1/searches/{synthetic}/pareto").json()["items"]}
     by_params = http.get(url, params={"sort": "params", "limit": 500}).json()
     assert set(by_params["front_numbers"]) == stored_front & {t["number"] for t in by_params["items"]}
 
@@ -219,13 +219,13 @@ def test_trial_detail_groups_the_config_stage_by_stage(http, finished_search):
         assert active == list(range(config[f"{name}.depth"]))
         width = next(s for s in stage["settings"] if s["name"] == "width")
         assert width["value"] == config[f"{name}.width"] and width["value"] in width["options"]
-    front = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["trials"]}
+    front = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["items"]}
     assert detail["on_front"] == (0 in front)
 
 
 # ----------------------------------------------------------------------------- devices
 def test_lut_coverage_counts_the_measured_blocks(http, finished_search):
-    rows = http.get("/v1/dashboard/devices/coverage").json()
+    rows = http.get("/v1/dashboard/devices/coverage").json()["items"]
     options = finished_search["spec"]["space_options"]
     row = next(
         r

@@ -105,7 +105,7 @@ def test_register_list_show_and_conflicts(api: httpx.Client) -> None:
     }
     again = api.post("/v1/devices", json={**body, "metadata": {"os": "iOS 18"}, "description": "lab 2"})
     assert again.status_code == 200 and again.json()["metadata"] == {"os": "iOS 18"}
-    listed = {d["name"]: d for d in api.get("/v1/devices").json()}
+    listed = {d["name"]: d for d in api.get("/v1/devices").json()["items"]}
     assert listed[name]["registered"] and listed[name]["description"] == "lab 2"
     assert (
         listed["host-cpu-onnxruntime"]["builtin"]
@@ -246,7 +246,7 @@ def test_thousands_of_rows_in_one_upload_and_a_retry_changes_nothing(api: httpx.
     assert entries(api, device) == 5000
     retry = api.post(f"/v1/devices/{device}/measurements", json=body).json()
     assert (retry["accepted"], retry["duplicates"], retry["entries_updated"]) == (0, 5000, 0)
-    samples = api.get(f"/v1/devices/{device}/samples", params={"key": many_key(7)}).json()
+    samples = api.get(f"/v1/devices/{device}/samples", params={"key": many_key(7)}).json()["items"]
     assert len(samples) == 1 and samples[0]["samples_ms"] == [1.0007, 1.1, 0.9]
     assert (
         samples[0]["provenance"]["runtime"] == "onnxruntime" and samples[0]["provenance"]["space"] == "unet"
@@ -386,7 +386,7 @@ def test_runs_aggregate_by_median_and_a_far_run_is_flagged(api: httpx.Client, de
     assert provenance["outlier_runs"] == [f"{device}-slow"] and provenance["runs"] == 4
     flags = {
         s["run_id"].rsplit("-", 1)[1]: s["outlier"]
-        for s in api.get(f"/v1/devices/{device}/samples", params={"key": key}).json()
+        for s in api.get(f"/v1/devices/{device}/samples", params={"key": key}).json()["items"]
     }
     assert flags == {"a": False, "b": False, "c": False, "d": False, "slow": True}
 

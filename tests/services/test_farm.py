@@ -85,7 +85,7 @@ def test_agent_processes_fill_the_table_and_validate_it(
         assert shown["entries"] == n and shown["registered"] and shown["runtime"] == backend
         work = api.get(f"/v1/devices/{device}/work", params={"space": SPACE, "options": json.dumps(OPTIONS)})
         assert work.json()["total"] == 0
-        (sample,) = api.get(f"/v1/devices/{device}/samples", params={"key": all_keys()[0]}).json()
+        (sample,) = api.get(f"/v1/devices/{device}/samples", params={"key": all_keys()[0]}).json()["items"]
         assert len(sample["samples_ms"]) == 3 and all(v > 0 for v in sample["samples_ms"])
         provenance = sample["provenance"]
         assert provenance["runtime"] == backend and provenance["torch"] and provenance["python"]
@@ -94,7 +94,9 @@ def test_agent_processes_fill_the_table_and_validate_it(
             assert provenance["onnxruntime"] and provenance["onnx"] and provenance["opset"]
         assert set(sample["features"]) == {"macs", "params", "bytes_moved"}
         assert provenance["timing"] == "isolated"
-        (context,) = api.get(f"/v1/devices/{device}/samples", params={"key": f"ctx@{all_keys()[1]}"}).json()
+        (context,) = api.get(f"/v1/devices/{device}/samples", params={"key": f"ctx@{all_keys()[1]}"}).json()[
+            "items"
+        ]
         assert context["provenance"]["timing"] == "in_context" and "after" in context["provenance"]
 
         validated = nas("lut", "validate", "--server", live.url, "--device", device, "--backend", backend,
@@ -193,7 +195,7 @@ def test_an_interrupted_run_resumes_under_its_run_id_without_double_counting(
     rows = [json.loads(line) for line in spool.read_text().splitlines()]
     extra = []
     for key in uploaded_keys:
-        samples = api.get(f"/v1/devices/{device}/samples", params={"key": key}).json()[0]
+        samples = api.get(f"/v1/devices/{device}/samples", params={"key": key}).json()["items"][0]
         extra.append({"key": key, "space": SPACE, "options": samples["provenance"]["space_options"],
                       "samples_ms": samples["samples_ms"], "features": samples["features"]})  # fmt: skip
     spool.write_text("".join(json.dumps(row) + "\n" for row in [*rows, *extra]))
@@ -206,7 +208,7 @@ def test_an_interrupted_run_resumes_under_its_run_id_without_double_counting(
     assert report.planned == n - 8 and report.uploaded == 3 + (n - 8)
     assert api.get(f"/v1/devices/{device}").json()["entries"] == n
     for key in uploaded_keys:
-        (only,) = api.get(f"/v1/devices/{device}/samples", params={"key": key}).json()
+        (only,) = api.get(f"/v1/devices/{device}/samples", params={"key": key}).json()["items"]
         assert only["run_id"] == run_id
     assert not state.exists() and not spool.exists()
 
@@ -262,7 +264,7 @@ def test_device_commands(live: LiveServer) -> None:
     shown = runner.invoke(cli_app, ["devices", "show", name, "--server", live.url])
     assert json.loads(shown.stdout)["metadata"] == {"android": 14}
     listed = runner.invoke(cli_app, ["devices", "list", "--server", live.url, "--json"])
-    assert name in {d["name"] for d in json.loads(listed.stdout)}
+    assert name in {d["name"] for d in json.loads(listed.stdout)["items"]}
     clash = runner.invoke(cli_app, ["devices", "add", name, "--runtime", "onnx", "--hardware", "Pixel 8",
                                     "--server", live.url])  # fmt: skip
     assert clash.exit_code == 2 and "never change" in clash.stderr

@@ -96,7 +96,7 @@ def test_submit_watch_front_and_export_a_member(live: LiveServer, http: httpx.Cl
     assert search["status"] == "succeeded", search
     trials = http.get(f"/v1/searches/{sid}/trials", params={"limit": 50}).json()["items"]
     assert len(trials) == 5 and all(t["values"]["size_mb"] > 0 for t in trials)
-    front = http.get(f"/v1/searches/{sid}/pareto").json()["trials"]
+    front = http.get(f"/v1/searches/{sid}/pareto").json()["items"]
     points = [(t["values"]["size_mb"], t["values"]["proxy:quant_sensitivity"]) for t in trials]
     expected = set(non_dominated(points).tolist())
     assert {t["number"] for t in front} == {trials[i]["number"] for i in expected}

@@ -173,7 +173,7 @@ def test_trials_as_json_csv_and_parquet_agree(http: httpx.Client, followed: dict
     frame = pd.read_parquet(io.BytesIO(as_parquet.content))
     assert len(rows) == len(frame) == 8
     assert frame["number"].tolist() == list(range(8))
-    members = http.get(f"/v1/searches/{sid}/pareto").json()["trials"]
+    members = http.get(f"/v1/searches/{sid}/pareto").json()["items"]
     assert members == [t for t in items if t["number"] in {m["number"] for m in members}]
     front = {t["number"] for t in members}
     for trial, row, (_, rec) in zip(items, rows, frame.iterrows(), strict=True):
@@ -266,14 +266,14 @@ def test_export_streams_in_chunks_and_pareto_pages(synthetic_app: LiveServer) ->
 
         expected = [int(r["number"]) for r in rows if r["on_front"] == "True"]
         whole = http.get(f"/v1/searches/{sid}/pareto").json()
-        assert [t["number"] for t in whole["trials"]] == expected and whole["total"] == len(expected)
-        for member in whole["trials"][:5]:  # members read as stored JSON: the same as a trial's answer
+        assert [t["number"] for t in whole["items"]] == expected and whole["total"] == len(expected)
+        for member in whole["items"][:5]:  # members read as stored JSON: the same as a trial's answer
             assert member == http.get(f"/v1/searches/{sid}/trials/{member['number']}").json()
         paged = []
         for offset in range(0, len(expected), 3):
             page = http.get(f"/v1/searches/{sid}/pareto", params={"offset": offset, "limit": 3}).json()
             assert page["total"] == len(expected) and page["limit"] == 3
-            paged += [t["number"] for t in page["trials"]]
+            paged += [t["number"] for t in page["items"]]
         assert paged == expected
 
 

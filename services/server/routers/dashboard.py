@@ -30,10 +30,13 @@ from services.core.dashboard_data import (
 from services.core.db import SearchStatus
 from services.core.precision_view import precision_view
 from services.server.deps import (
+    SHORT_LIST_LIMIT,
     LutDep,
+    OffsetQuery,
     QueueDep,
     ReadsDep,
     Scope,
+    ShortListLimit,
     StoreDep,
     TrialColumnsDep,
     public,
@@ -43,6 +46,7 @@ from services.server.errors import ResourceNotFoundError
 from services.server.schemas import ErrorBody, ObjectiveOut, PrecisionView, SearchOut, TrialOut
 from services.server.schemas.dashboard import (
     Capabilities,
+    CoveragePage,
     CoverageRow,
     HypervolumeOut,
     PlotOut,
@@ -247,13 +251,18 @@ def trial_detail(
     )
 
 
-@api.get("/devices/coverage", response_model=list[CoverageRow])
-def devices_coverage(queue: QueueDep, lut: LutDep) -> list[CoverageRow]:
+@api.get("/devices/coverage", response_model=CoveragePage)
+def devices_coverage(
+    queue: QueueDep, lut: LutDep, offset: OffsetQuery = 0, limit: ShortListLimit = SHORT_LIST_LIMIT
+) -> CoveragePage:
     """For each device and space (at default options and at the options of stored searches): how
     many of the space's distinct blocks the device's latency table has."""
     specs, _ = queue.page(limit=200)
-    rows = lut_coverage.coverage(lut, lut_coverage.space_targets(row.spec for row in specs))
-    return [CoverageRow(**r) for r in rows]
+    rows = [
+        CoverageRow(**r)
+        for r in lut_coverage.coverage(lut, lut_coverage.space_targets(r.spec for r in specs))
+    ]
+    return CoveragePage(items=rows[offset : offset + limit], total=len(rows), offset=offset, limit=limit)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -11,9 +11,18 @@ from latency_lut.measure import DEFAULT_TIMINGS
 from latency_lut.timings import Timing
 from search_spaces import SearchSpace
 from services.core.measurement_store import DeviceConflictError, DeviceInfo
-from services.server.deps import DeviceDep, MeasurementsDep, QueueDep, Scope, require_scope
+from services.server.deps import (
+    SHORT_LIST_LIMIT,
+    DeviceDep,
+    MeasurementsDep,
+    OffsetQuery,
+    QueueDep,
+    Scope,
+    ShortListLimit,
+    require_scope,
+)
 from services.server.errors import canonical_at, conflict, error_response, json_query_param, space_at
-from services.server.schemas import DeviceIn, DeviceOut, WorkItem, WorkPage
+from services.server.schemas import DeviceIn, DeviceOut, DevicePage, WorkItem, WorkPage
 
 # Each route declares its scope: farms write with lut:write, reading (and predicting) needs searches:read.
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
@@ -25,10 +34,13 @@ def device_out(info: DeviceInfo) -> DeviceOut:
     return DeviceOut(**info.__dict__)
 
 
-@router.get("", response_model=list[DeviceOut], dependencies=READ)
-def list_all(store: MeasurementsDep) -> list[DeviceOut]:
+@router.get("", response_model=DevicePage, dependencies=READ)
+def list_all(
+    store: MeasurementsDep, offset: OffsetQuery = 0, limit: ShortListLimit = SHORT_LIST_LIMIT
+) -> DevicePage:
     """Every device: built in, registered, or known by its table; with its table size."""
-    return [device_out(info) for info in store.devices()]
+    devices = [device_out(info) for info in store.devices()]
+    return DevicePage(items=devices[offset : offset + limit], total=len(devices), offset=offset, limit=limit)
 
 
 @router.post(

@@ -18,12 +18,15 @@ from search_spaces import FieldError
 from services.core.measurement_store import MeasurementConflictError, MeasurementRow
 from services.core.prediction_service import ClockMismatchError, PairConflictError, PairIn, estimate_dict
 from services.server.deps import (
+    SHORT_LIST_LIMIT,
     DeviceDep,
     HeavyRequestDep,
     MeasurementsDep,
+    OffsetQuery,
     PredictionsDep,
     Scope,
     SettingsDep,
+    ShortListLimit,
     check_request_inputs,
     host_tables_need_admin,
     require_scope,
@@ -50,6 +53,7 @@ from services.server.schemas import (
     PredictionOut,
     PredictorAccuracy,
     PredictOut,
+    SamplePage,
     SubnetWorkOut,
     SubnetWorkPage,
 )
@@ -93,17 +97,23 @@ def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: Measu
     return IngestOut(device=device, run_id=batch.run_id, **result.__dict__)
 
 
-@router.get("/{device}/samples", dependencies=READ)
+@router.get("/{device}/samples", response_model=SamplePage, dependencies=READ)
 def samples(
-    device: DeviceDep, store: MeasurementsDep, key: Annotated[str, Query(min_length=1, max_length=1024)]
-) -> list[dict[str, Any]]:
+    device: DeviceDep,
+    store: MeasurementsDep,
+    key: Annotated[
+        str, Query(min_length=1, max_length=1024, pattern=r"^[^\x00]+$", description="a table key (no NUL)")
+    ],
+    offset: OffsetQuery = 0,
+    limit: ShortListLimit = SHORT_LIST_LIMIT,
+) -> SamplePage:
     """Every run's raw samples of one key, with provenance and outlier flags."""
     rows = store.samples(device, key)
     if not rows:
         raise ResourceNotFoundError(f"device {device!r} has no samples of key {key!r}", field="key")
     for row in rows:
         row["created_at"] = row["created_at"].isoformat()
-    return rows
+    return SamplePage(items=rows[offset : offset + limit], total=len(rows), offset=offset, limit=limit)
 
 
 # --------------------------------------------------------------------------------- table files
@@ -234,6 +244,9 @@ def subnet_work(
         device=device,
         space=instance.name,
         options=dict(instance.options),
+        total=len(items),
+        offset=0,
+        limit=n,
         items=[SubnetWorkOut(config=w.config, config_id=w.config_id, reason=w.reason) for w in items],
     )
 

@@ -17,7 +17,7 @@ from nas import SearchSpec, TrialState
 from nas.objectives import objective_direction
 from services.core.db import SearchRow, SearchStatus
 from services.core.model_export import export_model
-from services.core.search_queue import SearchForbiddenError, SearchQueue, check_spec
+from services.core.search_queue import SearchForbiddenError, SearchQueue, check_spec, spec_warnings
 from services.core.trial_export import TrialsFormat, trials_file
 from services.server.deps import LutDep, QueueDep, ReadsDep, Scope, SettingsDep, StoreDep, scope_by_method
 from services.server.errors import ResourceNotFoundError, space_at
@@ -30,6 +30,8 @@ from services.server.schemas import (
     SearchLinks,
     SearchOut,
     SearchPage,
+    StepOut,
+    StepPage,
     TrialOut,
     TrialPage,
 )
@@ -37,6 +39,7 @@ from services.server.schemas import (
 MAX_TRIALS_PAGE = 1000
 MAX_SEARCHES_PAGE = 200
 MAX_PARETO_PAGE = 10_000
+MAX_STEPS_PAGE = 1000
 #: Largest offset or trial number a request may name (both databases' integer range).
 MAX_NUMBER = 2**31 - 1
 #: Seconds between two keep-alive comments of an idle event stream.
@@ -52,10 +55,15 @@ router = APIRouter(
 
 @router.post("", status_code=202, response_model=SearchCreated)
 def submit(spec: SearchSpec, queue: QueueDep, lut: LutDep, settings: SettingsDep) -> SearchCreated:
-    """Validate a search spec and queue it; the scheduler picks it up."""
+    """Validate a search spec and queue it; the scheduler picks it up. `warnings` say what the spec
+    will likely not achieve (a budget too small for the strategy's latency target); the search keeps
+    them in its own `warnings`."""
     resolved = check_spec(spec, lut, supernet_dir=settings.supernet_dir)
-    row = queue.submit(resolved.spec)  # the resolved spec: `proxy:default` expanded
-    return SearchCreated(id=row.id, status=SearchStatus(row.status), links=SearchLinks.of(row.id))
+    warnings = spec_warnings(resolved, lut)
+    row = queue.submit(resolved.spec, warnings=warnings)  # the resolved spec: `proxy:default` expanded
+    return SearchCreated(
+        id=row.id, status=SearchStatus(row.status), links=SearchLinks.of(row.id), warnings=warnings
+    )
 
 
 @router.get("", response_model=SearchPage)
@@ -279,10 +287,34 @@ def pareto(
         total=page.total,
         offset=offset,
         limit=limit,
-        trials=[],
-    ).model_dump_json(exclude={"trials"})
+        items=[],
+    ).model_dump_json(exclude={"items"})
     # The members are JSON text as the database holds them (`TrialOut`'s shape), spliced in.
-    return Response(f'{head[:-1]},"trials":[{",".join(page.members_json)}]}}', media_type="application/json")
+    return Response(f'{head[:-1]},"items":[{",".join(page.members_json)}]}}', media_type="application/json")
+
+
+@router.get("/{search_id}/steps", response_model=StepPage)
+def steps(
+    search_id: str,
+    queue: QueueDep,
+    offset: Annotated[int, Query(ge=0, le=MAX_NUMBER)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_STEPS_PAGE)] = MAX_STEPS_PAGE,
+) -> StepPage:
+    """The step log of a stepwise search (`evolving`, `slimming`): per step the action taken, its
+    quality and latency change, why it was chosen (its score under the strategy's rule and the
+    runner-up) and every probed action. Written when the search ends; empty before that and for
+    other strategies."""
+    row = queue.get(search_id)
+    log = list(row.steps or [])
+    return StepPage(
+        search_id=row.id,
+        strategy=str((row.spec or {}).get("strategy", "")),
+        final=SearchStatus(row.status).finished,
+        items=[StepOut.of(step) for step in log[offset : offset + limit]],
+        total=len(log),
+        offset=offset,
+        limit=limit,
+    )
 
 
 @router.post(

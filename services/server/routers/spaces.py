@@ -13,11 +13,14 @@ from services.core.model_export import ModelFile, export_model
 from services.core.precision_view import precision_view
 from services.option_values import parse_option_value
 from services.server.deps import (
+    SHORT_LIST_LIMIT,
     HeavyRequestDep,
     MeasurementsDep,
+    OffsetQuery,
     PredictionsDep,
     Scope,
     SettingsDep,
+    ShortListLimit,
     SpaceName,
     check_request_inputs,
     scope_by_method,
@@ -32,6 +35,7 @@ from services.server.schemas import (
     LatencyOut,
     PrecisionView,
     SpaceDetail,
+    SpacePage,
     SpaceSummary,
 )
 
@@ -43,8 +47,8 @@ router = APIRouter(
 )
 
 
-@router.get("", response_model=list[SpaceSummary])
-def list_all() -> list[SpaceSummary]:
+@router.get("", response_model=SpacePage)
+def list_all(offset: OffsetQuery = 0, limit: ShortListLimit = SHORT_LIST_LIMIT) -> SpacePage:
     """Every registered space (a short, fixed list: the registry)."""
     out = []
     for name in list_spaces():
@@ -57,7 +61,7 @@ def list_all() -> list[SpaceSummary]:
                 options=[spec.to_dict() for spec in space.option_specs()],
             )
         )
-    return out
+    return SpacePage(items=out[offset : offset + limit], total=len(out), offset=offset, limit=limit)
 
 
 @router.get("/{name}", response_model=SpaceDetail, responses={404: {"model": ErrorBody}})

@@ -55,6 +55,16 @@ class Health(BaseModel):
     scheduler: bool = Field(description="whether this server runs searches (its scheduler is started)")
 
 
+class Page(BaseModel):
+    """The one envelope of every list answer: `items` (this page, in a subclass), `total` (items on
+    all pages), and the `offset` and `limit` that chose this page. Lists that are short by nature
+    (spaces, devices, one key's samples) take `offset`/`limit` too and answer everything by default."""
+
+    total: int = Field(description="items on all pages")
+    offset: int = Field(description="items skipped before this page")
+    limit: int = Field(description="the most items this page could hold")
+
+
 class OptionOut(BaseModel):
     name: str
     default: Any
@@ -74,6 +84,10 @@ class SpaceSummary(BaseModel):
     description: str
     cardinality: str = Field(description="number of distinct subnets (a decimal string: it can be huge)")
     options: list[OptionOut]
+
+
+class SpacePage(Page):
+    items: list[SpaceSummary]
 
 
 class ProxyOut(BaseModel):
@@ -128,6 +142,16 @@ class DeviceOut(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class DevicePage(Page):
+    items: list[DeviceOut]
+
+
+class SamplePage(Page):
+    items: list[dict[str, Any]] = Field(
+        description="one row per run of the key: its raw samples, provenance and outlier flags"
+    )
+
+
 #: Device names: lower-case letters, digits and `.-_`, starting with a letter or digit.
 DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 #: Agent run ids: letters, digits and `.-_` (agents use a uuid4 hex).
@@ -171,14 +195,12 @@ class WorkItem(BaseModel):
     params: int
 
 
-class WorkPage(BaseModel):
+class WorkPage(Page):
     device: str
     space: str
     options: dict[str, Any]
     needed: int = Field(description="table entries the space (or the configs) needs: blocks x timings")
     total: int = Field(description="of those, entries the device's table lacks")
-    offset: int
-    limit: int
     items: list[WorkItem]
 
 
@@ -367,8 +389,9 @@ class SubnetWorkOut(BaseModel):
     reason: str
 
 
-class SubnetWorkPage(BaseModel):
-    """Whole subnets a device should measure end to end next (upload them with role `calibration`)."""
+class SubnetWorkPage(Page):
+    """Whole subnets a device should measure end to end next (upload them with role `calibration`);
+    one page: `limit` is the `n` asked for."""
 
     device: str
     space: str
@@ -388,18 +411,30 @@ class SearchLinks(BaseModel):
     self: str
     trials: str
     pareto: str
+    steps: str
     cancel: str
 
     @classmethod
     def of(cls, search_id: str) -> SearchLinks:
         base = f"/v1/searches/{search_id}"
-        return cls(self=base, trials=f"{base}/trials", pareto=f"{base}/pareto", cancel=f"{base}/cancel")
+        return cls(
+            self=base,
+            trials=f"{base}/trials",
+            pareto=f"{base}/pareto",
+            steps=f"{base}/steps",
+            cancel=f"{base}/cancel",
+        )
 
 
 class SearchCreated(BaseModel):
     id: str
     status: SearchStatus
     links: SearchLinks
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the spec will likely not achieve, e.g. a budget too small for the strategy's "
+        "latency target",
+    )
 
 
 class SearchProgress(BaseModel):
@@ -462,8 +497,9 @@ class SearchOut(BaseModel):
     status_message: str
     error: str | None
     warnings: list[str] = Field(
-        description="what a succeeded search did not achieve: no feasible trial, no trial at all, or a "
-        "budget too small for its strategy to take a step (empty when none, or not finished)"
+        description="what the spec will likely not achieve (said at submit: a budget too small for the "
+        "strategy's latency target) and what a succeeded search did not achieve: no feasible trial, no "
+        "trial at all, or a budget too small for its strategy to take a step"
     )
     owner: str = Field(description="the team or key name that submitted it (`legacy`: before owners existed)")
     cancel_requested: bool
@@ -508,11 +544,8 @@ class SearchOut(BaseModel):
         )
 
 
-class SearchPage(BaseModel):
+class SearchPage(Page):
     items: list[SearchOut]
-    total: int
-    offset: int
-    limit: int
 
 
 class TrialOut(BaseModel):
@@ -543,11 +576,8 @@ class TrialOut(BaseModel):
         )
 
 
-class TrialPage(BaseModel):
+class TrialPage(Page):
     items: list[TrialOut]
-    total: int
-    offset: int
-    limit: int
 
 
 class ObjectiveOut(BaseModel):
@@ -555,16 +585,60 @@ class ObjectiveOut(BaseModel):
     direction: Literal["minimize", "maximize"]
 
 
-class ParetoOut(BaseModel):
+class ParetoOut(Page):
     search_id: str
     status: SearchStatus
     objectives: list[ObjectiveOut]
     constraints: list[str]
     hypervolume: float | None
-    total: int = Field(0, description="members on the front (all pages)")
-    offset: int = 0
-    limit: int = 0
-    trials: list[TrialOut] = Field(description="the front's members ordered by trial number (one page)")
+    total: int = Field(description="members on the front (all pages)")
+    items: list[TrialOut] = Field(description="the front's members ordered by trial number (one page)")
+
+
+class StepOut(BaseModel):
+    """One decision of a stepwise strategy: the action(s) taken, their quality and latency change,
+    their score under the strategy's rule (`ranked_by`; smaller is better) and the runner-up."""
+
+    step: int
+    kind: str = Field(description="remove, add, slim, or stop (the last step)")
+    from_config_id: str | None = Field(description="the config the step started from")
+    to_config_id: str | None = Field(description="where it led (null for a stop)")
+    taken: list[dict[str, Any]] = Field(description="the actions taken: {choice, from, to}")
+    d_quality: float | None = Field(description="quality change of the taken actions (+ = better)")
+    d_latency_ms: float | None = Field(description="latency change of the taken actions, ms (- = faster)")
+    score: list[float] = Field(description="each taken action's score")
+    ranked_by: str | None
+    runner_up: dict[str, Any] | None = Field(description="the best action not taken: actions, score, changes")
+    reason: str | None = Field(description="why the walk stopped (stop steps)")
+    latency_ms: float | None = Field(description="latency of the config the step started from")
+    quality: float | None = Field(description="quality of the config the step started from")
+    probed: list[dict[str, Any]] = Field(description="every probed action with its changes")
+
+    @classmethod
+    def of(cls, step: dict[str, Any]) -> StepOut:
+        return cls(
+            step=step["step"],
+            kind=step.get("kind", ""),
+            from_config_id=step.get("from"),
+            to_config_id=step.get("to"),
+            taken=step.get("taken") or [],
+            d_quality=step.get("d_quality"),
+            d_latency_ms=step.get("d_latency_ms"),
+            score=step.get("score") or [],
+            ranked_by=step.get("ranked_by"),
+            runner_up=step.get("runner_up"),
+            reason=step.get("reason"),
+            latency_ms=step.get("latency_ms", step.get("latency")),
+            quality=step.get("quality"),
+            probed=step.get("probed") or [],
+        )
+
+
+class StepPage(Page):
+    search_id: str
+    strategy: str
+    final: bool = Field(description="whether the search has finished (the log is written when it ends)")
+    items: list[StepOut]
 
 
 #: What a model file export may answer besides 200 (for the OpenAPI documents of its routes).

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from services.server.schemas import ObjectiveOut, PrecisionView, SearchOut, TrialOut
+from services.server.schemas import ObjectiveOut, Page, PrecisionView, SearchOut, TrialOut
 
 
 class Capabilities(BaseModel):
@@ -27,11 +27,8 @@ class SearchSummary(SearchOut):
     best: dict[str, float] = Field(description="best value of each objective on the current front")
 
 
-class SearchSummaryPage(BaseModel):
+class SearchSummaryPage(Page):
     items: list[SearchSummary]
-    total: int
-    offset: int
-    limit: int
 
 
 class Series(BaseModel):
@@ -77,11 +74,8 @@ class HypervolumeOut(BaseModel):
     live_hypervolume: float | None = Field(description="the runner's figure (anchored normalisation)")
 
 
-class SortedTrialPage(BaseModel):
+class SortedTrialPage(Page):
     items: list[TrialOut]
-    total: int
-    offset: int
-    limit: int
     sort: str
     order: Literal["asc", "desc"]
     sortable: list[str]
@@ -127,3 +121,7 @@ class CoverageRow(BaseModel):
     covered: int = Field(description="of those, blocks with an entry in the device's table")
     share: float
     error: str | None = None
+
+
+class CoveragePage(Page):
+    items: list[CoverageRow]

@@ -39,7 +39,10 @@ export class DevicesView {
 
   async refresh() {
     if (this.loaded) return false;
-    const [devices, coverage] = await Promise.all([getJson('/v1/devices'), getJson('/v1/dashboard/devices/coverage')]);
+    // Both are list envelopes ({items, total, offset, limit}) whose default page holds every row.
+    const [devicePage, coveragePage] = await Promise.all([getJson('/v1/devices'), getJson('/v1/dashboard/devices/coverage')]);
+    const devices = devicePage.items;
+    const coverage = coveragePage.items;
     this.devices.replaceChildren(...devices.map((d) => el('tr', { dataset: { device: d.name } },
       el('td', {}, el('b', {}, d.name), el('div', { class: 'muted small' }, d.description)),
       el('td', {}, d.runtime), el('td', {}, d.hardware),

@@ -32,6 +32,10 @@ export class SearchView {
     this.detail = el('div', { id: 'trial-detail' }, el('p', { class: 'muted' }, 'Click a point or a table row to see that trial.'));
     this.structure = el('div', { id: 'structure' }, el('p', { class: 'muted' }, 'The selected subnet is drawn here, stage by stage.'));
     this.table = new TrialTable(searchId, (n) => this.select(n));
+    // The step log of a stepwise strategy (evolving, slimming): shown once the search has one.
+    this.steps = el('div', { id: 'step-log' });
+    this.stepsPanel = el('section', { class: 'panel', id: 'steps-panel', hidden: true },
+      el('h2', {}, 'Steps'), this.steps);
     this.root = el('div', { id: 'search-view' },
       el('div', { class: 'crumbs' }, el('a', { href: '#/' }, '← all searches')),
       this.header,
@@ -48,7 +52,8 @@ export class SearchView {
       el('section', { class: 'panel' }, el('h2', {}, 'Subnet structure'), this.structure),
       el('div', { class: 'two-col reverse' },
         el('section', { class: 'panel' }, el('h2', {}, 'Hypervolume over evaluations'), this.hvDiv, this.hvNote),
-        el('section', { class: 'panel' }, el('h2', {}, 'Trials'), this.table.root)));
+        el('section', { class: 'panel' }, el('h2', {}, 'Trials'), this.table.root)),
+      this.stepsPanel);
   }
 
   destroy() {
@@ -64,7 +69,7 @@ export class SearchView {
     const stamp = `${search.status}|${search.trials_done}|${search.front_size}`;
     if (stamp !== this.seen) {
       this.seen = stamp;
-      await Promise.all([this.loadPlot(), this.loadHypervolume(), this.table.refresh()]);
+      await Promise.all([this.loadPlot(), this.loadHypervolume(), this.table.refresh(), this.loadSteps()]);
     }
     return search.status === 'running' || search.status === 'queued';
   }
@@ -258,6 +263,28 @@ export class SearchView {
       }
     }
     return buttons;
+  }
+
+  async loadSteps() {
+    const page = await getJson(`/v1/searches/${this.searchId}/steps`);
+    this.stepsPanel.hidden = page.total === 0;
+    if (!page.total) return;
+    const actions = (list) => (list || []).map((a) => `${a.choice} ${a.from}→${a.to}`).join(', ');
+    const signed = (v) => (v === null || v === undefined ? '–' : `${v > 0 ? '+' : ''}${fmt(v)}`);
+    const head = el('tr', {}, ['step', 'kind', 'taken', 'quality change', 'latency change (ms)', 'score', 'runner-up (score)']
+      .map((h) => el('th', {}, h)));
+    const rows = page.items.map((s) => el('tr', { dataset: { step: String(s.step) } },
+      el('td', {}, String(s.step)),
+      el('td', {}, s.kind),
+      el('td', { class: 'mono small' }, actions(s.taken) || s.reason || '–'),
+      el('td', {}, signed(s.d_quality)),
+      el('td', {}, signed(s.d_latency_ms)),
+      el('td', {}, s.score.map(fmt).join(', ') || '–'),
+      el('td', { class: 'mono small' }, s.runner_up ? `${actions(s.runner_up.actions)} (${fmt(s.runner_up.score)})` : '–')));
+    const rule = page.items.find((s) => s.ranked_by)?.ranked_by;
+    this.steps.replaceChildren(
+      el('table', { class: 'grid', id: 'steps-table' }, el('thead', {}, head), el('tbody', {}, rows)),
+      el('p', { class: 'muted small' }, rule ? `Score: ${rule}; smaller is better.` : ''));
   }
 
   async loadHypervolume() {
