@@ -121,6 +121,11 @@ class SearchRow(Base):
     # What a `succeeded` search did not achieve (no feasible trial, a budget too small for its
     # strategy to take a step): `nas.runner.RunResult.warnings`. None before the search finished.
     warnings: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    # What a running search is doing, for every API process to read: `{"name": "measuring latency
+    # table" | "searching", "table": {"device", "done", "total", "seconds"}}`, the table part being the
+    # latency-table entries the scheduler measures on this host before the first trial (kept once done).
+    # None before a scheduler first claimed the search (and for searches stored before phases existed).
+    phase: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
 class TrialRow(Base):

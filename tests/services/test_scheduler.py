@@ -126,14 +126,18 @@ def test_cancel_while_measuring_the_lut(service: Service, ray_session) -> None:
     scheduler.start()
     try:
         wait_until(
-            lambda: status_of(service, sid).status_message.startswith("measuring LUT for host-cpu-torch: "),
+            lambda: (status_of(service, sid).phase or {}).get("name") == "measuring latency table",
             "LUT measurement progress",
         )
+        row = status_of(service, sid)
+        assert row.status_message.startswith("measuring latency table for host-cpu-torch: ")
         service.queue.cancel(sid)
         wait_until(lambda: status_of(service, sid).status == "cancelled", "the cancel")
     finally:
         scheduler.stop()
     assert service.store.count(sid) == 0
+    table = status_of(service, sid).phase["table"]
+    assert table["device"] == "host-cpu-torch" and table["done"] < table["total"]
 
 
 def test_search_that_cannot_run_fails_with_its_error(service: Service) -> None:

@@ -3,7 +3,7 @@
 
 import {
   ApiError, apiKey, authHeaders, el, fmt, getJson, progressBar, searchObjectives, shortId, showError, showNotice,
-  statusBadge, warningsBadge,
+  statusBadge, tableText, warningsBadge,
 } from './api.js';
 import { drawHypervolume, drawPareto } from './plots.js';
 import { drawStructure } from './structure.js';
@@ -76,8 +76,9 @@ export class SearchView {
         el('h1', {}, s.name || '(unnamed search)', ' ', el('span', { class: 'muted mono small' }, shortId(s.id))),
         statusBadge(s.status), warningsBadge(s.warnings)),
       el('div', { class: 'header-grid' },
-        el('div', { id: 'search-progress' }, progressBar(s.trials_done, s.budget_trials, s.status),
-          el('div', { class: 'muted small', id: 'status-message' }, s.status_message)),
+        el('div', { id: 'search-progress' }, this.progress(),
+          el('div', { class: 'muted small', id: 'status-message' }, s.status_message),
+          ...(tableText(s.progress) ? [el('div', { class: 'small', id: 'table-phase' }, tableText(s.progress))] : [])),
         el('dl', { class: 'facts' },
           el('dt', {}, 'space'), el('dd', {}, spec.space, ' ', el('span', { class: 'muted small' }, JSON.stringify(spec.space_options || {}))),
           el('dt', {}, 'strategy'), el('dd', {}, spec.strategy),
@@ -92,6 +93,20 @@ export class SearchView {
       ...((s.warnings || []).length
         ? [el('ul', { class: 'warning-list', id: 'search-warnings' }, ...s.warnings.map((w) => el('li', {}, w)))]
         : []));
+  }
+
+  // Until the first trial a search may measure its latency table: the bar counts table entries then.
+  progress() {
+    const s = this.search;
+    const progress = s.progress || {};
+    const table = progress.latency_table;
+    if (progress.phase === 'measuring latency table' && table) {
+      const bar = progressBar(table.done, table.total, s.status);
+      bar.title = `${table.done} of ${table.total} latency-table entries`;
+      bar.classList.add('table-phase');
+      return bar;
+    }
+    return progressBar(s.trials_done, s.budget_trials, s.status);
   }
 
   setupAxes() {
