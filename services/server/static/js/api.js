@@ -123,6 +123,23 @@ export function progressBar(done, budget, status) {
   );
 }
 
+// The unit an objective is shown in and the divisor from its stored value: trials store latency in
+// ms, params and MACs as counts, size_mb in MB (nas/objectives.py).
+const UNITS = { params: ['M params', 1e6], macs: ['GMACs', 1e9], size_mb: ['MB', 1], bits: ['bits', 1] };
+
+export function objectiveUnit(name) {
+  if (name.startsWith('latency:')) return { unit: 'ms', divisor: 1 };
+  const [unit, divisor] = UNITS[name] || ['', 1];
+  return { unit, divisor };
+}
+
+// An objective's stored value in its unit: `3.21 M params`, `4.1 ms`.
+export function withUnit(name, value) {
+  if (value === null || value === undefined) return fmt(value);
+  const { unit, divisor } = objectiveUnit(name);
+  return unit ? `${fmt(value / divisor)} ${unit}` : fmt(value);
+}
+
 // The latency-table phase of a search (progress.latency_table) in words: live counts and ETA while the
 // scheduler measures, what it measured once done; '' when nothing was measured.
 export function tableText(progress) {
