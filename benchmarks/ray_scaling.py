@@ -146,9 +146,11 @@ def main() -> None:
         ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     names = node_names()
     cluster = ", ".join(
-        f"{names.get(n['NodeID'], '?')} {n['Resources'].get('CPU', 0):.0f} CPU"
-        for n in ray.nodes()
-        if n.get("Alive")
+        sorted(
+            f"{names.get(n['NodeID'], '?')} {n['Resources'].get('CPU', 0):.0f} CPU"
+            for n in ray.nodes()
+            if n.get("Alive")
+        )
     )
     rows: list[Row] = []
     load_before = os.getloadavg()
