@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from svc_helpers import wait_for
 
 from nas.pareto import non_dominated
 from search_spaces import get_space
@@ -146,6 +147,9 @@ def test_front_shows_the_right_points_in_3d_then_2d(page, live, http, plot_searc
 def test_hover_and_click_show_that_trials_config(page, live, http, plot_search):
     search_id = plot_search["id"]
     open_search(page, live.url, search_id)
+    # Points are found from the 2-D axes: plot two of the search's three objectives.
+    page.select_option("#axis-z", "")
+    page.wait_for_function("() => document.getElementById('pareto-plot').data[0].type === 'scattergl'")
     page.wait_for_selector("#selected-number")
     default = int(page.get_attribute("#selected-number", "data-number"))
     # A point other than the one selected at load: another front member, else a non-front trial.
@@ -353,3 +357,32 @@ def test_warnings_show_in_the_list_and_on_the_search_page(page, live):
     open_search(page, live.url, search_id)
     assert page.inner_text("#search-warnings") == warning
     assert page.locator("#search-header .badge.warn").inner_text() == "1 warning"
+
+
+def test_the_search_page_shows_the_latency_table_phase(page, live, http):
+    # Options no other search of this module used: the table lacks every entry of the space.
+    spec = {
+        "name": "browser-table-phase",
+        "space": "efficientformerv2",
+        "space_options": {"resolution": 64, "num_classes": 10},
+        "objectives": ["latency:host-cpu-torch", "params"],
+        "strategy": "random",
+        "budget": {"trials": 2, "parallelism": 1},
+        "seed": 2,
+    }
+    created = http.post("/v1/searches", json=spec).json()
+    (table,) = created["measure_first"]
+    search_id = created["id"]
+    try:
+        page.goto(f"{live.url}/?poll=250#/search/{search_id}")
+        phase = page.locator("#table-phase:has-text('measuring latency table: ')")
+        phase.wait_for(timeout=240_000)
+        text = phase.inner_text()
+        assert f" / {table['entries']:,} entries of host-cpu-torch, ETA " in text, text
+        # The bar counts table entries until the first trial.
+        bar = page.locator("#search-progress .progress.table-phase")
+        assert bar.get_attribute("title").endswith(f"of {table['entries']} latency-table entries")
+        screenshot(page, "search-table-phase")
+    finally:
+        http.post(f"/v1/searches/{search_id}/cancel")
+    wait_for(http, search_id, {"cancelled", "succeeded", "failed"})

@@ -77,7 +77,8 @@ export class SearchView {
         statusBadge(s.status), warningsBadge(s.warnings)),
       el('div', { class: 'header-grid' },
         el('div', { id: 'search-progress' }, this.progress(),
-          el('div', { class: 'muted small', id: 'status-message' }, s.status_message),
+          // While the table is measured the status message says the same as the phase line.
+          ...((s.progress || {}).phase === 'measuring latency table' ? [] : [el('div', { class: 'muted small', id: 'status-message' }, s.status_message)]),
           ...(tableText(s.progress) ? [el('div', { class: 'small', id: 'table-phase' }, tableText(s.progress))] : [])),
         el('dl', { class: 'facts' },
           el('dt', {}, 'space'), el('dd', {}, spec.space, ' ', el('span', { class: 'muted small' }, JSON.stringify(spec.space_options || {}))),
