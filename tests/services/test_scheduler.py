@@ -119,6 +119,9 @@ def test_stop_requeues_and_next_scheduler_finishes(service: Service, ray_session
     assert len({t.config_id for t in trials}) == done + 3
 
 
+@pytest.mark.parametrize(
+    "service", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_cancel_while_measuring_the_lut(service: Service, ray_session) -> None:
     spec = SearchSpec.model_validate({**SMALL_SPEC, "space_options": {"resolution": 64, "num_classes": 10}})
     sid = service.queue.submit(spec).id
