@@ -9,9 +9,11 @@ On `unet_bits` (the `sd15` architecture at small options, random init from seed 
 3. for every one of those points the real end-to-end output error (MSE of the fully quantized
    network against the float one, on a held-out batch: other latents, timesteps and text than the
    proxy's batch), and Spearman's rho between the proxy and that error;
-4. host-CPU latency per bit width where torch has a low-bit kernel: linear layers through int8
-   dynamic quantization (`torch.ao.quantization.quantize_dynamic`); below 8 bits there is no
-   kernel, so those widths run as float (the table says "modelled").
+4. host-CPU latency per weight width of real UNet blocks (SD-v1.5 layout at half width) on torch and
+   ONNX Runtime, each width on the runtime's real low-bit kernel where it has one
+   (`latency_lut.low_bit`: torch int8 dynamic Linear; ONNX Runtime int8 MatMulInteger and 4 / 2-bit
+   MatMulNBits), else timed as fake-quantized float (the table says "modelled"). Run it pinned to one
+   core (`taskset -c 0`); the load average is printed beside the timings.
 
     python benchmarks/bitwidth.py                 # about 5-10 minutes on 2 busy cores
     python benchmarks/bitwidth.py --trials 200 --population 16
@@ -36,6 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from latency_lut import get_backend  # noqa: E402
 from nas import Trial  # noqa: E402
 from nas.evaluate import SubnetEvaluator  # noqa: E402
 from nas.objectives import parse_constraint, parse_objective  # noqa: E402
@@ -43,8 +46,9 @@ from nas.pareto import non_dominated  # noqa: E402
 from nas.proxies import spearman  # noqa: E402
 from nas.proxies.quant_sensitivity import sensitivity_table  # noqa: E402
 from nas.strategies import make_strategy  # noqa: E402
-from search_spaces import config_id, get_space  # noqa: E402
+from search_spaces import BlockSpec, config_id, get_space  # noqa: E402
 from search_spaces.precision import MixedPrecisionSpace, quantize_module  # noqa: E402
+from search_spaces.unet import UNetSpace  # noqa: E402
 
 OPTIONS = {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32}
 
@@ -172,45 +176,66 @@ def fronts(space: MixedPrecisionSpace, trials: int, population: int) -> None:
     print(f"Spearman rho over {len(sample)} searched configs (all sizes): {spearman(p, r):+.2f}")
 
 
-def time_ms(module: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int) -> float:
-    with torch.no_grad():
-        for _ in range(3):
-            module(*inputs)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            module(*inputs)
-            samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+#: The blocks timed per bit width: SD-v1.5's layout at half width and a 256-px latent (32 x 32), with
+#: SD's 77 text tokens of 768 features; (label, block kind, stage of the block).
+LATENCY_OPTIONS = {"latent_size": 32, "width_scale": 0.5}
+LATENCY_BLOCKS = (
+    ("transformer, 160 ch, 32x32 tokens", "unet.transformer", "down0"),
+    ("transformer, 640 ch, 8x8 tokens", "unet.transformer", "down2"),
+    ("ResNet, 320 ch, 16x16", "unet.resnet", "down1"),
+    ("time MLP 160 -> 640 -> 640", "unet.time_embed", ""),
+)
+LATENCY_BITS = (16, 8, 4, 2)
 
 
-def latency(space: MixedPrecisionSpace, repeats: int) -> None:
-    print(f"\n### Host-CPU latency per bit width (median of {repeats}, one thread; load {load()})\n")
-    print("| block | fp32 (16-bit weights, as float) | 8 bits: int8 dynamic linear | 1-4 bits |")
-    print("|---|---|---|---|")
-    cases: list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]] = []
-    for dim, tokens in ((320, 64), (640, 256)):
-        ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)).eval()
-        cases.append((f"FFN {dim} -> {4 * dim} -> {dim}, {tokens} tokens", ffn, (torch.randn(tokens, dim),)))
-    config = space.canonicalize("fp16")
-    model = space.build(config).eval()
-    cases.append(("whole small UNet (sd15, latent 8, width x0.0625)", model, space.example_inputs()))
-    large = get_space("unet_bits", **{**OPTIONS, "width_scale": 0.25, "latent_size": 16})
-    assert isinstance(large, MixedPrecisionSpace)
-    cases.append(
-        ("whole UNet (sd15, latent 16, width x0.25)", large.build("fp16").eval(), large.example_inputs())
+def latency_blocks(space: MixedPrecisionSpace) -> list[tuple[str, BlockSpec]]:
+    assert isinstance(space.base, UNetSpace)
+    entries = space.base.layout(space.architecture).entries
+    out = []
+    for label, kind, stage in LATENCY_BLOCKS:
+        entry = next(e for e in entries if e.spec.kind == kind and e.stage == stage)
+        out.append((label, entry.spec))
+    return out
+
+
+def latency(repeats: int) -> None:
+    """Median ms per forward pass of real UNet blocks at each weight width, on torch and ONNX Runtime
+    (one thread, thread clock), each width on the runtime's real low-bit kernel where it has one."""
+    space = get_space("unet_bits", **LATENCY_OPTIONS)
+    assert isinstance(space, MixedPrecisionSpace)
+    print(
+        f"\n### Host-CPU latency per weight width (median of {repeats} ms, one thread; "
+        f"unet_bits {LATENCY_OPTIONS}; load {load()})\n"
     )
-    for name, module, inputs in cases:
-        fp32 = time_ms(module, inputs, repeats)
-        # The time embedding reads its first linear layer's weight dtype: it stays float.
-        linear = {
-            path: torch.ao.quantization.default_dynamic_qconfig
-            for path, layer in module.named_modules()
-            if isinstance(layer, nn.Linear) and not path.startswith("blocks.0.")
-        }
-        int8 = torch.ao.quantization.quantize_dynamic(module, linear, dtype=torch.qint8)
-        q8 = time_ms(int8, inputs, repeats)
-        print(f"| {name} | {fp32:.2f} ms | {q8:.2f} ms | = fp32 (modelled: no kernel) |")
+    header = " | ".join(f"{b} bits" if b < 16 else "16 bits (float)" for b in LATENCY_BITS)
+    print(f"| runtime | block | {header} | 1, 3 bits |")
+    print("|---|---|" + "---|" * (len(LATENCY_BITS) + 1))
+    kernels: dict[str, str] = {}
+    for runtime in ("torch-cpu", "onnxruntime-cpu"):
+        backend = get_backend(runtime, threads=1)
+        for label, spec in latency_blocks(space):
+            cells = []
+            for bits in LATENCY_BITS:
+                block = BlockSpec.make(spec.kind, **{**spec.arg_dict, "wbits": bits})
+                module, inputs = space.build_block(block)
+                if bits == 16:
+                    samples = backend.measure(module, inputs, warmup=3, repeats=repeats)
+                    cells.append(f"{statistics.median(samples):.2f}")
+                    continue
+                samples, kernel = backend.measure_weight_bits(
+                    module, inputs, bits=bits, warmup=3, repeats=repeats
+                )
+                mark = "m" if kernel.modelled else f"k{len(kernels) + 1}"
+                if not kernel.modelled:
+                    mark = next((m for m, k in kernels.items() if k == kernel.kernel), mark)
+                    kernels.setdefault(mark, kernel.kernel)
+                note = "m" if kernel.modelled else f"{mark}, {kernel.on_kernel} on kernel"
+                cells.append(f"{statistics.median(samples):.2f} ({note})")
+            print(f"| {runtime} | {label} | " + " | ".join(cells) + " | = 16 bits (m) |")
+        print(f"(load after {runtime}: {load()})")
+    print("\nm: modelled, timed as fake-quantized float (no kernel for that width on that runtime)")
+    for mark, kernel in kernels.items():
+        print(f"{mark}: {kernel}")
 
 
 def main() -> None:
@@ -219,7 +244,7 @@ def main() -> None:
     )
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--population", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
         "--csv", type=Path, default=ROOT / "benchmarks" / "results" / "bitwidth_sensitivity.csv"
     )
@@ -236,7 +261,7 @@ def main() -> None:
     if "fronts" not in args.skip:
         fronts(space, args.trials, args.population)
     if "latency" not in args.skip:
-        latency(space, args.repeats)
+        latency(args.repeats)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from latency_lut.low_bit import WeightKernel, modelled, torch_low_bit
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend cannot run here: its runtime is not installed or its hardware is absent."""
@@ -117,6 +119,35 @@ class MeasurementBackend(abc.ABC):
         check_counts(warmup, repeats)
         with self.runnable(*before) as prior, self.runnable(module, inputs) as call:
             return self.time(call, warmup=warmup, repeats=repeats, before=prior)
+
+    @contextlib.contextmanager
+    def low_bit(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor], bits: int
+    ) -> Iterator[tuple[Runnable, WeightKernel]]:
+        """`runnable` for a block whose weights are `bits` wide: on this runtime's real low-bit kernel
+        where it has one (`latency_lut.low_bit`), else the module as built (fake-quantized float
+        weights), and how it ran. This default has no kernel: every width is modelled."""
+        layers = sum(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in module.modules())
+        with self.runnable(module, inputs) as call:
+            yield call, modelled(self.runtime, bits, layers)
+
+    def measure_weight_bits(
+        self,
+        module: nn.Module,
+        inputs: Sequence[torch.Tensor],
+        *,
+        bits: int,
+        warmup: int,
+        repeats: int,
+        before: tuple[nn.Module, Sequence[torch.Tensor]] | None = None,
+    ) -> tuple[list[float], WeightKernel]:
+        """`measure` (or with `before`, `measure_in_context`) of a block whose weights are `bits` wide,
+        run as `low_bit` runs it, and how it ran. The block before it runs as built."""
+        check_counts(warmup, repeats)
+        with contextlib.ExitStack() as stack:
+            prior = stack.enter_context(self.runnable(*before)) if before is not None else None
+            call, kernel = stack.enter_context(self.low_bit(module, inputs, bits))
+            return self.time(call, warmup=warmup, repeats=repeats, before=prior), kernel
 
     def measure_call_overhead(
         self, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
@@ -249,6 +280,15 @@ class TorchCPUBackend(MeasurementBackend):
         finally:
             torch.set_num_threads(previous_threads)
             module.train(was_training)
+
+    @contextlib.contextmanager
+    def low_bit(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor], bits: int
+    ) -> Iterator[tuple[Runnable, WeightKernel]]:
+        """8 bits: the linear layers on torch's int8 dynamic kernel; other widths modelled."""
+        lowered, kernel = torch_low_bit(module, bits)
+        with self.runnable(lowered, inputs) as call:
+            yield call, kernel
 
     def provenance(self) -> dict[str, Any]:
         return {

@@ -72,8 +72,10 @@ def measure_missing(
     `space.build_block`, timed by `backend` (default: the device's local backend, see
     `device_backend`; a device measured elsewhere raises `NoLocalBackendError` when something is
     missing), summarised and written to `table` with its provenance (timing, clock, predecessor),
-    the space's name and options. Entries are written every `batch_size` entries, so an interruption
-    loses at most one batch and a second call resumes where the first stopped.
+    the space's name and options; a block with low-bit weights (`wbits` < 16) runs on the backend's
+    real low-bit kernel where it has one, and its entry says how (`latency_lut.low_bit`). Entries are
+    written every `batch_size` entries, so an interruption loses at most one batch and a second call
+    resumes where the first stopped.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -115,6 +117,12 @@ def _needed_and_missing(
     needed = [(spec, t) for spec in specs for t in wanted]
     missing = set(table.missing(device, [timing_key(spec.key, t) for spec, t in needed]))
     return needed, [(spec, t) for spec, t in needed if timing_key(spec.key, t) in missing]
+
+
+def weight_bits(spec: BlockSpec) -> int | None:
+    """The weight width of a block of a bit-width space (`wbits` below 16), else None."""
+    bits = spec.arg_dict.get("wbits")
+    return int(bits) if bits is not None and int(bits) < 16 else None
 
 
 @dataclass
@@ -162,6 +170,15 @@ class _Job:
         counts = {"warmup": self.warmup, "repeats": self.repeats}
         if timing == "call_overhead":
             return self.backend.measure_call_overhead(inputs, **counts), {}
+        bits = weight_bits(spec)
+        if bits is not None:
+            prior = self.before.get(spec.key) if timing == "in_context" else None
+            before = self.space.build_block(prior) if prior is not None else None
+            samples, kernel = self.backend.measure_weight_bits(
+                module, inputs, bits=bits, before=before, **counts
+            )
+            extra = {"after": prior.key if prior is not None else None} if timing == "in_context" else {}
+            return samples, {**extra, **kernel.provenance()}
         if timing == "isolated":
             return self.backend.measure(module, inputs, **counts), {}
         prior = self.before.get(spec.key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from latency_lut.backends import (
     check_threads,
     default_clock,
 )
+from latency_lut.low_bit import WeightKernel, onnx_low_bit
 
 #: Opset of every export: old enough for any ONNX Runtime of the last years, new enough for GELU.
 OPSET = 17
@@ -54,22 +56,34 @@ def export_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], f: str | Path
         module.train(was_training)
 
 
+#: Sessions a module is timed in, taken in turn (see `OnnxRuntimeBackend`).
+DEFAULT_SESSIONS = 1
+
+
 class OnnxRuntimeBackend(MeasurementBackend):
     """ONNX Runtime on this host's CPU (`CPUExecutionProvider`), `threads` intra-op threads, one
     inter-op thread, sequential execution and all graph optimisations (what a deployment would use),
     timed on `clock` (see `latency_lut.backends.CLOCKS`).
 
-    Preparing a module exports it and builds a session (untimed); a sample times one `session.run` on
-    the example inputs, so it includes ONNX Runtime's per-call overhead exactly once per forward.
+    Preparing a module exports it and builds `sessions` sessions of it, each run once (untimed); a
+    sample times one `session.run` on the example inputs, so it includes ONNX Runtime's per-call
+    overhead exactly once per forward. With several sessions, successive samples go to them in
+    turn (two sessions of one model can differ by a few percent for as long as they live). One is the
+    default: with three, the tests' small networks ran about 1.9x slower than with one (each call
+    finds the caches holding the other sessions' buffers, unlike a deployment), and a second
+    measurement agreed with the first no more often (docs/lut.md).
     """
 
     name = "onnxruntime-cpu"
     runtime = "onnxruntime"
     export_suffix = ".onnx"
 
-    def __init__(self, threads: int = 1, clock: str | None = None):
+    def __init__(self, threads: int = 1, clock: str | None = None, sessions: int = DEFAULT_SESSIONS):
         self.threads = check_threads(threads)
         self.clock = check_clock(clock or default_clock(threads), threads)
+        if isinstance(sessions, bool) or not isinstance(sessions, int) or not 1 <= sessions <= 16:
+            raise ValueError(f"sessions must be an integer from 1 to 16, got {sessions!r}")
+        self.sessions = sessions
         self._ort = _onnxruntime()
 
     def session(self, model: bytes | str | Path) -> Any:
@@ -88,9 +102,28 @@ class OnnxRuntimeBackend(MeasurementBackend):
     def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
         buffer = io.BytesIO()
         export_onnx(module, inputs, buffer)
-        session = self.session(buffer.getvalue())
+        yield self._in_turns(buffer.getvalue(), inputs)
+
+    def _in_turns(self, model: bytes, inputs: Sequence[torch.Tensor]) -> Runnable:
+        """One run of `model` per call, in this backend's sessions taken in turn; each session is run
+        once here first (its first run allocates: never a sample)."""
+        sessions = [self.session(model) for _ in range(self.sessions)]
         feeds = {f"input{i}": t.detach().cpu().numpy() for i, t in enumerate(inputs)}
-        yield lambda: session.run(None, feeds)
+        for session in sessions:
+            session.run(None, feeds)
+        turns = itertools.cycle(sessions)
+        return lambda: next(turns).run(None, feeds)
+
+    @contextlib.contextmanager
+    def low_bit(
+        self, module: nn.Module, inputs: Sequence[torch.Tensor], bits: int
+    ) -> Iterator[tuple[Runnable, WeightKernel]]:
+        """8 bits: MatMuls on int8 `MatMulInteger` (dynamic quantization); 4 and 2 bits: MatMuls on
+        `MatMulNBits` (weight-only); other widths modelled (`latency_lut.low_bit`)."""
+        buffer = io.BytesIO()
+        export_onnx(module, inputs, buffer)
+        model, kernel = onnx_low_bit(buffer.getvalue(), bits)
+        yield self._in_turns(model, inputs), kernel
 
     def export(self, module: nn.Module, inputs: Sequence[torch.Tensor], path: str | Path) -> Path:
         path = Path(path)
@@ -109,6 +142,7 @@ class OnnxRuntimeBackend(MeasurementBackend):
             "torch": torch.__version__,
             "opset": OPSET,
             "threads": self.threads,
+            "sessions": self.sessions,
             "clock": self.clock,
             "providers": ["CPUExecutionProvider"],
         }

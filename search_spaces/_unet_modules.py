@@ -127,7 +127,10 @@ class TimeEmbedding(nn.Module):
         half = self.active_dim // 2
         exponent = torch.arange(half, dtype=torch.float32, device=timestep.device) * (-math.log(10000) / half)
         angles = timestep.float()[:, None] * exponent.exp()[None]
-        features = torch.cat([angles.cos(), angles.sin()], dim=-1).to(self.linear_1.weight.dtype)
+        # A dynamically quantized Linear (int8 latency kernels) has `weight()` as a method and float input.
+        weight = self.linear_1.weight
+        dtype = weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
+        features = torch.cat([angles.cos(), angles.sin()], dim=-1).to(dtype)
         hidden = F.silu(linear(self.linear_1, features, self.active_emb))
         return linear(self.linear_2, hidden, self.active_emb)
 

@@ -9,13 +9,13 @@ quantized); `<layer>` is the block's place (`down1.resnet0`, `mid.transformer0`,
 module path inside it (`conv1`, `layers.0.attn2.to_k`). Omitted choices are 16 bits, so the default
 config is the unquantized network.
 
-The paper's exceptions are not choices: the layers of the blocks in `fixed_kinds` are always at the
-option `fixed_bits` (8 by default). On the UNet these are the first and last convs (`conv_in`,
-`conv_out`) and the time-embedding MLP (`time.linear_1`, `time.linear_2`, 2.05 M weights at SD
-size): the paper keeps its first and last convs at 8 bits and we treat the time MLP, which every
-ResNet reads, as the paper treats the first and last layers. Each ResNet's own time-embedding
-projection (`time_emb_proj`) is an ordinary searched layer. On EfficientFormerV2 the stem's two
-convs and the classifier heads are fixed. Norms and biases are never quantized (16 bits).
+The paper's exceptions are not choices: the layers of the blocks in `fixed_kinds`, and the layers
+named in `fixed_layer_names` in any block, are always at the option `fixed_bits` (8 by default). On
+the UNet these are the first and last convs (`conv_in`, `conv_out`, which the paper keeps at 8 bits)
+and the whole time-embedding path: the time MLP (`time.linear_1`, `time.linear_2`) and every
+ResNet's time-embedding projection (`time_emb_proj`, 22 layers), which makes the searched layers of
+SD-v1.5 exactly the paper's 256. On EfficientFormerV2 the stem's two convs and the classifier heads
+are fixed. Norms and biases are never quantized (16 bits).
 
 Quantization is channel-wise, symmetric and uniform with 2^n + 1 levels (`search_spaces._quantize`);
 `build(config)` returns the fake-quantized network (weights quantized and decoded), whose outputs
@@ -23,7 +23,8 @@ the packed export reproduces exactly. `weight_storage(config)` counts the size t
 
 Blocks are the base space's blocks with one more key arg, `wbits`: the widest width of the block's
 layers. A table entry for `wbits=w` times the block with every layer at w, so a mixed block is priced
-as its widest layer (no runtime here has kernels below 8 bits; see docs/quantization.md).
+as its widest layer; a table fills such entries on the runtime's real low-bit kernel where it has one
+(`latency_lut.low_bit`; see docs/quantization.md).
 """
 
 from __future__ import annotations
@@ -105,6 +106,23 @@ class MixedPrecisionSpace(SearchSpace):
     base_class: ClassVar[type[SearchSpace]]
     default_architecture: ClassVar[str]
     fixed_kinds: ClassVar[tuple[str, ...]]
+    #: Layers (by their last name part) kept at `fixed_bits` in every block.
+    fixed_layer_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        if self.options["weights"]:
+            self.check_weights(self.options["weights"])
+
+    def check_weights(self, path: str) -> None:
+        """What can be checked of the `weights` checkpoint without reading its tensors (so that a
+        search spec naming a wrong one is refused when it is submitted): that it exists."""
+        if not Path(path).exists():
+            raise OptionError(
+                f"option 'weights': no file or folder {path!r} on this machine",
+                field="weights",
+                allowed="a checkpoint path on the server's disk ('' = random init)",
+            )
 
     @functools.cached_property
     def base(self) -> SearchSpace:
@@ -162,8 +180,9 @@ class MixedPrecisionSpace(SearchSpace):
         for path, module in quantizable_modules(model):
             _, index, inner = path.split(".", 2)
             block = int(index)
-            fixed = self.options["fixed_bits"] if specs[block].kind in self.fixed_kinds else None
             name = f"{labels[block]}.{inner.removesuffix('.full').removesuffix('.conv')}"
+            kept = specs[block].kind in self.fixed_kinds or name.rsplit(".", 1)[-1] in self.fixed_layer_names
+            fixed = self.options["fixed_bits"] if kept else None
             weight = module.weight
             out.append(QuantLayer(name, path, block, labels[block], weight.numel(), weight.shape[0], fixed))
         names = [layer.name for layer in out]
@@ -260,6 +279,7 @@ class MixedPrecisionSpace(SearchSpace):
         }
         out["base_space"] = self.base_class.name
         out["fixed_layers"] = {layer.name: layer.fixed for layer in self.layers if layer.fixed}
+        out["layer_stages"] = self.layer_stages()
         return out
 
     def _canonicalize(self, config: Config) -> Config:
@@ -329,6 +349,67 @@ class MixedPrecisionSpace(SearchSpace):
             "mean_bits_by_block": {name: round(b / n, 3) for name, (b, n) in per_block.items()},
         }
 
+    def stage_of(self, layer: QuantLayer) -> str:
+        """The group a layer is shown in (default: its block)."""
+        return layer.label
+
+    def layer_stages(self) -> list[dict[str, Any]]:
+        """The layers per stage, in execution order: stage, layers, searched layers, weights."""
+        out: dict[str, dict[str, Any]] = {}
+        for layer in self.layers:
+            entry = out.setdefault(
+                self.stage_of(layer),
+                {"stage": self.stage_of(layer), "layers": 0, "searched": 0, "weights": 0},
+            )
+            entry["layers"] += 1
+            entry["searched"] += layer.fixed is None
+            entry["weights"] += layer.weights
+        return list(out.values())
+
+    def precision_view(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A config readable with hundreds of layers: the size and mean bits, a histogram of widths
+        (layers and weights per width), per stage (execution order) its layers, mean bits and
+        histogram, and the full per-layer list (name, stage, width, weights, fixed)."""
+        bits = self.assignment(config)
+        storage = self.weight_storage(config)
+        histogram: dict[int, dict[str, int]] = {}
+        stages: dict[str, dict[str, Any]] = {}
+        layers = []
+        for layer in self.layers:
+            width = bits[layer.path]
+            counts = histogram.setdefault(width, {"bits": width, "layers": 0, "weights": 0})
+            counts["layers"] += 1
+            counts["weights"] += layer.weights
+            stage = self.stage_of(layer)
+            entry = stages.setdefault(
+                stage, {"stage": stage, "layers": 0, "weights": 0, "counted_bits": 0.0, "histogram": {}}
+            )
+            entry["layers"] += 1
+            entry["weights"] += layer.weights
+            entry["counted_bits"] += layer.weights * counted_bits(width)
+            entry["histogram"][str(width)] = entry["histogram"].get(str(width), 0) + 1
+            layers.append(
+                {"name": layer.name, "stage": stage, "bits": width, "weights": layer.weights,
+                 "fixed": layer.fixed is not None}
+            )  # fmt: skip
+        return {
+            "size_mb": round(storage.size_mb, 4),
+            "mean_bits": round(storage.mean_bits, 4),
+            "layers_total": len(self.layers),
+            "histogram": [histogram[b] for b in sorted(histogram)],
+            "stages": [
+                {
+                    "stage": entry["stage"],
+                    "layers": entry["layers"],
+                    "weights": entry["weights"],
+                    "mean_bits": round(entry["counted_bits"] / entry["weights"], 3),
+                    "histogram": dict(sorted(entry["histogram"].items(), key=lambda kv: int(kv[0]))),
+                }
+                for entry in stages.values()
+            ],
+            "layers": layers,
+        }
+
     # ----------------------------------------------------------------- blocks and modules
     def blocks(self, config: Mapping[str, Any]) -> list[BlockSpec]:
         bits = self.assignment(config)
@@ -364,8 +445,20 @@ class MixedPrecisionSpace(SearchSpace):
         random init from the global generator."""
         model = self.base.build(self.architecture)
         if self.options["weights"]:
-            load_weights(model, self.options["weights"])
+            self.load_weights(model, self.options["weights"])
         return model
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        """Load the checkpoint `path` into `model` (the architecture's float model): a file saved by
+        `torch.save` or safetensors in this project's names. `OptionError` (field `weights`) says
+        what is wrong."""
+        if Path(path).is_dir():
+            raise OptionError(
+                f"option 'weights': {path!r} is a folder; space {self.name!r} reads a checkpoint file",
+                field="weights",
+                allowed="a state dict file (.pt or .safetensors) of the architecture's float model",
+            )
+        load_weights(model, path)
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         bits = self.assignment(config)
@@ -389,25 +482,39 @@ def quantize_module(model: nn.Module, bits: Mapping[str, int]) -> nn.Module:
 
 
 def load_weights(model: nn.Module, path: str) -> None:
-    """Load float weights into `model`: a state dict saved by `torch.save`
+    """Load float weights into `model`: a state dict saved by `torch.save` (or a `.safetensors` file)
     whose names and shapes are the model's; `OptionError` (field `weights`) naming what is wrong."""
     source = Path(path)
-    if not source.is_file():
-        raise OptionError(f"option 'weights': no file {path!r} on this machine", field="weights")
+    if not source.exists():
+        raise OptionError(f"option 'weights': no file or folder {path!r} on this machine", field="weights")
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        if source.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(source)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise OptionError(
-            f"option 'weights': {path!r} is not a torch state dict ({type(exc).__name__})", field="weights"
+            f"option 'weights': {path!r} is not a torch or safetensors state dict ({type(exc).__name__})",
+            field="weights",
         ) from None
     own = model.state_dict()
-    wrong = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
-    if wrong:
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {list(state[k].shape)} (expected {list(own[k].shape)})" for k in own if
+              k in state and own[k].shape != state[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(keys)} {what}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+            if keys
+        ]
         raise OptionError(
-            f"option 'weights': {path!r} does not hold this architecture's weights "
-            f"({len(wrong)} names or shapes differ, e.g. {wrong[:3]})",
+            f"option 'weights': {path!r} does not hold this architecture's weights: " + "; ".join(parts),
             field="weights",
-            allowed="a state dict of the architecture's float model (`space.float_model().state_dict()`)",
+            allowed="a state dict of the architecture's float model (`space.float_model().state_dict()`), "
+            "or for unet_bits a diffusers UNet folder",
         )
     model.load_state_dict(state)
 
@@ -468,6 +575,33 @@ class UNetBitsSpace(MixedPrecisionSpace):
     base_class = UNetSpace
     default_architecture = "sd15"
     fixed_kinds = ("unet.time_embed", "unet.conv_in", "unet.conv_out")
+    # The paper's 256 quantizable layers are SD-v1.5's 282 conv / linear layers less the first and
+    # last convs, the time MLP (2) and the 22 ResNets' time-embedding projections: the whole
+    # time-embedding path stays out of the low-bit assignment.
+    fixed_layer_names = ("time_emb_proj",)
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        """As `MixedPrecisionSpace.load_weights`, and a folder is read as a diffusers UNet
+        (`search_spaces.diffusers_unet`: config.json + diffusion_pytorch_model.safetensors or .bin)."""
+        if not Path(path).is_dir():
+            return super().load_weights(model, path)
+        from search_spaces.diffusers_unet import load_diffusers_unet
+
+        assert isinstance(self.base, UNetSpace)
+        load_diffusers_unet(self.base, self.architecture, model, path)
+
+    def check_weights(self, path: str) -> None:
+        """As `MixedPrecisionSpace.check_weights`; a diffusers folder's config.json is checked too."""
+        super().check_weights(path)
+        if Path(path).is_dir():
+            from search_spaces.diffusers_unet import check_folder
+
+            assert isinstance(self.base, UNetSpace)
+            check_folder(self.base, self.architecture, path)
+
+    def stage_of(self, layer: QuantLayer) -> str:
+        """The UNet stage (`down0` .. `up0`, `mid`) or outer block (`time`, `conv_in`, `conv_out`)."""
+        return layer.label.split(".", 1)[0]
 
     def _block_labels(self, base: SearchSpace, architecture: Config) -> list[str]:
         assert isinstance(base, UNetSpace)

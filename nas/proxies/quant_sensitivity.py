@@ -8,8 +8,8 @@ config (16-bit layers add 0; the fixed layers add the same to every config and a
 
 The weights are the space's `weights` option when it names a checkpoint (see
 `search_spaces.precision`), else the architecture initialised from the proxy seed
-(`SensitivityTable.weights` says which). Values are computed on first use, one forward pass per layer
-(the batch repeated once per width), and cached per process.
+(`SensitivityTable.weights` says which). Values are computed on first use, many layers per forward
+pass (the batch repeated once per layer and width), and cached per process.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from search_spaces.precision import BIT_OPTIONS, SENSITIVITY_ETA, MixedPrecision
 
 #: Samples in the fixed batch the sensitivity is measured on.
 SENSITIVITY_BATCH = 2
+#: Numbers of the repeated first input (the latent) one measuring pass may hold.
+PASS_NUMBERS = 2**20
 
 _TABLES: dict[tuple[Any, ...], SensitivityTable] = {}
 
@@ -47,15 +49,26 @@ def _layer_output(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> t
 
 
 class SensitivityTable:
-    """M(i, b) and S(i, b) of every searched layer of a space at its options, computed on demand."""
+    """M(i, b) and S(i, b) of every searched layer of a space at its options, computed on demand.
 
-    def __init__(self, space: MixedPrecisionSpace, seed: int = 0):
+    Layers are measured in groups: one forward pass carries the batch repeated once per (layer,
+    width) of the group, each layer computing only its own copies with its quantized weight, so a
+    pass costs one call of the network for many layers. A group holds at most `samples_per_pass`
+    samples (default: what keeps the repeated latent under 2^20 numbers: the whole small UNet at
+    once, a few layers per pass at SD size); 1 layer per pass gives the same values up to float
+    rounding."""
+
+    def __init__(self, space: MixedPrecisionSpace, seed: int = 0, samples_per_pass: int | None = None):
         self.space = space
         self.model, self.weights = reference_model(space, seed)
         self.inputs = space.example_inputs(batch=SENSITIVITY_BATCH)
         with torch.no_grad():
             self.reference = _flat(self.model(*self.inputs)).double()
         self.layers = {layer.name: layer for layer in space.searched_layers}
+        self.widths = [b for b in BIT_OPTIONS if b < 16]
+        per_layer = SENSITIVITY_BATCH * len(self.widths)
+        limit = samples_per_pass or max(per_layer, PASS_NUMBERS // max(1, self.inputs[0][0].numel()))
+        self.group_size = max(1, limit // per_layer)
         self._mse: dict[tuple[str, int], float] = {}
 
     def mse(self, name: str, bits: int) -> float:
@@ -63,34 +76,46 @@ class SensitivityTable:
         if bits >= 16:
             return 0.0
         if (name, bits) not in self._mse:
-            self._measure(name)
+            names = list(self.layers)
+            pending = [n for n in names[names.index(name) :] if (n, self.widths[0]) not in self._mse]
+            self._measure(pending[: self.group_size])
         return self._mse[(name, bits)]
 
-    def _measure(self, name: str) -> None:
-        """M(name, b) for every width at once: one forward pass of the batch repeated once per width,
-        the layer computing each copy with its weight at that width (the other layers see float
-        weights; every operation of these networks treats samples independently)."""
-        layer = self.layers[name]
-        module = self.model.get_submodule(layer.path)
-        widths = [b for b in BIT_OPTIONS if b < 16]
-        weights = [fake_quantize(module.weight, b) for b in widths]
+    def _measure(self, names: list[str]) -> None:
+        """M(name, b) for every width of every layer of `names` in one forward pass: the batch
+        repeated once per (layer, width), copy k of layer g computed with g's weight at width k (the
+        other layers see float weights; every operation of these networks treats samples
+        independently)."""
+        widths, batch = self.widths, SENSITIVITY_BATCH
+        span = batch * len(widths)
+        handles = []
+        for g, name in enumerate(names):
+            module = self.model.get_submodule(self.layers[name].path)
+            quantized = [fake_quantize(module.weight, b) for b in widths]
 
-        def per_width(_module: nn.Module, args: tuple[Any, ...], _output: torch.Tensor) -> torch.Tensor:
-            parts = args[0].chunk(len(widths))
-            return torch.cat([_layer_output(module, x, w) for x, w in zip(parts, weights, strict=True)])
+            def own_copies(
+                layer: nn.Module, args: tuple[Any, ...], output: torch.Tensor, g: int = g, weights=quantized
+            ) -> torch.Tensor:
+                parts = args[0][g * span : (g + 1) * span].chunk(len(widths))
+                mine = torch.cat([_layer_output(layer, x, w) for x, w in zip(parts, weights, strict=True)])
+                return torch.cat([output[: g * span], mine, output[(g + 1) * span :]])
 
-        handle = module.register_forward_hook(per_width)
+            handles.append(module.register_forward_hook(own_copies))
         try:
             with torch.no_grad():
-                repeated = tuple(t.repeat(len(widths), *[1] * (t.dim() - 1)) for t in self.inputs)
+                copies = len(names) * len(widths)
+                repeated = tuple(t.repeat(copies, *[1] * (t.dim() - 1)) for t in self.inputs)
                 outputs = self.model(*repeated)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         chunks = outputs if isinstance(outputs, tuple | list) else (outputs,)
-        per_output = [t.chunk(len(widths)) for t in chunks]
-        for k, bits in enumerate(widths):
-            out = torch.cat([parts[k].reshape(-1) for parts in per_output]).double()
-            self._mse[(name, bits)] = float((out - self.reference).pow(2).mean())
+        per_output = [t.chunk(len(names) * len(widths)) for t in chunks]
+        for g, name in enumerate(names):
+            for k, bits in enumerate(widths):
+                index = g * len(widths) + k
+                out = torch.cat([parts[index].reshape(-1) for parts in per_output]).double()
+                self._mse[(name, bits)] = float((out - self.reference).pow(2).mean())
 
     def sensitivity(self, name: str, bits: int) -> float:
         """S(i, b) = M(i, b) * N_i^(-0.3)."""

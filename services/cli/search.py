@@ -54,9 +54,19 @@ def search_submit(
     file: Annotated[Path, typer.Argument(help="search spec, YAML or JSON")],
     server: ServerOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the search with a progress bar")] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            help="checkpoint of the float weights on the server's disk (space option 'weights'): a state "
+            "dict file, or for unet_bits a diffusers UNet folder; made absolute here",
+        ),
+    ] = None,
 ) -> None:
     """Submit a search spec; prints its id (and with --wait follows it to the end)."""
     spec = load_spec_file(file)
+    if weights is not None:
+        spec["space_options"] = {**(spec.get("space_options") or {}), "weights": str(weights.resolve())}
     with client(server) as api:
         created = api.submit(spec)
         out.print(f"queued search {created['id']}")

@@ -88,13 +88,15 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class MeasurementRow:
-    """One key's samples in a batch, with the block's features when the agent computed them and, for
-    an in-context timing, the key of the block it was timed after."""
+    """One key's samples in a batch, with the block's features when the agent computed them, for
+    an in-context timing the key of the block it was timed after and, for a block with low-bit
+    weights, how they ran (`latency_lut.low_bit.WeightKernel.provenance`)."""
 
     key: str
     samples_ms: Sequence[float]
     features: Mapping[str, int] | None = None
     after: str | None = None
+    weight_kernel: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,12 @@ class MeasurementStore:
                     "samples_ms": [float(v) for v in row.samples_ms],
                     "median_ms": RunSamples(run_id, row.samples_ms).median_ms,
                     "features": dict(row.features) if row.features is not None else None,
-                    "provenance": {**dict(provenance), **context, **_timing_of(row)},
+                    "provenance": {
+                        **dict(provenance),
+                        **context,
+                        **_timing_of(row),
+                        **dict(row.weight_kernel or {}),
+                    },
                     "outlier": False,
                     "created_at": now,
                 }

@@ -251,7 +251,10 @@ class Scheduler:
         measured_s = self._measure_luts(
             search_id, resolved, should_stop, elapsed_before_s=row.elapsed_s, phase_before=row.phase
         )
-        luts = self._predictors(search_id, resolved)
+        luts, table_warnings = self._predictors(search_id, resolved)
+        warnings = _unique([*(row.warnings or []), *table_warnings])
+        if warnings != (row.warnings or []):
+            self._update(search_id, warnings=warnings)
         self._ensure_ray()
         done_before = self.store.count(search_id)
         message = f"searching: {done_before}/{spec.budget.trials} trials (starting evaluators)"
@@ -281,11 +284,10 @@ class Scheduler:
         }
         if result.state == "succeeded":
             message = f"succeeded: {counts['trials_done']} trials, front of {len(result.front)}"
-            if result.warnings:
-                message += f"; {len(result.warnings)} warning(s): {result.warnings[0]}"
-            self._finish(
-                search_id, SearchStatus.SUCCEEDED, message=message, warnings=result.warnings, **counts
-            )
+            warnings = _unique([*warnings, *result.warnings])
+            if warnings:
+                message += f"; {len(warnings)} warning(s): {warnings[0]}"
+            self._finish(search_id, SearchStatus.SUCCEEDED, message=message, warnings=warnings, **counts)
         elif result.state == "failed":
             error = result.error or "the runner failed without an error message"
             message = f"failed: {error}"
@@ -301,15 +303,22 @@ class Scheduler:
             message = "interrupted by a service shutdown; resumes from its stored trials on restart"
             self._finish(search_id, SearchStatus.QUEUED, message=message, **counts)
 
-    def _predictors(self, search_id: str, resolved: ResolvedSpec) -> dict[str, LatencyPredictor]:
-        """Each device's selected predictor for the search's space (see `PredictionService`). A table
-        that lacks blocks of the space prices them with its fallback (trials say so): logged here."""
-        predictors = {}
-        all_keys = {spec.key for spec in resolved.space.all_blocks()}
+    def _predictors(
+        self, search_id: str, resolved: ResolvedSpec
+    ) -> tuple[dict[str, LatencyPredictor], list[str]]:
+        """Each device's selected predictor for the search's space (see `PredictionService`), and the
+        search's warnings about them: a table that lacks blocks of the space prices them with its
+        fallback (those trials are marked estimated), which the search says in its `warnings`."""
+        predictors: dict[str, LatencyPredictor] = {}
+        warnings: list[str] = []
+        blocks = {spec.key: spec for spec in resolved.space.all_blocks()}
+        all_keys = set(blocks)
         for device in resolved.devices:
             chosen = self.predictions.predictor(device, resolved.space)
             predictors[device] = chosen.predictor
-            lacking = len(all_keys - set(chosen.table.isolated) - set(chosen.table.in_context))
+            lacking_keys = all_keys - set(chosen.table.isolated) - set(chosen.table.in_context)
+            lacking = len(lacking_keys)
+            priced = sum(chosen.fallback.fit_for(blocks[key].kind) is not None for key in lacking_keys)
             log.info(
                 "search %s: latency:%s priced by %s (expected error %s); table lacks %d of %d blocks%s",
                 search_id,
@@ -322,7 +331,14 @@ class Scheduler:
                 len(all_keys),
                 " (estimated by the fallback where it can)" if lacking else "",
             )
-        return predictors
+            if priced:  # blocks nothing can price fail their trials, which say so themselves
+                warnings.append(
+                    f"latency:{device}: the device's latency table lacks {lacking} of the {len(all_keys)} "
+                    f"blocks of this space; trials containing the {priced} its fallback can estimate are "
+                    "priced by the fallback (marked estimated, with latency_estimated_ms) until the "
+                    "table is filled"
+                )
+        return predictors, warnings
 
     def _measure_luts(
         self,
@@ -470,6 +486,11 @@ class Scheduler:
                 record.update()
             except OSError:
                 log.exception("could not record the Ray processes in %s", record.path)
+
+
+def _unique(items: list[str]) -> list[str]:
+    """`items` without repeats, in their first order (a resumed search re-derives its warnings)."""
+    return list(dict.fromkeys(items))
 
 
 def default_replica_id() -> str:

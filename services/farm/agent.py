@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from latency_lut import MeasurementBackend, get_backend
 from latency_lut.features import block_features
+from latency_lut.measure import weight_bits
 from latency_lut.timings import timing_key
 from latency_lut.validate import measure_subnet, sample_configs
 from search_spaces import BlockSpec, SearchSpace, get_space
@@ -371,7 +372,7 @@ class FarmAgent:
                 if cfg.export_dir is not None and item["timing"] == "isolated":
                     self._export(backend, module, inputs, spec, report)
                 if backend.can_time:
-                    samples = self._time(backend, space, item, module, inputs)
+                    samples, kernel = self._time(backend, space, item, spec, module, inputs)
                     row = {
                         "key": key,
                         "space": space.name,
@@ -379,6 +380,7 @@ class FarmAgent:
                         "samples_ms": samples,
                         "features": block_features(space, spec).__dict__,
                         "after": item.get("after"),
+                        "weight_kernel": kernel,
                     }
                     spool.append(row)
                     pending.append(row)
@@ -400,17 +402,25 @@ class FarmAgent:
         backend: MeasurementBackend,
         space: SearchSpace,
         item: Mapping[str, Any],
+        spec: BlockSpec,
         module: Any,
         inputs: Sequence[Any],
-    ) -> list[float]:
-        """The samples of one work item, timed as the item says (`latency_lut.timings`)."""
+    ) -> tuple[list[float], dict[str, Any] | None]:
+        """The samples of one work item, timed as the item says (`latency_lut.timings`), and for a
+        block with low-bit weights how they ran (on the backend's real kernel, or modelled)."""
         counts = {"warmup": self.config.warmup, "repeats": self.config.repeats}
         if item["timing"] == "call_overhead":
-            return backend.measure_call_overhead(inputs, **counts)
+            return backend.measure_call_overhead(inputs, **counts), None
+        before = None
         if item["timing"] == "in_context" and item.get("after"):
             before = space.build_block(BlockSpec.from_key(item["after"]))
-            return backend.measure_in_context(module, inputs, before=before, **counts)
-        return backend.measure(module, inputs, **counts)
+        bits = weight_bits(spec)
+        if bits is not None:
+            samples, kernel = backend.measure_weight_bits(module, inputs, bits=bits, before=before, **counts)
+            return samples, kernel.provenance()
+        if before is not None:
+            return backend.measure_in_context(module, inputs, before=before, **counts), None
+        return backend.measure(module, inputs, **counts), None
 
     def _export(
         self,
@@ -454,6 +464,7 @@ class FarmAgent:
                         "samples_ms": r["samples_ms"],
                         "features": r.get("features"),
                         "after": r.get("after"),
+                        **({"weight_kernel": r["weight_kernel"]} if r.get("weight_kernel") else {}),
                     }
                     for r in group
                 ],

@@ -386,3 +386,41 @@ def test_the_search_page_shows_the_latency_table_phase(page, live, http):
     finally:
         http.post(f"/v1/searches/{search_id}/cancel")
     wait_for(http, search_id, {"cancelled", "succeeded", "failed"})
+
+
+BITS_SPEC = {
+    "name": "browser-bits-search",
+    "space": "unet_bits",
+    "space_options": {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32},
+    "objectives": ["size_mb", "bits"],
+    "strategy": "nsga2",
+    "strategy_params": {"population_size": 4},
+    "budget": {"trials": 6, "parallelism": 1},
+    "seed": 2,
+}
+
+
+def test_a_bit_width_trial_is_drawn_per_stage_with_every_layer_collapsed(page, live, http):
+    created = http.post("/v1/searches", json=BITS_SPEC)
+    assert created.status_code == 202, created.text
+    search_id = created.json()["id"]
+    search = wait_for(http, search_id, {"succeeded", "failed", "cancelled"})
+    assert search["status"] == "succeeded", search
+    open_search(page, live.url, search_id)
+    page.wait_for_selector("#precision-view")
+    number = int(page.get_attribute("#selected-number", "data-number"))
+    view = http.get(f"/v1/dashboard/searches/{search_id}/trials/{number}").json()["precision"]
+    rows = page.locator("#precision-stages tr[data-stage]")
+    assert rows.count() == len(view["stages"]) == 12
+    assert [rows.nth(i).get_attribute("data-stage") for i in range(3)] == ["time", "conv_in", "down0"]
+    mid = page.locator("#precision-stages tr[data-stage='mid'] .width-part")
+    assert {mid.nth(i).get_attribute("data-bits") for i in range(mid.count())} == set(
+        next(s for s in view["stages"] if s["stage"] == "mid")["histogram"]
+    )
+    # Hundreds of layers and the raw config are there, collapsed.
+    layers = page.locator("#precision-layers")
+    assert layers.get_attribute("open") is None and not page.locator("#trial-config").is_visible()
+    layers.locator("summary").click()
+    assert layers.locator("tr").count() == view["layers_total"] == 281
+    assert f"{view['layers_total']} quantized layers" in page.inner_text("#precision-view")
+    screenshot(page, "bits-trial")

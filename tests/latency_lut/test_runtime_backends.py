@@ -80,6 +80,34 @@ def test_onnxruntime_times_a_real_block_with_fixed_threads() -> None:
 
 
 @needs_onnx
+def test_onnxruntime_samples_take_its_sessions_in_turn() -> None:
+    backend = get_backend("onnxruntime-cpu", threads=1, clock="thread", sessions=3)
+    assert backend.provenance()["sessions"] == 3
+    module, inputs = _effv2_block("effv2.ffn")
+    built: list[list[int]] = []
+    real_session = backend.session
+
+    def counting_session(model):  # the real session, counting the runs it serves
+        session, runs = real_session(model), []
+        built.append(runs)
+
+        class Counted:
+            def run(self, *args):
+                runs.append(1)
+                return session.run(*args)
+
+        return Counted()
+
+    backend.session = counting_session
+    samples = backend.measure(module, inputs, warmup=2, repeats=7)
+    assert len(samples) == 7
+    # Three sessions, each run once untimed when built, then the 9 calls dealt out in turn.
+    assert [len(runs) for runs in built] == [1 + 3, 1 + 3, 1 + 3]
+    with pytest.raises(ValueError, match="sessions must be an integer from 1 to 16, got 0"):
+        get_backend("onnxruntime-cpu", sessions=0)
+
+
+@needs_onnx
 def test_onnx_export_runs_like_the_module(tmp_path: Path) -> None:
     import onnx
 

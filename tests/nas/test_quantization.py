@@ -71,3 +71,19 @@ def test_quant_sensitivity_uses_given_weights(tmp_path) -> None:
     assert table.mse(name, 1) != sensitivity_table(space, 0).mse(name, 1)
     with pytest.raises(OptionError, match="weights"):
         get_space("unet_bits", **OPTIONS, weights=str(tmp_path / "missing.pt")).float_model()
+
+
+def test_layers_measured_together_match_layers_measured_alone() -> None:
+    from nas.proxies.quant_sensitivity import SensitivityTable
+
+    space = get_space("unet_bits", **OPTIONS)
+    names = [layer.name for layer in space.searched_layers[:8]]
+    together = SensitivityTable(space, 0, samples_per_pass=8 * 10)
+    alone = SensitivityTable(space, 0, samples_per_pass=1)
+    assert (together.group_size, alone.group_size) == (8, 1)
+    for name in names:
+        for bits in (1, 2, 3, 4, 8):
+            # Up to float rounding: batches of different sizes round differently.
+            assert together.mse(name, bits) == pytest.approx(alone.mse(name, bits), rel=1e-3, abs=1e-10)
+    assert len(together._mse) == len(alone._mse) == 8 * 5
+    assert together.mse(names[0], 1) > together.mse(names[0], 4) > 0

@@ -35,7 +35,8 @@ def test_sd15_at_16_bits_is_the_fp16_size_of_1_72_gb() -> None:
 
 def test_bitsfusion_reference_lands_on_the_papers_size_and_mean_bits() -> None:
     space = get_space("unet_bits")
-    assert len(space.searched_layers) == 278 and len(space.layers) == 282
+    # The paper's 256 quantizable layers: 282 less the first / last convs and the time-embedding path.
+    assert len(space.searched_layers) == 256 and len(space.layers) == 282
     storage = space.weight_storage("bitsfusion")
     assert storage.size_mb == pytest.approx(219, rel=0.05)
     assert storage.mean_bits == pytest.approx(1.99, abs=0.02)
@@ -49,12 +50,15 @@ def test_bitsfusion_reference_lands_on_the_papers_size_and_mean_bits() -> None:
 def test_fixed_layers_are_not_choices_and_names_are_readable() -> None:
     space = get_space("unet_bits")
     names = list(space.choice_map)
-    assert "bits.down1.resnet0.time_emb_proj" in names
+    assert "bits.down1.resnet0.conv_shortcut" in names
     assert "bits.mid.transformer0.layers.0.attn2.to_k" in names
     assert not any(name.startswith(("bits.conv_in", "bits.conv_out", "bits.time.")) for name in names)
-    assert space.describe()["fixed_layers"] == {
-        "time.linear_1": 8, "time.linear_2": 8, "conv_in.conv": 8, "conv_out.conv": 8,
-    }  # fmt: skip
+    assert not any(name.endswith("time_emb_proj") for name in names)
+    fixed = space.describe()["fixed_layers"]
+    assert len(fixed) == 26 and set(fixed.values()) == {8}
+    assert {"time.linear_1", "time.linear_2", "conv_in.conv", "conv_out.conv"} < set(fixed)
+    assert "down0.resnet0.time_emb_proj" in fixed and "up0.resnet2.time_emb_proj" in fixed
+    assert sum(layer.weights for layer in space.layers if layer.fixed) == 27_875_840
     with pytest.raises(ConfigError) as info:
         space.canonicalize({"bits.down0.resnet0.conv1": 5})
     assert info.value.allowed == [1, 2, 3, 4, 8, 16]
@@ -132,11 +136,13 @@ def test_supernet_runs_each_config_as_its_extracted_subnet() -> None:
 def test_blocks_carry_the_widest_width_and_build_quantized() -> None:
     space = get_space("unet_bits", **SMALL_UNET)
     config = space.canonicalize("w2")
-    widths = {spec.arg_dict["wbits"] for spec in space.blocks(config)}
-    assert widths == {2, 8}
-    spec = next(spec for spec in space.blocks(config) if spec.kind == "unet.resnet")
+    widths = {spec.kind: spec.arg_dict["wbits"] for spec in space.blocks(config)}
+    assert set(widths.values()) == {2, 8}
+    # A ResNet holds its fixed 8-bit time_emb_proj: it is keyed (and priced) as an 8-bit block.
+    assert widths["unet.resnet"] == 8 and widths["unet.transformer"] == 2
+    spec = next(spec for spec in space.blocks(config) if spec.kind == "unet.transformer")
     module, _ = space.build_block(spec)
-    weight = module.conv1.full.weight
+    weight = module.proj_in.weight
     assert len(torch.unique(weight[0])) <= 5
     with pytest.raises(ValueError, match="wbits"):
         space.build_block(type(spec).make(spec.kind, **{**spec.arg_dict, "wbits": 5}))

@@ -78,6 +78,18 @@ def test_server_refusal_is_exit_2_with_the_field(server: LiveServer, tmp_path: P
     assert missing.exit_code == 2 and "no search with id 'nope'" in missing.stderr
 
 
+def test_weights_flag_names_a_checkpoint_the_server_checks(server: LiveServer, tmp_path: Path) -> None:
+    spec = tmp_path / "bits.yaml"
+    spec.write_text(
+        "space: unet_bits\nspace_options: {latent_size: 8, width_scale: 0.0625}\n"
+        "objectives: [size_mb, proxy:quant_sensitivity]\nbudget: {trials: 2}\n"
+    )
+    missing = tmp_path / "no-such-unet"
+    result = nas("search", "submit", str(spec), "--weights", str(missing), "--server", server.url)
+    assert result.exit_code == 2, result.output
+    assert "space_options.weights" in result.stderr and str(missing) in result.stderr, result.stderr
+
+
 def test_client_error_carries_the_server_detail(server: LiveServer) -> None:
     with NasClient(server.url) as client:
         with pytest.raises(ClientError) as refused:
@@ -113,6 +125,52 @@ def test_unreachable_server_is_exit_1_naming_url(spec_file: Path) -> None:
     result = nas("search", "submit", str(spec_file), "--server", f"http://127.0.0.1:{port}")
     assert result.exit_code == 1
     assert f"http://127.0.0.1:{port}" in result.stderr and "nas serve" in result.stderr
+
+
+def test_a_bit_width_space_is_shown_per_stage() -> None:
+    small = [
+        "-o",
+        "latent_size=8",
+        "-o",
+        "width_scale=0.0625",
+        "-o",
+        "text_tokens=4",
+        "-o",
+        "cross_attention_dim=32",
+    ]
+    shown = nas("spaces", "unet_bits", *small, env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "255 choices bits.<stage>.<layer>" in shown.stdout and "│ down0" in shown.stdout
+    assert "bits.down0.resnet0.conv1" not in shown.stdout, "the layers are listed only on request"
+    every = nas("spaces", "unet_bits", *small, "--layers", env={"COLUMNS": "200"})
+    assert "bits.down0.resnet0.conv1" in every.stdout and "bits.up0.transformer2.proj_out" in every.stdout
+
+
+def test_evaluate_shows_the_widths_per_stage(server: LiveServer) -> None:
+    small = [
+        "-o",
+        "latent_size=8",
+        "-o",
+        "width_scale=0.0625",
+        "-o",
+        "text_tokens=4",
+        "-o",
+        "cross_attention_dim=32",
+    ]
+    args = ["space", "evaluate", "unet_bits", "-c", "w3", *small, "--server", server.url]
+    result = nas(*args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert (
+        "281 quantized layers" in result.stdout
+        and "layers per width: 3 bits: 255, 8 bits: 26" in result.stdout
+    )
+    assert (
+        "│ mid" in result.stdout
+        and "3:" in result.stdout
+        and "every layer's width: --layers" in result.stdout
+    )
+    layers = nas(*args, "--layers", env={"COLUMNS": "200"})
+    assert "down0.resnet0.conv1" in layers.stdout and "conv_in.conv (fixed)" in layers.stdout
 
 
 def test_spaces_command() -> None:

@@ -253,6 +253,26 @@ def test_thousands_of_rows_in_one_upload_and_a_retry_changes_nothing(api: httpx.
     )
 
 
+def test_a_low_bit_block_keeps_how_its_weights_ran(api: httpx.Client, device: str) -> None:
+    options = {"latent_size": 8, "width_scale": 0.0625, "text_tokens": 4, "cross_attention_dim": 32}
+    spec = next(s for s in get_space("unet_bits", **options).blocks("w8") if s.kind == "unet.transformer")
+    kernel = {
+        "weight_bits": 8,
+        "weight_kernel": "torch.ao quantize_dynamic int8 Linear",
+        "layers_on_kernel": 10,
+    }
+    body = batch(
+        uuid.uuid4().hex,
+        [{"key": spec.key, "samples_ms": [1.0, 1.1], "weight_kernel": kernel}],
+        space="unet_bits",
+        space_options=options,
+    )
+    assert api.post(f"/v1/devices/{device}/measurements", json=body).status_code == 201
+    [sample] = api.get(f"/v1/devices/{device}/samples", params={"key": spec.key}).json()
+    assert sample["provenance"]["weight_kernel"] == kernel["weight_kernel"]
+    assert sample["provenance"]["layers_on_kernel"] == 10 and sample["provenance"]["space"] == "unet_bits"
+
+
 def test_a_rejected_batch_writes_nothing(api: httpx.Client, device: str) -> None:
     good = [{"key": many_key(dim), "samples_ms": [1.0]} for dim in range(1, 50)]
     run = uuid.uuid4().hex

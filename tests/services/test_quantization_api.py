@@ -2,12 +2,15 @@
 `size_mb` and `proxy:quant_sensitivity` submitted, watched to the end on Ray, its front read, and a
 member exported as packed low-bit weights that load back (real HTTP, small options).
 
-The search runs on `efficientformerv2_bits` (81 layers, milliseconds per forward pass): on the
-277-layer small UNet the sensitivity table alone takes minutes on a loaded 2-core machine, which
-`benchmarks/bitwidth.py` measures instead; the UNet's view and its 422s are checked here."""
+The flow runs twice: on `efficientformerv2_bits` (81 layers, with the event stream and the CLI's
+client) and on the small `unet_bits` (255 searched layers; its sensitivity table takes about 20 s
+on one busy core), with a checkpoint named by the spec so that the loaded
+export can be compared with the fake-quantized module of the same weights."""
 
 from __future__ import annotations
 
+import collections
+import copy
 from collections.abc import Iterator
 
 import httpx
@@ -17,6 +20,7 @@ from svc_helpers import LiveServer, throwaway_server, wait_for
 
 from nas.pareto import non_dominated
 from search_spaces import get_space
+from search_spaces.precision import MixedPrecisionSpace, quantize_module
 from search_spaces.quantized_export import load_quantized, read_assignment
 from services.client import NasClient
 
@@ -59,6 +63,28 @@ def test_the_space_view_stays_readable(http: httpx.Client) -> None:
     assert "proxy:quant_sensitivity" in bad.json()["detail"][0]["allowed"]
 
 
+def test_hundreds_of_widths_are_shown_per_stage(http: httpx.Client) -> None:
+    view = http.get("/v1/spaces/unet_bits", params=OPTIONS).json()
+    stages = {s["stage"]: s for s in view["layer_stages"]}
+    assert list(stages)[:3] == ["time", "conv_in", "down0"] and stages["time"]["searched"] == 0
+    assert sum(s["searched"] for s in stages.values()) == len(view["choices"]) == 255
+    assert len(view["fixed_layers"]) == 26 and view["fixed_layers"]["down0.resnet0.time_emb_proj"] == 8
+    scored = http.post(
+        "/v1/spaces/unet_bits/evaluate", json={"config": "w2", "space_options": OPTIONS, "macs": False}
+    ).json()
+    precision = scored["precision"]
+    assert precision["histogram"] == [
+        {"bits": 2, "layers": 255, "weights": precision["histogram"][0]["weights"]},
+        {"bits": 8, "layers": 26, "weights": precision["histogram"][1]["weights"]},
+    ]
+    down0 = next(s for s in precision["stages"] if s["stage"] == "down0")
+    assert down0["histogram"] == {"2": down0["layers"] - 2, "8": 2}, "two ResNets' time_emb_proj at 8"
+    plain = http.post(
+        "/v1/spaces/unet/evaluate", json={"config": "sd15", "space_options": OPTIONS, "macs": False}
+    )
+    assert plain.json()["precision"] is None
+
+
 def test_submit_watch_front_and_export_a_member(live: LiveServer, http: httpx.Client) -> None:
     created = http.post("/v1/searches", json=SPEC)
     assert created.status_code == 202, created.text
@@ -93,3 +119,58 @@ def test_submit_watch_front_and_export_a_member(live: LiveServer, http: httpx.Cl
         "/v1/spaces/unet/export", json={"config": "sd15", "format": "quantized", "space_options": OPTIONS}
     )
     assert plain.status_code == 422 and plain.json()["detail"][0]["field"] == "format"
+
+
+def test_unet_bits_round_trip_from_submit_to_loaded_export(
+    live: LiveServer, http: httpx.Client, tmp_path
+) -> None:
+    """The issue's done-when on the UNet space itself: a search on `unet_bits` (255 searched layers at
+    these options) over HTTP, its front, and a member exported with the weights of a checkpoint the
+    spec names, whose loaded outputs are the fake-quantized module's."""
+    space = get_space("unet_bits", **OPTIONS)
+    assert isinstance(space, MixedPrecisionSpace)
+    torch.manual_seed(7)
+    trained = space.float_model()
+    checkpoint = tmp_path / "unet.pt"
+    torch.save(trained.state_dict(), checkpoint)
+    options = {**OPTIONS, "weights": str(checkpoint)}
+    spec = {**SPEC, "name": "unet bits", "space": "unet_bits", "space_options": options}
+    created = http.post("/v1/searches", json=spec)
+    assert created.status_code == 202, created.text
+    sid = created.json()["id"]
+    search = wait_for(http, sid, {"succeeded", "failed", "cancelled"}, timeout_s=600)
+    assert search["status"] == "succeeded", search
+    trials = http.get(f"/v1/searches/{sid}/trials", params={"limit": 50}).json()["items"]
+    assert len(trials) == 5
+    front = http.get(f"/v1/searches/{sid}/pareto").json()["trials"]
+    points = [(t["values"]["size_mb"], t["values"]["proxy:quant_sensitivity"]) for t in trials]
+    assert {t["number"] for t in front} == {trials[i]["number"] for i in non_dominated(points).tolist()}
+
+    member = front[0]
+    config = space.canonicalize(member["config"])
+    assert member["values"]["size_mb"] == pytest.approx(space.weight_storage(config).size_mb)
+    assert member["values"]["proxy:quant_sensitivity"] > 0
+    exported = http.get(
+        f"/v1/searches/{sid}/trials/{member['number']}/export", params={"format": "quantized"}
+    )
+    assert exported.status_code == 200, exported.text
+    header = read_assignment(exported.content)
+    assert header["config_id"] == member["config_id"] == space.config_id(config)
+    assert {path: entry["bits"] for path, entry in header["layers"].items()} == space.assignment(config)
+    detail = http.get(f"/v1/dashboard/searches/{sid}/trials/{member['number']}").json()
+    view = detail["precision"]
+    assert view["layers_total"] == len(space.layers) == len(view["layers"])
+    assert sum(h["layers"] for h in view["histogram"]) == len(space.layers)
+    assert {h["bits"]: h["layers"] for h in view["histogram"]} == dict(
+        sorted(collections.Counter(space.assignment(config).values()).items())
+    )
+    assert [s["stage"] for s in view["stages"]][:3] == ["time", "conv_in", "down0"]
+    assert [s["stage"] for s in view["stages"]][-2:] == ["up0", "conv_out"]
+    assert sum(s["layers"] for s in view["stages"]) == len(space.layers)
+    assert view["size_mb"] == pytest.approx(member["values"]["size_mb"], rel=1e-3)
+    loaded = load_quantized(space, exported.content).eval()
+    fake = quantize_module(copy.deepcopy(trained), space.assignment(config)).eval()
+    inputs = space.example_inputs(batch=2)
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), fake(*inputs))
+        assert not torch.equal(loaded(*inputs), trained.eval()(*inputs))

@@ -12,6 +12,7 @@ from svc_helpers import LiveServer, empty_service_database, service_settings, wa
 from typer.testing import CliRunner
 
 from latency_lut import LatencyEntry, SqlLatencyTable
+from search_spaces import get_space
 from services.cli import app as cli_app
 from services.server.app import create_app
 
@@ -31,6 +32,15 @@ def live(request, tmp_path, ray_session) -> Iterator[tuple[LiveServer, httpx.Cli
     with empty_service_database(tmp_path, postgres) as (url, engine):
         # A farm device whose table holds one unrelated block: every subnet misses keys on it.
         SqlLatencyTable(engine).put_many([LatencyEntry("farm-phone", "other.block|a=1", 1.0, 0.9, 1.1, 3)])
+        # A farm device whose table holds every block but the stems: its fallback prices those.
+        space = get_space(BASE["space"], **BASE["space_options"])
+        partial = [
+            LatencyEntry("farm-partial", spec.key, ms, ms, ms, 3)
+            for spec in space.all_blocks()
+            if spec.kind != "effv2.stem"
+            for ms in [0.01 + 1e-6 * spec.params]
+        ]
+        SqlLatencyTable(engine).put_many(partial)
         settings = service_settings(tmp_path, database_url=url)
         with (
             LiveServer(create_app(settings, start_scheduler=True)) as server,
@@ -84,3 +94,17 @@ def test_a_search_without_warnings_lists_none_and_its_curve_ends_at_its_hypervol
     assert 0 < search["hypervolume"] <= 1.1**2
     curve = http.get(f"/v1/dashboard/searches/{search['id']}/hypervolume").json()
     assert curve["hypervolume"][-1] == pytest.approx(search["hypervolume"])
+
+
+def test_a_table_that_lacks_blocks_prices_them_by_its_fallback_and_the_search_says_so(live) -> None:
+    _server, http = live
+    search = submit(http, name="partial-table", objectives=["latency:farm-partial", "params"])
+    assert search["status"] == "succeeded", search
+    assert search["trials_failed"] == 0 and search["front_size"] >= 1
+    [warning] = search["warnings"]
+    assert warning.startswith("latency:farm-partial: the device's latency table lacks ")
+    assert "priced by the fallback (marked estimated" in warning
+    trials = http.get(f"/v1/searches/{search['id']}/trials").json()["items"]
+    assert len(trials) == 4
+    for trial in trials:  # every subnet has a stem: each is partly estimated, and says by how much
+        assert trial["metrics"]["latency_estimated_ms:farm-partial"] > 0

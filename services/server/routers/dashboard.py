@@ -28,6 +28,7 @@ from services.core.dashboard_data import (
     structure,
 )
 from services.core.db import SearchStatus
+from services.core.precision_view import precision_view
 from services.server.deps import (
     LutDep,
     QueueDep,
@@ -39,7 +40,7 @@ from services.server.deps import (
     require_scope,
 )
 from services.server.errors import ResourceNotFoundError
-from services.server.schemas import ErrorBody, ObjectiveOut, SearchOut, TrialOut
+from services.server.schemas import ErrorBody, ObjectiveOut, PrecisionView, SearchOut, TrialOut
 from services.server.schemas.dashboard import (
     Capabilities,
     CoverageRow,
@@ -232,7 +233,9 @@ def trial_detail(
         )
     space_name = str(row.spec.get("space", ""))
     options = dict(row.spec.get("space_options") or {})
-    choices = [choice.to_dict() for choice in get_space(space_name, **options).choices()]
+    space = get_space(space_name, **options)
+    choices = [choice.to_dict() for choice in space.choices()]
+    view = precision_view(space, trial.config) if trial.config else None
     return TrialDetail(
         search_id=search_id,
         space=space_name,
@@ -240,6 +243,7 @@ def trial_detail(
         on_front=number in reads.front_numbers(search_id),
         trial=TrialOut.of(trial),
         stages=structure(trial.config, choices),
+        precision=None if view is None else PrecisionView.model_validate(view),
     )
 
 

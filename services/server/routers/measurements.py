@@ -75,7 +75,13 @@ def upload_measurements(device: DeviceDep, batch: MeasurementBatch, store: Measu
     """
     space = space_at(batch.space, batch.space_options)
     rows = [
-        MeasurementRow(m.key, m.samples_ms, None if m.features is None else m.features.model_dump(), m.after)
+        MeasurementRow(
+            m.key,
+            m.samples_ms,
+            None if m.features is None else m.features.model_dump(),
+            m.after,
+            m.weight_kernel,
+        )
         for m in batch.measurements
     ]
     try:

@@ -10,6 +10,7 @@ from nas.proxies.catalog import proxy_catalog
 from search_spaces import FieldError, get_space, list_spaces
 from services.core.measurement_store import UnknownDeviceError
 from services.core.model_export import ModelFile, export_model
+from services.core.precision_view import precision_view
 from services.option_values import parse_option_value
 from services.server.deps import (
     HeavyRequestDep,
@@ -29,6 +30,7 @@ from services.server.schemas import (
     EvaluateOut,
     ExportIn,
     LatencyOut,
+    PrecisionView,
     SpaceDetail,
     SpaceSummary,
 )
@@ -139,6 +141,9 @@ def evaluate(
         params=params,
         macs=macs,
         latency=latency,
+        precision=None
+        if (view := precision_view(space, canonical)) is None
+        else PrecisionView.model_validate(view),
     )
 
 

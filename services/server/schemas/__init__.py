@@ -90,10 +90,24 @@ class ProxyOut(BaseModel):
     )
 
 
+class LayerStage(BaseModel):
+    stage: str
+    layers: int = Field(description="quantizable conv / linear layers of the stage")
+    searched: int = Field(description="of those, the layers whose width is a choice")
+    weights: int
+
+
 class SpaceDetail(SpaceSummary):
     choices: list[ChoiceOut]
     option_values: dict[str, Any]
     reference_configs: dict[str, dict[str, Any]]
+    base_space: str | None = Field(None, description="bit-width spaces: the space whose layers get widths")
+    fixed_layers: dict[str, int] | None = Field(
+        None, description="bit-width spaces: the layers kept at fixed_bits (not choices)"
+    )
+    layer_stages: list[LayerStage] | None = Field(
+        None, description="bit-width spaces: the quantizable layers per stage, in execution order"
+    )
     proxies: list[ProxyOut] = Field(
         default_factory=list, description="quality proxies of the space at these options"
     )
@@ -186,6 +200,11 @@ class MeasurementIn(BaseModel):
     samples_ms: list[Milliseconds] = Field(..., min_length=1, max_length=MAX_SAMPLES)
     features: BlockFeaturesIn | None = None
     after: str | None = Field(None, max_length=1024, description="in-context timings: the block run before")
+    weight_kernel: FreeJson | None = Field(
+        None,
+        description="blocks with low-bit weights: how they ran (`weight_bits`, `weight_kernel`: the real "
+        "kernel's name or 'modelled: ...', `layers_on_kernel`, `layers_float`; latency_lut.low_bit)",
+    )
 
 
 class MeasurementBatch(BaseModel):
@@ -643,6 +662,40 @@ class LatencyOut(BaseModel):
     missing_examples: list[str]
 
 
+class WidthCount(BaseModel):
+    bits: int = Field(description="weight width (16: float16, not quantized)")
+    layers: int
+    weights: int
+
+
+class StagePrecision(BaseModel):
+    stage: str = Field(description="UNet stage (down0 .. up0, mid) or outer block (time, conv_in, conv_out)")
+    layers: int
+    weights: int
+    mean_bits: float = Field(description="mean counted bits per weight, log2(2^n + 1) for n bits")
+    histogram: dict[str, int] = Field(description="layers per width")
+
+
+class LayerPrecision(BaseModel):
+    name: str = Field(description="the layer's choice name without `bits.`")
+    stage: str
+    bits: int
+    weights: int
+    fixed: bool = Field(description="kept at the space's fixed_bits (first / last layers), not a choice")
+
+
+class PrecisionView(BaseModel):
+    """A bit-width config readable with hundreds of layers: totals, a histogram of widths, a line per
+    stage, and the full per-layer list (for a collapsed view)."""
+
+    size_mb: float
+    mean_bits: float
+    layers_total: int
+    histogram: list[WidthCount]
+    stages: list[StagePrecision]
+    layers: list[LayerPrecision]
+
+
 class EvaluateOut(BaseModel):
     space: str
     options: dict[str, Any]
@@ -652,6 +705,9 @@ class EvaluateOut(BaseModel):
     params: int
     macs: int | None
     latency: dict[str, LatencyOut] = Field(description="per device")
+    precision: PrecisionView | None = Field(
+        None, description="bit-width spaces: the config per stage and as a histogram of widths"
+    )
 
 
 class ExportIn(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from services.server.schemas import ObjectiveOut, SearchOut, TrialOut
+from services.server.schemas import ObjectiveOut, PrecisionView, SearchOut, TrialOut
 
 
 class Capabilities(BaseModel):
@@ -114,6 +114,9 @@ class TrialDetail(BaseModel):
     on_front: bool
     trial: TrialOut
     stages: list[Stage]
+    precision: PrecisionView | None = Field(
+        None, description="bit-width spaces: the config per stage, a histogram of widths, every layer"
+    )
 
 
 class CoverageRow(BaseModel):

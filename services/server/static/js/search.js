@@ -6,6 +6,7 @@ import {
   statusBadge, tableText, warningsBadge, withUnit,
 } from './api.js';
 import { drawHypervolume, drawPareto, parseConstraints } from './plots.js';
+import { drawPrecision, precisionSummaryText } from './precision.js';
 import { drawStructure } from './structure.js';
 import { TrialTable } from './trials.js';
 
@@ -196,10 +197,13 @@ export class SearchView {
     this.hovering = number;
     const detail = await this.trialDetail(number);
     if (this.hovering !== number) return;
-    const lines = Object.entries(detail.trial.config).map(([k, v]) => `${k}: ${JSON.stringify(v)}`);
+    // A bit-width config has hundreds of entries: its stages stand for it.
+    const text = detail.precision
+      ? precisionSummaryText(detail.precision)
+      : Object.entries(detail.trial.config).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join('\n');
     this.hoverCard.replaceChildren(
       el('div', { class: 'hover-title' }, `trial ${number}`, detail.on_front ? el('span', { class: 'badge front' }, 'front') : null),
-      el('pre', { class: 'hover-config' }, lines.join('\n')));
+      el('pre', { class: 'hover-config' }, text));
     this.hoverCard.hidden = false;
   }
 
@@ -208,7 +212,8 @@ export class SearchView {
     this.selected = number;
     this.table.markSelected(number);
     this.renderDetail(detail);
-    drawStructure(this.structure, detail.stages);
+    if (detail.precision) drawPrecision(this.structure, detail.precision);
+    else drawStructure(this.structure, detail.stages);
     this.drawPlot();
   }
 
@@ -228,7 +233,8 @@ export class SearchView {
       ...(t.error ? [el('pre', { class: 'error-text' }, t.error)] : []),
       el('table', { class: 'kv' }, rows, metricRows),
       el('div', { class: 'exports' }, this.exportButtons(detail)),
-      el('details', { open: true }, el('summary', {}, `config (${t.config_id.slice(0, 12)})`),
+      el('details', { open: !detail.precision, id: 'trial-config-details' },
+        el('summary', {}, `config (${t.config_id.slice(0, 12)}, ${Object.keys(t.config).length} entries)`),
         el('pre', { id: 'trial-config', class: 'config' }, JSON.stringify(t.config, null, 2))));
   }
 
