@@ -18,8 +18,14 @@ evaluation of `params` only: strategy ask/tell, canonicalisation, front and hype
 write) for NSGA-II and random search: together with `dispatch` this is the ceiling no number of workers
 can pass, since one runner thread does it for every trial.
 
+With `--address HOST:PORT` the actors run on an existing Ray cluster (`ray start --head` and
+`ray start --address` on each machine) instead of a local Ray, and each row also counts the evaluations
+per node (`head`, `node2`, ...: each outcome records the node that evaluated it), so a cluster that
+leaves a node idle shows it.
+
     .venv/bin/python benchmarks/ray_scaling.py                       # 1 and 2 workers (2 cores here)
     .venv/bin/python benchmarks/ray_scaling.py --workers 1 2 4 --evaluations 48
+    .venv/bin/python benchmarks/ray_scaling.py --address 127.0.0.1:6379   # an existing cluster
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import ray
@@ -51,6 +57,7 @@ class Row:
     errors: int
     speedup: float = 1.0
     efficiency: float = 1.0
+    per_node: dict[str, int] = field(default_factory=dict)
 
 
 def run(workload: str, objectives: list[str], options: dict, configs: list[dict], workers: int) -> Row:
@@ -64,6 +71,7 @@ def run(workload: str, objectives: list[str], options: dict, configs: list[dict]
         pending = list(configs)
         running: dict[ray.ObjectRef, object] = {}
         durations, errors = [], 0
+        per_node: dict[str, int] = {}
         start = time.perf_counter()
         idle = list(actors)
         while pending or running:
@@ -75,6 +83,8 @@ def run(workload: str, objectives: list[str], options: dict, configs: list[dict]
             outcome = ray.get(done[0])
             durations.append(outcome.duration_s)
             errors += outcome.error is not None
+            node = outcome.metrics.get("node_id", "?")
+            per_node[node] = per_node.get(node, 0) + 1
         wall = time.perf_counter() - start
     finally:
         for actor in actors:
@@ -87,7 +97,15 @@ def run(workload: str, objectives: list[str], options: dict, configs: list[dict]
         per_s=len(configs) / wall,
         mean_eval_s=float(np.mean(durations)),
         errors=errors,
+        per_node=per_node,
     )
+
+
+def node_names() -> dict[str, str]:
+    """Ray node id -> `head`, `node2`, `node3`, ... (the head first, the others in Ray's order)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes.sort(key=lambda n: "node:__internal_head__" not in n.get("Resources", {}))
+    return {n["NodeID"]: ("head" if i == 0 else f"node{i + 1}") for i, n in enumerate(nodes)}
 
 
 def runner_overhead(strategy: str, trials: int, options: dict) -> tuple[float, int]:
@@ -115,13 +133,25 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--address", help="an existing Ray cluster (HOST:PORT) instead of a local Ray")
     args = parser.parse_args()
 
     options = {"resolution": args.resolution, "num_classes": 10}
     space = get_space("efficientformerv2", **options)
     rng = np.random.default_rng(0)
     configs = [space.sample(rng) for _ in range(max(args.evaluations, args.dispatch_evaluations))]
-    ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
+    names = node_names()
+    cluster = ", ".join(
+        sorted(
+            f"{names.get(n['NodeID'], '?')} {n['Resources'].get('CPU', 0):.0f} CPU"
+            for n in ray.nodes()
+            if n.get("Alive")
+        )
+    )
     rows: list[Row] = []
     load_before = os.getloadavg()
     try:
@@ -148,12 +178,17 @@ def main() -> None:
     )
     load = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in zip(load_before, os.getloadavg(), strict=True))
     print(f"median of {args.rounds} alternating rounds; load average (1/5/15 min, before->after): {load}")
+    print(f"Ray: {args.address or 'local'} ({cluster})")
     header = f"{'workload':<10} {'workers':>7} {'evals':>6} {'wall s':>8} {'evals/s':>9} {'speed-up':>9} "
-    print(header + f"{'efficiency':>10} {'mean eval s':>12} {'errors':>6}")
+    print(header + f"{'efficiency':>10} {'mean eval s':>12} {'errors':>6}  evals per node")
     for r in rows:
+        per_node = ", ".join(
+            f"{names.get(n, n[:8])} {c}"
+            for n, c in sorted(r.per_node.items(), key=lambda i: names.get(i[0], i[0]))
+        )
         print(
             f"{r.workload:<10} {r.workers:>7} {r.evaluations:>6} {r.wall_s:>8.2f} {r.per_s:>9.2f} "
-            f"{r.speedup:>8.2f}x {r.efficiency:>9.0%} {r.mean_eval_s:>12.4f} {r.errors:>6}"
+            f"{r.speedup:>8.2f}x {r.efficiency:>9.0%} {r.mean_eval_s:>12.4f} {r.errors:>6}  {per_node}"
         )
     overhead = {s: runner_overhead(s, args.runner_trials, options) for s in ("random", "nsga2")}
     for strategy, (per_trial, n) in overhead.items():

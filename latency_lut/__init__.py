@@ -36,7 +36,7 @@ from latency_lut.backends import (
     summarize,
 )
 from latency_lut.devices import NoLocalBackendError, device_backend
-from latency_lut.measure import MeasureReport, measure_missing, needed_blocks
+from latency_lut.measure import MeasureReport, measure_missing, missing_entries, needed_blocks
 from latency_lut.sql_table import SqlLatencyTable
 
 __all__ += [
@@ -49,6 +49,7 @@ __all__ += [
     "get_backend",
     "list_backends",
     "measure_missing",
+    "missing_entries",
     "needed_blocks",
     "summarize",
 ]

@@ -80,13 +80,10 @@ def measure_missing(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     check_counts(warmup, repeats)
-    wanted = check_timings(timings)
     started = time.perf_counter()
     canonical = None if configs is None else [space.canonicalize(c) for c in configs]
     specs = needed_blocks(space, canonical)
-    needed = [(spec, t) for spec in specs for t in wanted]
-    missing = set(table.missing(device, [timing_key(spec.key, t) for spec, t in needed]))
-    todo = [(spec, t) for spec, t in needed if timing_key(spec.key, t) in missing]
+    needed, todo = _needed_and_missing(specs, device, table, timings)
     measured: list[str] = []
     timer = backend
     if todo:
@@ -103,6 +100,23 @@ def measure_missing(
         measured_keys=measured,
         clock=None if timer is None else timer.clock,
     )
+
+
+def missing_entries(
+    space: SearchSpace, device: str, table: LatencyTable, *, timings: Iterable[str] = DEFAULT_TIMINGS
+) -> list[tuple[BlockSpec, Timing]]:
+    """The (block, timing) entries of the whole space that `device`'s table lacks, in the order
+    `measure_missing` would measure them: what a search on this space must measure first."""
+    return _needed_and_missing(needed_blocks(space), device, table, timings)[1]
+
+
+def _needed_and_missing(
+    specs: list[BlockSpec], device: str, table: LatencyTable, timings: Iterable[str]
+) -> tuple[list[tuple[BlockSpec, Timing]], list[tuple[BlockSpec, Timing]]]:
+    wanted = check_timings(timings)
+    needed = [(spec, t) for spec in specs for t in wanted]
+    missing = set(table.missing(device, [timing_key(spec.key, t) for spec, t in needed]))
+    return needed, [(spec, t) for spec, t in needed if timing_key(spec.key, t) in missing]
 
 
 def weight_bits(spec: BlockSpec) -> int | None:

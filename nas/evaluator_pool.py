@@ -203,8 +203,10 @@ class _LocalPool:
 class _RayPool:
     """`capacity` evaluator actors; each runs one evaluation at a time. With `warm` (an
     `EvaluatorPool`) the actors are taken from it and given back at `close`, else started for this
-    run and ended at `close`. An actor that dies is replaced and its config evaluated again on the new
-    one, at most `retries` times; then the trial fails with the reason."""
+    run and ended at `close`. An actor that dies is replaced, and its config is evaluated again on
+    whichever actor is free first (the replacement, or a surviving one), at most `retries` times; then
+    the trial fails with the reason. A replacement may never start (its node died and the cluster has
+    no CPU left for it): the surviving actors then take every evaluation, so the run still finishes."""
 
     def __init__(
         self,
@@ -228,6 +230,9 @@ class _RayPool:
         self._running: dict[ray.ObjectRef, tuple[Any, Config, int]] = {}
         # Actors being started or configured (see `start`), by the reference of that call.
         self._starting: dict[ray.ObjectRef, Any] = {}
+        # Evaluations waiting for a free actor (retries after an actor died), with their attempt.
+        self._waiting: list[tuple[Config, int]] = []
+        self._lost_reason = "every worker died"
         if warm is None:
             self.warm_actors = 0
             for actor in (self._spawn() for _ in range(size)):
@@ -265,30 +270,47 @@ class _RayPool:
 
     @property
     def in_flight(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._waiting)
 
     def submit(self, config: Config) -> None:
-        actor = self._idle.pop()
-        self._running[actor.evaluate.remote(config)] = (actor, config, 1)
+        self._waiting.append((config, 1))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._waiting and self._idle:
+            config, attempt = self._waiting.pop(0)
+            actor = self._idle.pop()
+            self._running[actor.evaluate.remote(config)] = (actor, config, attempt)
 
     def next_done(self) -> tuple[Config, EvalOutcome]:
         while True:
-            ready, _ = ray.wait(list(self._running), num_returns=1)
+            if not self._running and not self._starting:
+                # Every actor died and no replacement could start: what waits cannot be evaluated.
+                config, attempt = self._waiting.pop(0)
+                outcome = EvalOutcome(values={}, error=f"no evaluation worker left: {self._lost_reason}")
+                self._attach(outcome, attempt)
+                return config, outcome
+            ready, _ = ray.wait([*self._running, *self._starting], num_returns=1)
+            if ready[0] in self._starting:
+                self._started(ready[0])
+                continue
             actor, config, attempt = self._running.pop(ready[0])
             try:
                 outcome = ray.get(ready[0])
             except RayActorError as exc:
                 kill_actors([actor])
-                actor = self._spawn()
+                replacement = self._spawn()
+                self._starting[replacement.ready.remote()] = replacement
                 reason = _first_line(exc)
                 if attempt <= self.retries:
                     logger.warning(
-                        "evaluation worker died (attempt %d of %d); retrying on a fresh one: %s",
+                        "evaluation worker died (attempt %d of %d); retrying on the next free one: %s",
                         attempt,
                         self.retries + 1,
                         reason,
                     )
-                    self._running[actor.evaluate.remote(config)] = (actor, config, attempt + 1)
+                    self._waiting.append((config, attempt + 1))
+                    self._dispatch()
                     continue
                 logger.warning(
                     "evaluation worker died %d times on one config; trial failed: %s", attempt, reason
@@ -297,14 +319,35 @@ class _RayPool:
                     values={},
                     error=f"the evaluation worker died on all {attempt} attempt(s) at this config: {reason}",
                 )
+                self._attach(outcome, attempt)
+                return config, outcome
             except RayError as exc:
                 outcome = EvalOutcome(
                     values={}, error=f"Ray could not run the evaluation: {_first_line(exc)}"
                 )
-            if attempt > 1:
-                outcome.metrics["attempts"] = attempt
+            self._attach(outcome, attempt)
             self._idle.append(actor)
+            self._dispatch()
             return config, outcome
+
+    @staticmethod
+    def _attach(outcome: EvalOutcome, attempt: int) -> None:
+        if attempt > 1:
+            outcome.metrics["attempts"] = attempt
+
+    def _started(self, ref: ray.ObjectRef) -> None:
+        """A replacement actor started (it joins the free ones), or died starting (another is spawned)."""
+        actor = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+        except RayActorError as exc:
+            # Not spawned again: a worker that cannot start would be replaced forever.
+            self._lost_reason = f"a replacement worker died while starting: {_first_line(exc)}"
+            logger.warning("%s", self._lost_reason)
+            kill_actors([actor])
+            return
+        self._idle.append(actor)
+        self._dispatch()
 
     def close(self) -> None:
         """Give the idle actors back to the warm pool (or end them); end those still busy."""
@@ -317,6 +360,7 @@ class _RayPool:
         self._idle.clear()
         self._running.clear()
         self._starting.clear()
+        self._waiting.clear()
 
 
 def _first_line(exc: BaseException) -> str:

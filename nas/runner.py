@@ -6,10 +6,10 @@ updates the Pareto front incrementally and reports progress. A restarted runner 
 stored trials and never evaluates a stored config id again.
 
 Failure of an evaluation worker: a Ray actor that dies while evaluating (killed, out of memory, a crash
-in native code) is replaced by a fresh one and the same config is evaluated again, at most
-`evaluation_retries` times; after that the trial is recorded `failed` with the reason, and the search
-goes on. A store or callback that raises `RunAbandoned` (the service's scheduler lost its lease on the
-search) ends the run at once without recording anything more.
+in native code, its node lost) is replaced by a fresh one and the same config is evaluated again on
+the next free actor, at most `evaluation_retries` times; after that the trial is recorded `failed`
+with the reason, and the search goes on. A store or callback that raises `RunAbandoned` (the
+service's scheduler lost its lease on the search) ends the run at once without recording anything more.
 
 Infeasible trials (a constraint violated) are stored with `feasible=False` and never join the front.
 

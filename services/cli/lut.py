@@ -125,10 +125,17 @@ def lut_export(
             f"{str(Path.cwd())!r}): run this where the server runs, or set NAS_DATABASE_URL to its database"
         )
     table = _local_table()
-    if device not in table.devices():
+    devices = table.devices()
+    if not devices:
+        raise ValueError(
+            f"no latency table for device {device!r}: the database {where} (NAS_DATABASE_URL) holds no "
+            "latency table at all (a new or empty database, not the server's?); set NAS_DATABASE_URL to "
+            "the database the server uses"
+        )
+    if device not in devices:
         raise ValueError(
             f"no latency table for device {device!r} in the database {where} (NAS_DATABASE_URL); devices "
-            f"with tables there: {table.devices()}"
+            f"with tables there: {devices}"
         )
     n = export_table(table, device, file)
     out.print(f"wrote {n} entries of {device} from {where} to {file}", markup=False, highlight=False)

@@ -73,6 +73,13 @@ def search_submit(
         out.print(f"queued search {created.id}")
         for warning in created.warnings:
             err.print(f"warning: {warning}", markup=False)
+        for table in created.measure_first:
+            out.print(
+                f"before its first trial the server measures {table['entries']:,} latency-table entries of "
+                f"{table['device']} ({table['blocks']:,} blocks)",
+                markup=False,
+                highlight=False,
+            )
         if wait:
             final = _follow(api, created.id)
             _print_search(final)
@@ -86,8 +93,14 @@ def _follow(api: NasClient, search_id: str, *, poll_s: float = 1.0) -> Search:
         task = bar.add_task("queued", total=None)
 
         def on_progress(search: Search) -> None:
-            description = f"[{search.status}] {search.status_message}"
             progress = search.progress
+            table = progress.get("latency_table")
+            if progress.get("phase") == "measuring latency table" and table:
+                # The bar counts table entries until the first trial.
+                bar.update(task, total=table["total"], completed=table["done"])
+                bar.update(task, description=f"[{search.status}] {_table_text(table)}")
+                return
+            description = f"[{search.status}] {search.status_message}"
             if progress.get("failed"):
                 description += f", {progress['failed']} failed"
             if progress.get("eta_s") and search.status == "running":
@@ -127,10 +140,36 @@ def _print_search(search: Search) -> None:
         ("owner", search.owner or "-"),
         ("error", search.error or "-"),
     ]
+    progress = search.progress
+    table = progress.get("latency_table")
+    if progress.get("phase"):
+        rows.insert(3, ("phase", progress["phase"]))
+    if table:
+        rows.insert(4 if progress.get("phase") else 3, ("latency table", _table_text(table)))
     rows += [("warning", text) for text in search.warnings]
     for key, value in rows:
         grid.add_row(key, str(value))
     print_table(grid)
+
+
+def _table_text(table: dict[str, Any]) -> str:
+    """`measuring latency table: 340 / 1,212 entries of host-cpu-torch, ETA 3m 12s` while measuring,
+    `1,212 entries of host-cpu-torch measured in 4m 31s` once done."""
+    counts = f"{table['done']:,} / {table['total']:,} entries of {table['device']}"
+    if table["done"] < table["total"]:
+        return f"measuring latency table: {counts}, ETA {_duration(table.get('eta_s'))}"
+    return f"{table['total']:,} entries of {table['device']} measured in {_duration(table['elapsed_s'])}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
 
 def _eta_text(search: Search) -> str:

@@ -189,17 +189,28 @@ class Search:
 
 @dataclass(frozen=True)
 class Submission:
-    """The answer to a submit: the new search's id and status, its links, and warnings about the spec
-    (a budget too small for the strategy's target, for example)."""
+    """The answer to a submit: the new search's id and status, its links, warnings about the spec
+    (a budget too small for the strategy's target, for example), the latency-table entries the
+    server measures before the first trial (`measure_first`: device, blocks, entries) and what
+    happens next in words (`message`)."""
 
     id: str
     status: str
     links: dict[str, str]
     warnings: list[str]
+    measure_first: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> Submission:
-        return cls(data["id"], data["status"], dict(data["links"]), list(data.get("warnings") or []))
+        return cls(
+            data["id"],
+            data["status"],
+            dict(data["links"]),
+            list(data.get("warnings") or []),
+            [dict(m) for m in data.get("measure_first") or []],
+            str(data.get("message") or ""),
+        )
 
 
 @dataclass(frozen=True)

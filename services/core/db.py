@@ -124,6 +124,11 @@ class SearchRow(Base):
     # The decisions of a stepwise strategy (`nas.strategies.Strategy.step_log`), written when the run
     # ends (also when it is cancelled or interrupted). None for other strategies or before that.
     steps: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
+    # What a running search is doing, for every API process to read: `{"name": "measuring latency
+    # table" | "searching", "table": {"device", "done", "total", "seconds"}}`, the table part being the
+    # latency-table entries the scheduler measures on this host before the first trial (kept once done).
+    # None before a scheduler first claimed the search (and for searches stored before phases existed).
+    phase: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
 class TrialRow(Base):

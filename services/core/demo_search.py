@@ -1,15 +1,17 @@
 """A synthetic finished search of any size, to see (and test) the dashboard at 100,000 trials without
 running one: `python -m services.core.demo_search --trials 100000` (database: `NAS_DATABASE_URL`).
 
-Configs are real subnets of EfficientFormerV2 at 32 px (a pool of sampled ones, reused); the objective
-values are drawn, not measured: a latency/params trade-off with noise, a `params` constraint that some
-trials violate, and a few failed trials. The stored front is the exact front of the feasible trials.
+Configs are real subnets of EfficientFormerV2 at 32 px or of another space (a pool of sampled ones,
+reused); the objective values are drawn, not measured: a latency/params trade-off with noise, a `params`
+constraint that some trials violate, and a few failed trials. The stored front is the exact front of
+the feasible trials.
 """
 
 from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -27,12 +29,22 @@ _CHUNK = 5000
 
 
 def insert_synthetic_search(
-    engine: Engine, *, trials: int, seed: int = 0, name: str = "synthetic", failed_share: float = 0.01
+    engine: Engine,
+    *,
+    trials: int,
+    seed: int = 0,
+    name: str = "synthetic",
+    failed_share: float = 0.01,
+    space: str = "efficientformerv2",
+    space_options: dict[str, Any] | None = None,
 ) -> str:
-    """Store a finished search with `trials` synthetic trials over (latency, params); its id."""
+    """Store a finished search with `trials` synthetic trials over (latency, params) of sampled
+    subnets of `space` (default EfficientFormerV2 at 32 px); its id."""
     rng = np.random.default_rng(seed)
-    space = get_space("efficientformerv2", resolution=32, num_classes=10)
-    pool = [space.sample(rng) for _ in range(min(256, max(1, trials)))]
+    if space_options is None:
+        space_options = {"resolution": 32, "num_classes": 10} if space == "efficientformerv2" else {}
+    sampled = get_space(space, **space_options)
+    pool = [sampled.sample(rng) for _ in range(min(256, max(1, trials)))]
     pool_ids = [config_id(c) for c in pool]
     latency = rng.uniform(1.0, 20.0, trials)
     params = 2.0e6 * (1.0 + 18.0 / (latency + 1.0)) * rng.lognormal(0.0, 0.35, trials)
@@ -47,8 +59,8 @@ def insert_synthetic_search(
     now = datetime.now(UTC)
     spec = {
         "name": name,
-        "space": "efficientformerv2",
-        "space_options": {"resolution": 32, "num_classes": 10},
+        "space": space,
+        "space_options": space_options,
         "objectives": [LATENCY, "params"],
         "constraints": [f"params <= {PARAMS_BOUND:g}"],
         "strategy": "random",

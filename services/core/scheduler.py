@@ -27,11 +27,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from latency_lut import BUILTIN_DEVICES, LatencyPredictor, SqlLatencyTable, known_devices, measure_missing
+from latency_lut import (
+    BUILTIN_DEVICES,
+    LatencyPredictor,
+    SqlLatencyTable,
+    known_devices,
+    measure_missing,
+    missing_entries,
+)
 from nas import ResolvedSpec, SearchSpec, TrialState, resolve
 from nas.evaluator_pool import EvaluatorPool
 from nas.runner import EvaluatorFactory, RunAbandoned, Runner, RunProgress, init_ray
@@ -39,6 +47,7 @@ from services.core.db import SearchStatus
 from services.core.measurement_store import MeasurementStore
 from services.core.prediction_service import PredictionService
 from services.core.ray_processes import LocalRayRecord, reap_orphans
+from services.core.search_phase import PHASE_MEASURING, PHASE_SEARCHING, measuring_message
 from services.core.search_queue import LeaseLostError, SearchQueue
 from services.core.trial_store import SqlTrialStore
 from services.settings import Settings
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: How often a running search re-reads its `cancel_requested` flag, at most.
 CANCEL_POLL_S = 0.5
+#: How often the latency-table phase writes its progress, at most (and at its start and end).
+PHASE_WRITE_S = 0.5
 
 
 class _Interrupted(Exception):
@@ -237,7 +248,9 @@ class Scheduler:
         spec = SearchSpec.model_validate(row.spec)
         resolved = resolve(spec, known_devices(self.lut.devices()), supernet_dir=self.settings.supernet_dir)
         should_stop = self._stop_check(search_id)
-        self._measure_luts(search_id, resolved, should_stop)
+        measured_s = self._measure_luts(
+            search_id, resolved, should_stop, elapsed_before_s=row.elapsed_s, phase_before=row.phase
+        )
         luts, table_warnings = self._predictors(search_id, resolved)
         warnings = _unique([*(row.warnings or []), *table_warnings])
         if warnings != (row.warnings or []):
@@ -253,7 +266,7 @@ class Scheduler:
             luts,
             should_stop=should_stop,
             on_progress=lambda progress: self._progress(search_id, progress),
-            elapsed_before_s=row.elapsed_s,
+            elapsed_before_s=row.elapsed_s + measured_s,
             evaluation_retries=self.settings.evaluation_retries,
             evaluator_factory=self.evaluator_factory,
             supernet_dir=self.settings.supernet_dir,
@@ -328,20 +341,55 @@ class Scheduler:
                 )
         return predictors, warnings
 
-    def _measure_luts(self, search_id: str, resolved: ResolvedSpec, should_stop: Callable[[], bool]) -> None:
-        """Fill the missing entries of every device of the search that this host can measure."""
+    def _measure_luts(
+        self,
+        search_id: str,
+        resolved: ResolvedSpec,
+        should_stop: Callable[[], bool],
+        *,
+        elapsed_before_s: float,
+        phase_before: dict[str, Any] | None,
+    ) -> float:
+        """Fill the missing entries of every device of the search that this host can measure, as the
+        search's `measuring latency table` phase (progress in `phase.table`, `elapsed_s` running on);
+        returns the seconds it took. A resumed search whose table is complete keeps the table
+        progress of its earlier run."""
+        started = time.monotonic()
+        table: dict[str, Any] | None = (phase_before or {}).get("table")
         for device in resolved.devices:
             known = BUILTIN_DEVICES.get(device)
             if known is None or known.backend is None:
                 continue
+            total = len(missing_entries(resolved.space, device, self.lut))
+            if not total:
+                continue
+            device_started = time.monotonic()
+            last_write = 0.0
 
-            def progress(done: int, total: int, _key: str, device: str = device) -> None:
-                message = f"measuring LUT for {device}: {done}/{total} entries"
-                self._update(search_id, status_message=message)
+            def write(
+                done: int, device: str = device, total: int = total, started_at: float = device_started
+            ) -> None:
+                nonlocal table
+                now = time.monotonic()
+                table = {"device": device, "done": done, "total": total, "seconds": now - started_at}
+                self._update(
+                    search_id,
+                    phase={"name": PHASE_MEASURING, "table": table},
+                    status_message=measuring_message(table),
+                    elapsed_s=elapsed_before_s + (now - started),
+                )
+
+            def progress(done: int, total: int, _key: str, write: Callable[[int], None] = write) -> None:
+                nonlocal last_write
+                now = time.monotonic()
+                # A write per entry would be one UPDATE every few milliseconds on small blocks.
+                if done == total or now - last_write >= PHASE_WRITE_S:
+                    write(done)
+                    last_write = now
                 if should_stop():
                     raise _Interrupted
 
-            self._update(search_id, status_message=f"measuring LUT for {device}: checking blocks")
+            write(0)
             report = measure_missing(
                 resolved.space,
                 device,
@@ -359,6 +407,11 @@ class Scheduler:
                 report.measured,
                 report.seconds,
             )
+        seconds = time.monotonic() - started
+        self._update(
+            search_id, phase={"name": PHASE_SEARCHING, "table": table}, elapsed_s=elapsed_before_s + seconds
+        )
+        return seconds
 
     def _stop_check(self, search_id: str) -> Callable[[], bool]:
         """`should_stop` for the runner: shutdown at once, a cancel request within `CANCEL_POLL_S`."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
+import sqlalchemy as sa
 from svc_helpers import wait_for
 
 from nas.pareto import non_dominated
@@ -69,32 +71,85 @@ def front_numbers(trials: list[dict], names: list[str]) -> set[int]:
     return {ok[i]["number"] for i in non_dominated(points)}
 
 
-def test_front_shows_the_right_points_in_2d_and_3d(page, live, http, plot_search):
+def plot_layout(page) -> dict:
+    """Axis titles, the dashed bound lines and their labels of the Pareto plot."""
+    return page.evaluate(
+        """() => {
+            const l = document.getElementById('pareto-plot').layout;
+            const title = (a) => a && a.title && a.title.text;
+            const scene = l.scene || {};
+            return {
+                x: title(l.xaxis) || title(scene.xaxis),
+                y: title(l.yaxis) || title(scene.yaxis),
+                z: title(scene.zaxis),
+                shapes: (l.shapes || []).map(s => ({x0: s.x0, y0: s.y0, xref: s.xref, yref: s.yref})),
+                labels: (l.annotations || []).map(a => a.text),
+            };
+        }"""
+    )
+
+
+def trace_values(page, name: str) -> dict:
+    return page.evaluate(
+        """name => { const t = document.getElementById('pareto-plot').data.find(t => t.name.startsWith(name));
+            return {numbers: Array.from(t.customdata), x: Array.from(t.x), y: Array.from(t.y)}; }""",
+        name,
+    )
+
+
+def test_front_shows_the_right_points_in_3d_then_2d(page, live, http, plot_search):
     search_id = plot_search["id"]
     trials = all_trials(http, search_id)
     open_search(page, live.url, search_id)
 
+    # A 3-objective search opens in 3-D on its own objectives: the plot's front is the runner's stored
+    # front, and its count is the header's.
+    front3 = trace(page, FRONT_TRACE)
+    assert front3["type"] == "scatter3d"
+    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["items"]}
+    assert set(front3["numbers"]) == stored
+    assert page.inner_text("#front-size") == str(plot_search["front_size"]) == str(front3["n"])
+    assert page.inner_text("#plot-counts").startswith(f"front {front3['n']} ·")
+    layout = plot_layout(page)
+    assert layout["x"].startswith("latency:host-cpu-torch [ms]")
+    assert layout["y"].startswith("params [M params]") and layout["z"].startswith("macs [GMACs]")
+    # No lines in a 3-D scene: the counts line names the constraint's bound, in the axis's unit.
+    assert "bounds: params <= 3.5 M params" in page.inner_text("#plot-counts")
+    screenshot(page, "search-3d")
+
+    page.select_option("#axis-z", "")
+    page.wait_for_function("() => document.getElementById('pareto-plot').data[0].type === 'scattergl'")
     front = trace(page, FRONT_TRACE)
-    assert front["type"] == "scattergl"
     assert set(front["numbers"]) == front_numbers(trials, ["latency:host-cpu-torch", "params"])
     assert front["n"] == len(front["numbers"])
     shown = sum(trace(page, name)["n"] for name in ("feasible", "infeasible", FRONT_TRACE))
     assert shown == len(trials)
-    assert page.inner_text("#plot-counts").startswith(f"front {front['n']}")
+    # Fewer objectives than the search's: the count says it is the front of the plotted ones.
+    counts = page.inner_text("#plot-counts")
+    assert counts.startswith(f"front {front['n']} in the plotted objectives")
+    assert (
+        f"the search's front over latency:host-cpu-torch, params, macs: {plot_search['front_size']}" in counts
+    )
+    # Values are drawn in the axes' units: params in millions.
+    values = trace_values(page, FRONT_TRACE)
+    by_number = {t["number"]: t for t in trials}
+    for number, x, y in zip(values["numbers"], values["x"], values["y"], strict=True):
+        assert x == pytest.approx(by_number[number]["values"]["latency:host-cpu-torch"])
+        assert y == pytest.approx(by_number[number]["values"]["params"] / 1e6)
+    # The constraint params <= 3,500,000 is a dashed horizontal line at 3.5 (M params), labelled.
+    layout = plot_layout(page)
+    assert layout["shapes"] == [{"x0": 0, "y0": 3.5, "xref": "paper", "yref": "y"}]
+    assert layout["labels"] == ["params <= 3.5 M params"]
+    assert layout["y"].startswith("params [M params]")
     screenshot(page, "search-2d")
-
-    page.select_option("#axis-z", "macs")
-    page.wait_for_function("() => document.getElementById('pareto-plot').data[0].type === 'scatter3d'")
-    front3 = trace(page, FRONT_TRACE)
-    # With every objective of the search plotted, the page's front is the runner's stored front.
-    stored = {t["number"] for t in http.get(f"/v1/searches/{search_id}/pareto").json()["items"]}
-    assert set(front3["numbers"]) == stored
-    screenshot(page, "search-3d")
 
 
 def test_hover_and_click_show_that_trials_config(page, live, http, plot_search):
     search_id = plot_search["id"]
     open_search(page, live.url, search_id)
+    # Points are found from the 2-D axes: plot two of the search's three objectives.
+    page.select_option("#axis-z", "")
+    page.wait_for_function("() => document.getElementById('pareto-plot').data[0].type === 'scattergl'")
     page.wait_for_selector("#selected-number")
     default = int(page.get_attribute("#selected-number", "data-number"))
     # A point other than the one selected at load: another front member, else a non-front trial.
@@ -259,6 +314,78 @@ def test_search_list_filters_by_status_and_text(page, live, plot_search, big_sea
     page.wait_for_selector(f"tr[data-search-id='{big_search}']", state="detached")
     assert "No searches match" in page.inner_text("#searches-table")
     screenshot(page, "searches-filtered")
+
+
+def test_the_structure_strip_of_a_temporal_subnet_stays_inside_the_page(page, live):
+    from services.core.demo_search import insert_synthetic_search
+
+    search_id = insert_synthetic_search(
+        live.app.state.engine, trials=12, seed=3, name="temporal", space="temporal"
+    )
+    open_search(page, live.url, search_id)
+    page.wait_for_selector("#structure .stage")
+    groups = len({choice.name.split(".")[0] for choice in get_space("temporal").choices()})
+    assert page.locator("#structure .stage").count() == groups
+    # Every stage card lies inside the structure panel, and the page does not scroll sideways.
+    inside = page.evaluate(
+        """() => { const panel = document.getElementById('structure').getBoundingClientRect();
+            return Array.from(document.querySelectorAll('#structure .stage')).map(s => {
+                const r = s.getBoundingClientRect();
+                return r.left >= panel.left - 1 && r.right <= panel.right + 1;
+            }); }"""
+    )
+    assert all(inside), inside
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, "structure-temporal")
+
+
+def test_warnings_show_in_the_list_and_on_the_search_page(page, live):
+    from services.core.db import SearchRow
+    from services.core.demo_search import insert_synthetic_search
+
+    engine = live.app.state.engine
+    search_id = insert_synthetic_search(engine, trials=10, seed=5, name="warned")
+    warning = "no feasible trial: no subnet met the constraints (the front is empty)"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(SearchRow.__table__).where(SearchRow.id == search_id).values(warnings=[warning])
+        )
+    page.goto(f"{live.url}/")
+    badge = page.locator(f"tr[data-search-id='{search_id}'] .badge.warn")
+    badge.wait_for()
+    assert badge.inner_text() == "1 warning" and badge.get_attribute("title") == warning
+    open_search(page, live.url, search_id)
+    assert page.inner_text("#search-warnings") == warning
+    assert page.locator("#search-header .badge.warn").inner_text() == "1 warning"
+
+
+def test_the_search_page_shows_the_latency_table_phase(page, live, http):
+    # Options no other search of this module used: the table lacks every entry of the space.
+    spec = {
+        "name": "browser-table-phase",
+        "space": "efficientformerv2",
+        "space_options": {"resolution": 64, "num_classes": 10},
+        "objectives": ["latency:host-cpu-torch", "params"],
+        "strategy": "random",
+        "budget": {"trials": 2, "parallelism": 1},
+        "seed": 2,
+    }
+    created = http.post("/v1/searches", json=spec).json()
+    (table,) = created["measure_first"]
+    search_id = created["id"]
+    try:
+        page.goto(f"{live.url}/?poll=250#/search/{search_id}")
+        phase = page.locator("#table-phase:has-text('measuring latency table: ')")
+        phase.wait_for(timeout=240_000)
+        text = phase.inner_text()
+        assert f" / {table['entries']:,} entries of host-cpu-torch, ETA " in text, text
+        # The bar counts table entries until the first trial.
+        bar = page.locator("#search-progress .progress.table-phase")
+        assert bar.get_attribute("title").endswith(f"of {table['entries']} latency-table entries")
+        screenshot(page, "search-table-phase")
+    finally:
+        http.post(f"/v1/searches/{search_id}/cancel")
+    wait_for(http, search_id, {"cancelled", "succeeded", "failed"})
 
 
 BITS_SPEC = {

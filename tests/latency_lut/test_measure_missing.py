@@ -15,6 +15,7 @@ from latency_lut import (
     TableView,
     TorchCPUBackend,
     measure_missing,
+    missing_entries,
     needed_blocks,
 )
 from latency_lut.predictors import BlockSum
@@ -172,3 +173,23 @@ def test_efficientformerv2_s0_is_fully_priced_after_measuring() -> None:
     assert estimate.covered_share == 1.0
     medians = table.snapshot(HOST)
     assert math.isclose(estimate.total_ms, sum(medians[spec.key] for spec in blocks), rel_tol=1e-12)
+
+
+def test_missing_entries_counts_what_a_search_measures_first(
+    table: LatencyTable, space: SearchSpace, device_name: Callable[[str], str]
+) -> None:
+    device = device_name("count")
+    every = [
+        (spec.key, t) for spec in needed_blocks(space) for t in ("isolated", "in_context", "call_overhead")
+    ]
+    assert [(spec.key, t) for spec, t in missing_entries(space, device, table)] == every
+    small = space.reference_config("small")
+    report = measure_missing(
+        space, device, table, configs=[small], backend=TorchCPUBackend(threads=1), **FAST
+    )
+    left = missing_entries(space, device, table)
+    assert len(left) == len(every) - report.measured
+    assert not {(spec.key, t) for spec, t in left} & {(spec.key, "isolated") for spec in space.blocks(small)}
+    assert missing_entries(space, device, table, timings=["isolated"]) == [
+        (spec, "isolated") for spec, t in left if t == "isolated"
+    ]

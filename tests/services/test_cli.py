@@ -234,6 +234,11 @@ def test_lut_measure_export_import(tmp_path: Path) -> None:
     bad_file.write_text("key,median_ms\nx,1\n")
     rejected = nas("lut", "import", str(bad_file), env=other)
     assert rejected.exit_code == 2 and "lacks the columns" in rejected.stderr
+    empty = {"NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+    assert nas("lut", "import", str(bad_file), env=empty).exit_code == 2  # the database now exists, empty
+    from_empty = nas("lut", "export", "--device", "host-cpu-torch", str(tmp_path / "z.csv"), env=empty)
+    assert from_empty.exit_code == 2 and "holds no latency table at all" in from_empty.stderr
+    assert str(tmp_path / "empty.db") in from_empty.stderr
     remote = nas(*[a if a != "host-cpu-torch" else "iphone14pro-coreml-ane" for a in measure], env=env)
     assert remote.exit_code == 2 and "no measurement backend on this host" in remote.stderr
 

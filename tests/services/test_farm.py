@@ -79,6 +79,12 @@ def test_agent_processes_fill_the_table_and_validate_it(
         assert (
             "3 calibration subnet(s)" in stdout and f"registered the new device {devices[backend]}" in stdout
         )
+        # Output to a pipe (as under nohup or systemd): plain progress lines as it goes, no live bars.
+        lines = stderr.splitlines()
+        assert "\r" not in stderr and "\x1b[" not in stderr, stderr[:500]
+        assert any(line.startswith("measure") and f"{n:,} / {n:,} (100%)" in line for line in lines), stderr
+        assert any(line.startswith("measure") and " / " in line and "(100%)" not in line for line in lines)
+        assert any(line.startswith("upload") for line in lines), stderr
 
     for backend, device in devices.items():
         shown = api.get(f"/v1/devices/{device}").json()

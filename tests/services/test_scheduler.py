@@ -119,6 +119,9 @@ def test_stop_requeues_and_next_scheduler_finishes(service: Service, ray_session
     assert len({t.config_id for t in trials}) == done + 3
 
 
+@pytest.mark.parametrize(
+    "service", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_cancel_while_measuring_the_lut(service: Service, ray_session) -> None:
     spec = SearchSpec.model_validate({**SMALL_SPEC, "space_options": {"resolution": 64, "num_classes": 10}})
     sid = service.queue.submit(spec).id
@@ -126,14 +129,18 @@ def test_cancel_while_measuring_the_lut(service: Service, ray_session) -> None:
     scheduler.start()
     try:
         wait_until(
-            lambda: status_of(service, sid).status_message.startswith("measuring LUT for host-cpu-torch: "),
+            lambda: (status_of(service, sid).phase or {}).get("name") == "measuring latency table",
             "LUT measurement progress",
         )
+        row = status_of(service, sid)
+        assert row.status_message.startswith("measuring latency table for host-cpu-torch: ")
         service.queue.cancel(sid)
         wait_until(lambda: status_of(service, sid).status == "cancelled", "the cancel")
     finally:
         scheduler.stop()
     assert service.store.count(sid) == 0
+    table = status_of(service, sid).phase["table"]
+    assert table["device"] == "host-cpu-torch" and table["done"] < table["total"]
 
 
 def test_search_that_cannot_run_fails_with_its_error(service: Service) -> None:

@@ -17,6 +17,7 @@ from nas import SearchSpec, TrialState
 from nas.objectives import objective_direction
 from services.core.db import SearchRow, SearchStatus
 from services.core.model_export import export_model
+from services.core.search_phase import tables_to_measure
 from services.core.search_queue import SearchForbiddenError, SearchQueue, check_spec, spec_warnings
 from services.core.trial_export import TrialsFormat, trials_file
 from services.server.deps import LutDep, QueueDep, ReadsDep, Scope, SettingsDep, StoreDep, scope_by_method
@@ -32,6 +33,7 @@ from services.server.schemas import (
     SearchPage,
     StepOut,
     StepPage,
+    TableToMeasureOut,
     TrialOut,
     TrialPage,
 )
@@ -57,12 +59,27 @@ router = APIRouter(
 def submit(spec: SearchSpec, queue: QueueDep, lut: LutDep, settings: SettingsDep) -> SearchCreated:
     """Validate a search spec and queue it; the scheduler picks it up. `warnings` say what the spec
     will likely not achieve (a budget too small for the strategy's latency target); the search keeps
-    them in its own `warnings`."""
+    them in its own `warnings`. `measure_first` counts the latency-table entries it will measure on
+    its host before the first trial."""
     resolved = check_spec(spec, lut, supernet_dir=settings.supernet_dir)
     warnings = spec_warnings(resolved, lut)
+    measure = tables_to_measure(resolved, lut)
     row = queue.submit(resolved.spec, warnings=warnings)  # the resolved spec: `proxy:default` expanded
+    message = "queued"
+    if measure:
+        counts = ", ".join(f"{m.entries:,} entries of {m.device} ({m.blocks:,} blocks)" for m in measure)
+        message += (
+            f"; before its first trial the scheduler measures the missing latency-table entries: {counts}"
+        )
     return SearchCreated(
-        id=row.id, status=SearchStatus(row.status), links=SearchLinks.of(row.id), warnings=warnings
+        id=row.id,
+        status=SearchStatus(row.status),
+        links=SearchLinks.of(row.id),
+        warnings=warnings,
+        measure_first=[
+            TableToMeasureOut(device=m.device, blocks=m.blocks, entries=m.entries) for m in measure
+        ],
+        message=message,
     )
 
 

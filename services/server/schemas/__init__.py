@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from latency_lut.io import MAX_LATENCY_MS
 from nas import Trial
 from services.core.db import SearchRow, SearchStatus
+from services.core.search_phase import PHASE_MEASURING, PHASE_SEARCHING, table_eta_s
 from services.server.input_checks import MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH, bounded_json
 
 #: A free-form JSON object (device metadata, provenance), bounded so that what is stored can be read back.
@@ -426,6 +427,15 @@ class SearchLinks(BaseModel):
         )
 
 
+class TableToMeasureOut(BaseModel):
+    device: str
+    blocks: int = Field(description="distinct blocks of the space with an entry missing from the table")
+    entries: int = Field(
+        description="table entries to measure: each block is timed isolated, in context and for its call "
+        "overhead"
+    )
+
+
 class SearchCreated(BaseModel):
     id: str
     status: SearchStatus
@@ -435,6 +445,22 @@ class SearchCreated(BaseModel):
         description="what the spec will likely not achieve, e.g. a budget too small for the strategy's "
         "latency target",
     )
+    measure_first: list[TableToMeasureOut] = Field(
+        default_factory=list,
+        description="latency-table entries the scheduler measures on its host before the first trial, per "
+        "local device (the search's `measuring latency table` phase); empty when the tables are complete",
+    )
+    message: str = Field(default="", description="what happens next, in words")
+
+
+class TableProgress(BaseModel):
+    """The latency-table phase of a search: entries of one local device's table measured so far."""
+
+    device: str
+    done: int = Field(description="entries measured so far")
+    total: int = Field(description="entries this search measures for the device")
+    elapsed_s: float = Field(description="seconds spent measuring this device's entries")
+    eta_s: float | None = Field(description="seconds left at the rate so far; null before the first entry")
 
 
 class SearchProgress(BaseModel):
@@ -450,7 +476,17 @@ class SearchProgress(BaseModel):
     trials_per_s: float | None = Field(description="recorded trials per second of run time; null before one")
     eta_s: float | None = Field(
         description="estimated seconds left (trial rate and budget, capped by budget.seconds); null when "
-        "unknown (queued, or no trial yet); 0 once finished"
+        "unknown (queued, measuring its latency table, or no trial yet); 0 once finished"
+    )
+    phase: Literal["measuring latency table", "searching"] | None = Field(
+        default=None,
+        description="what a running search is doing: measuring the latency-table entries its local devices "
+        "lack (before the first trial; `latency_table` has the counts) or searching; null unless running",
+    )
+    latency_table: TableProgress | None = Field(
+        default=None,
+        description="the entries measured on the scheduler's host before the first trial (live while "
+        "measuring, kept once done); null when the tables had every entry",
     )
 
     @classmethod
@@ -467,11 +503,17 @@ class SearchProgress(BaseModel):
             # The row's elapsed time is written with each trial; between trials it runs on.
             now = now or datetime.now(row.started_at.tzinfo)
             elapsed = max(elapsed, (now - row.started_at).total_seconds())
-        rate = recorded / row.elapsed_s if recorded and row.elapsed_s > 0 else None
+        stored_phase = row.phase or {}
+        phase = stored_phase.get("name", PHASE_SEARCHING) if status == SearchStatus.RUNNING else None
+        measuring = phase == PHASE_MEASURING
+        table = stored_phase.get("table")
+        # The trial rate counts the time since the table was measured only.
+        trial_s = row.elapsed_s - float(table["seconds"]) if table and not measuring else row.elapsed_s
+        rate = recorded / trial_s if recorded and trial_s > 0 else None
         eta: float | None
         if status.finished:
             eta = 0.0
-        elif status != SearchStatus.RUNNING or rate is None:
+        elif status != SearchStatus.RUNNING or rate is None or measuring:
             eta = None
         else:
             eta = remaining / rate
@@ -481,12 +523,22 @@ class SearchProgress(BaseModel):
             completed=max(0, recorded - failed),
             failed=failed,
             recorded=recorded,
-            in_flight=min(parallelism, remaining) if status == SearchStatus.RUNNING else 0,
+            in_flight=min(parallelism, remaining) if status == SearchStatus.RUNNING and not measuring else 0,
             remaining=remaining,
             fraction=min(1.0, recorded / row.budget_trials) if row.budget_trials else 0.0,
             elapsed_s=elapsed,
             trials_per_s=rate,
             eta_s=eta,
+            phase=phase,
+            latency_table=None
+            if not table
+            else TableProgress(
+                device=table["device"],
+                done=int(table["done"]),
+                total=int(table["total"]),
+                elapsed_s=float(table["seconds"]),
+                eta_s=table_eta_s(table),
+            ),
         )
 
 

@@ -123,6 +123,41 @@ export function progressBar(done, budget, status) {
   );
 }
 
+// The unit an objective is shown in and the divisor from its stored value: trials store latency in
+// ms, params and MACs as counts, size_mb in MB (nas/objectives.py).
+const UNITS = { params: ['M params', 1e6], macs: ['GMACs', 1e9], size_mb: ['MB', 1], bits: ['bits', 1] };
+
+export function objectiveUnit(name) {
+  if (name.startsWith('latency:')) return { unit: 'ms', divisor: 1 };
+  const [unit, divisor] = UNITS[name] || ['', 1];
+  return { unit, divisor };
+}
+
+// An objective's stored value in its unit: `3.21 M params`, `4.1 ms`.
+export function withUnit(name, value) {
+  if (value === null || value === undefined) return fmt(value);
+  const { unit, divisor } = objectiveUnit(name);
+  return unit ? `${fmt(value / divisor)} ${unit}` : fmt(value);
+}
+
+// The latency-table phase of a search (progress.latency_table) in words: live counts and ETA while the
+// scheduler measures, what it measured once done; '' when nothing was measured.
+export function tableText(progress) {
+  const table = (progress || {}).latency_table;
+  if (!table) return '';
+  const counts = `${table.done.toLocaleString('en-US')} / ${table.total.toLocaleString('en-US')} entries of ${table.device}`;
+  if (progress.phase === 'measuring latency table') return `measuring latency table: ${counts}, ETA ${duration(table.eta_s)}`;
+  return `latency table: ${table.total.toLocaleString('en-US')} entries of ${table.device} measured in ${duration(table.elapsed_s)}`;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return 'unknown';
+  const whole = Math.round(seconds);
+  if (whole < 60) return `${whole}s`;
+  if (whole < 3600) return `${Math.floor(whole / 60)}m ${String(whole % 60).padStart(2, '0')}s`;
+  return `${Math.floor(whole / 3600)}h ${String(Math.floor((whole % 3600) / 60)).padStart(2, '0')}m`;
+}
+
 // The objectives a search's values can be plotted in: its objectives, then those its constraints bound.
 export function searchObjectives(spec) {
   const names = (spec.objectives || []).map((n) => String(n).trim());

@@ -1,17 +1,42 @@
 // The Pareto scatter (WebGL: scattergl in 2-D, scatter3d in 3-D) and the hypervolume curve.
 
+import { objectiveUnit } from './api.js';
+
 const COLORS = { front: '#d62728', feasible: '#4c78a8', infeasible: '#9d9d9d', selected: '#111111' };
 const CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ['lasso2d', 'select2d'] };
 
 function label(objective, short) {
-  if (short) return `${objective.name} ${objective.direction === 'minimize' ? '↓' : '↑'}`;
-  return `${objective.name} (${objective.direction === 'minimize' ? 'lower' : 'higher'} is better)`;
+  const { unit } = objectiveUnit(objective.name);
+  const name = unit ? `${objective.name} [${unit}]` : objective.name;
+  if (short) return `${name} ${objective.direction === 'minimize' ? '↓' : '↑'}`;
+  return `${name} (${objective.direction === 'minimize' ? 'lower' : 'higher'} is better)`;
 }
 
 function hoverTemplate(objectives, series) {
   const axes = ['x', 'y', 'z'].slice(0, objectives.length);
-  const lines = axes.map((a, i) => `${objectives[i].name}: %{${a}:.4~g}`);
+  const lines = axes.map((a, i) => `${objectives[i].name}: %{${a}:.4~g} ${objectiveUnit(objectives[i].name).unit}`);
   return `<b>trial %{customdata}</b><br>${lines.join('<br>')}<extra>${series}</extra>`;
+}
+
+// A series with its values in the objectives' display units.
+function scaled(series, objectives) {
+  const axes = ['x', 'y', 'z'].slice(0, objectives.length);
+  const out = { ...series };
+  axes.forEach((a, i) => {
+    const { divisor } = objectiveUnit(objectives[i].name);
+    if (series[a]) out[a] = series[a].map((v) => (v === null || v === undefined ? v : v / divisor));
+  });
+  return out;
+}
+
+// The search's constraints (`params <= 3500000`) as {name, op, bound}; unreadable ones are left out.
+export function parseConstraints(constraints) {
+  const found = [];
+  for (const text of constraints || []) {
+    const match = /^\s*([^<>=\s]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$/.exec(String(text));
+    if (match && Number.isFinite(Number(match[3]))) found.push({ name: match[1], op: match[2], bound: Number(match[3]) });
+  }
+  return found;
 }
 
 // A 2-D front drawn as its attainment staircase: points sorted by x, a step toward worse x first.
@@ -26,8 +51,20 @@ function frontLine(series, objectives) {
   };
 }
 
-export function drawPareto(div, data, selected, logAxes) {
-  const three = data.objectives.length === 3;
+// `constraints`: the search's, drawn in 2-D as dashed lines at their bounds (in 3-D the counts line
+// names them: Plotly draws no lines across a 3-D scene).
+export function drawPareto(div, raw, selected, logAxes, constraints = []) {
+  const three = raw.objectives.length === 3;
+  const data = {
+    ...raw,
+    front: scaled(raw.front, raw.objectives),
+    feasible: scaled(raw.feasible, raw.objectives),
+    infeasible: scaled(raw.infeasible, raw.objectives),
+  };
+  if (selected) {
+    const point = scaled({ x: [selected.x], y: [selected.y], z: [selected.z] }, raw.objectives);
+    selected = { number: selected.number, x: point.x[0], y: point.y[0], z: point.z[0] };
+  }
   const type = three ? 'scatter3d' : 'scattergl';
   const trace = (name, series, marker, extra = {}) => {
     const t = {
@@ -89,8 +126,33 @@ export function drawPareto(div, data, selected, logAxes) {
   } else {
     layout.xaxis = axis(data.objectives[0]);
     layout.yaxis = axis(data.objectives[1]);
+    const bounds = boundLines(constraints, data.objectives);
+    layout.shapes = bounds.shapes;
+    layout.annotations = bounds.annotations;
   }
   return window.Plotly.react(div, traces, layout, CONFIG);
+}
+
+// Dashed lines at the bounds of the constraints on the plotted x and y objectives, each labelled.
+function boundLines(constraints, objectives) {
+  const shapes = [];
+  const annotations = [];
+  for (const c of constraints) {
+    const axis = objectives.findIndex((o) => o.name === c.name);
+    if (axis < 0 || axis > 1) continue;
+    const { unit, divisor } = objectiveUnit(c.name);
+    const value = c.bound / divisor;
+    const text = `${c.name} ${c.op} ${Number(value.toPrecision(4))}${unit ? ` ${unit}` : ''}`;
+    const line = { type: 'line', line: { color: '#e8590c', width: 1.5, dash: 'dash' }, name: `bound: ${text}` };
+    if (axis === 0) {
+      shapes.push({ ...line, xref: 'x', yref: 'paper', x0: value, x1: value, y0: 0, y1: 1 });
+      annotations.push({ xref: 'x', yref: 'paper', x: value, y: 1, text, showarrow: false, xanchor: 'left', yanchor: 'top', font: { color: '#e8590c', size: 11 } });
+    } else {
+      shapes.push({ ...line, xref: 'paper', yref: 'y', x0: 0, x1: 1, y0: value, y1: value });
+      annotations.push({ xref: 'paper', yref: 'y', x: 1, y: value, text, showarrow: false, xanchor: 'right', yanchor: 'bottom', font: { color: '#e8590c', size: 11 } });
+    }
+  }
+  return { shapes, annotations };
 }
 
 export function drawHypervolume(div, curve) {

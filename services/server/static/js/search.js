@@ -2,10 +2,10 @@
 // trial with its config, subnet drawing and exports, and the trial table. Live while it runs.
 
 import {
-  ApiError, apiKey, authHeaders, el, fmt, getJson, progressBar, searchObjectives, shortId, showError, showNotice,
-  statusBadge, warningsBadge,
+  ApiError, apiKey, authHeaders, el, fmt, getJson, objectiveUnit, progressBar, searchObjectives, shortId, showError, showNotice,
+  statusBadge, tableText, warningsBadge, withUnit,
 } from './api.js';
-import { drawHypervolume, drawPareto } from './plots.js';
+import { drawHypervolume, drawPareto, parseConstraints } from './plots.js';
 import { drawPrecision, precisionSummaryText } from './precision.js';
 import { drawStructure } from './structure.js';
 import { TrialTable } from './trials.js';
@@ -82,8 +82,10 @@ export class SearchView {
         el('h1', {}, s.name || '(unnamed search)', ' ', el('span', { class: 'muted mono small' }, shortId(s.id))),
         statusBadge(s.status), warningsBadge(s.warnings)),
       el('div', { class: 'header-grid' },
-        el('div', { id: 'search-progress' }, progressBar(s.trials_done, s.budget_trials, s.status),
-          el('div', { class: 'muted small', id: 'status-message' }, s.status_message)),
+        el('div', { id: 'search-progress' }, this.progress(),
+          // While the table is measured the status message says the same as the phase line.
+          ...((s.progress || {}).phase === 'measuring latency table' ? [] : [el('div', { class: 'muted small', id: 'status-message' }, s.status_message)]),
+          ...(tableText(s.progress) ? [el('div', { class: 'small', id: 'table-phase' }, tableText(s.progress))] : [])),
         el('dl', { class: 'facts' },
           el('dt', {}, 'space'), el('dd', {}, spec.space, ' ', el('span', { class: 'muted small' }, JSON.stringify(spec.space_options || {}))),
           el('dt', {}, 'strategy'), el('dd', {}, spec.strategy),
@@ -100,12 +102,29 @@ export class SearchView {
         : []));
   }
 
+  // Until the first trial a search may measure its latency table: the bar counts table entries then.
+  progress() {
+    const s = this.search;
+    const progress = s.progress || {};
+    const table = progress.latency_table;
+    if (progress.phase === 'measuring latency table' && table) {
+      const bar = progressBar(table.done, table.total, s.status);
+      bar.title = `${table.done} of ${table.total} latency-table entries`;
+      bar.classList.add('table-phase');
+      return bar;
+    }
+    return progressBar(s.trials_done, s.budget_trials, s.status);
+  }
+
   setupAxes() {
     const names = searchObjectives(this.search.spec);
-    this.picked = names.slice(0, 2);
+    const own = (this.search.spec.objectives || []).map((n) => String(n).trim());
+    // A search of 2 or 3 objectives opens on all of them, so the plot's front is the search's own front
+    // (the header's count); other objectives (those constraints bound) can be picked after.
+    this.picked = own.length === 2 || own.length === 3 ? own : names.slice(0, 2);
     this.axisSelects.forEach((select, i) => {
       const options = names.map((n) => el('option', { value: n, selected: n === this.picked[i] }, n));
-      if (i === 2) options.unshift(el('option', { value: '', selected: true }, '(none: 2-D)'));
+      if (i === 2) options.unshift(el('option', { value: '', selected: this.picked.length < 3 }, '(none: 2-D)'));
       select.replaceChildren(...options);
       select.disabled = names.length < 2 || (i === 2 && names.length < 3);
     });
@@ -127,9 +146,18 @@ export class SearchView {
     this.plotData = await getJson(`/v1/dashboard/searches/${this.searchId}/plot`, { objectives: this.picked });
     const c = this.plotData.counts;
     const shown = this.plotData.thinned ? `showing ${fmt(c.shown)} of ${fmt(c.plottable)} (front complete, the rest a stratified sample)` : `showing all ${fmt(c.shown)}`;
+    const own = (this.search.spec.objectives || []).map((n) => String(n).trim());
+    const allOwn = own.length === this.picked.length && own.every((n) => this.picked.includes(n));
+    // The front in other objectives than the search's differs from the header's count: say so.
+    const frontText = allOwn ? `front ${fmt(c.front)}` : `front ${fmt(c.front)} in the plotted objectives (the search's front over ${own.join(', ')}: ${fmt(this.search.front_size)})`;
+    const bounds = parseConstraints(this.search.spec.constraints);
+    const boundText = bounds.length
+      ? ` · bounds: ${bounds.map((b) => { const { unit, divisor } = objectiveUnit(b.name); return `${b.name} ${b.op} ${Number((b.bound / divisor).toPrecision(4))}${unit ? ` ${unit}` : ''}`; }).join(', ')}`
+      : '';
     this.counts.replaceChildren(
-      el('span', { class: 'front-count', dataset: { front: String(c.front) } }, `front ${fmt(c.front)}`),
-      ` · feasible ${fmt(c.feasible)} · infeasible ${fmt(c.infeasible)} · failed ${fmt(c.failed)} · ${shown}`);
+      el('span', { class: 'front-count', dataset: { front: String(c.front) } }, frontText),
+      ` · feasible ${fmt(c.feasible)} · infeasible ${fmt(c.infeasible)} · failed ${fmt(c.failed)} · ${shown}`,
+      el('span', { class: 'bounds', id: 'plot-bounds' }, boundText));
     await this.drawPlot();
     // Something to look at from the start: the first front member, until the user picks a trial.
     if (this.selected === null && this.plotData.front.numbers.length) await this.select(this.plotData.front.numbers[0]);
@@ -138,7 +166,7 @@ export class SearchView {
   async drawPlot() {
     if (!window.Plotly || !this.plotData) return;
     const selected = this.selectedPoint();
-    await drawPareto(this.plotDiv, this.plotData, selected, this.logBox.checked);
+    await drawPareto(this.plotDiv, this.plotData, selected, this.logBox.checked, parseConstraints(this.search.spec.constraints));
     if (!this.plotDiv.dataset.bound) {
       this.plotDiv.dataset.bound = '1';
       this.plotDiv.on('plotly_click', (event) => {
@@ -197,7 +225,7 @@ export class SearchView {
   renderDetail(detail) {
     const t = detail.trial;
     const objectives = searchObjectives(this.search.spec);
-    const rows = objectives.map((o) => el('tr', {}, el('th', {}, o), el('td', { class: 'num' }, fmt(t.values[o]))));
+    const rows = objectives.map((o) => el('tr', {}, el('th', {}, o), el('td', { class: 'num' }, withUnit(o, t.values[o]))));
     const metricRows = Object.entries(t.metrics || {})
       .filter(([, v]) => typeof v !== 'object')
       .map(([k, v]) => el('tr', { class: 'muted' }, el('th', {}, k), el('td', { class: 'num' }, fmt(v))));

@@ -1,6 +1,6 @@
 // The searches list: status and text filters, progress bars, best values, one row per search.
 
-import { el, fmt, getJson, progressBar, shortId, statusBadge, warningsBadge } from './api.js';
+import { el, fmt, getJson, progressBar, shortId, statusBadge, warningsBadge, withUnit } from './api.js';
 
 const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 const PAGE = 50;
@@ -83,7 +83,7 @@ export class SearchesView {
     const best = search.objectives.map((o) =>
       el('div', { class: 'best' },
         el('span', { class: 'obj-name' }, `${o.direction === 'minimize' ? '↓' : '↑'} ${o.name}`),
-        ' ', el('b', {}, fmt(search.best[o.name]))));
+        ' ', el('b', {}, withUnit(o.name, search.best[o.name]))));
     return el(
       'tr',
       { class: 'clickable', dataset: { searchId: search.id, status: search.status }, onclick: open },
