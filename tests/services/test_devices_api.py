@@ -268,7 +268,7 @@ def test_a_low_bit_block_keeps_how_its_weights_ran(api: httpx.Client, device: st
         space_options=options,
     )
     assert api.post(f"/v1/devices/{device}/measurements", json=body).status_code == 201
-    [sample] = api.get(f"/v1/devices/{device}/samples", params={"key": spec.key}).json()
+    [sample] = api.get(f"/v1/devices/{device}/samples", params={"key": spec.key}).json()["items"]
     assert sample["provenance"]["weight_kernel"] == kernel["weight_kernel"]
     assert sample["provenance"]["layers_on_kernel"] == 10 and sample["provenance"]["space"] == "unet_bits"
 

@@ -142,7 +142,7 @@ def test_unet_bits_round_trip_from_submit_to_loaded_export(
     assert search["status"] == "succeeded", search
     trials = http.get(f"/v1/searches/{sid}/trials", params={"limit": 50}).json()["items"]
     assert len(trials) == 5
-    front = http.get(f"/v1/searches/{sid}/pareto").json()["trials"]
+    front = http.get(f"/v1/searches/{sid}/pareto").json()["items"]
     points = [(t["values"]["size_mb"], t["values"]["proxy:quant_sensitivity"]) for t in trials]
     assert {t["number"] for t in front} == {trials[i]["number"] for i in non_dominated(points).tolist()}
 

@@ -198,7 +198,15 @@ def test_trials_are_evaluated_on_both_nodes(cluster: Cluster) -> None:
 
 def test_killing_the_worker_node_mid_search_loses_no_trial(cluster: Cluster) -> None:
     budget = 16
-    spec = {**SPEC, "name": "node-dies", "budget": {"trials": budget, "parallelism": 2}}
+    # Evaluations of a few seconds (zico: two backward passes), so that the kill finds one in flight
+    # on the worker node: with counting-only objectives the actor is idle between trials most of
+    # the time and the kill may catch no evaluation at all.
+    spec = {
+        **SPEC,
+        "name": "node-dies",
+        "objectives": ["params", "proxy:zico"],
+        "budget": {"trials": budget, "parallelism": 2},
+    }
     with served(cluster) as url:
         search_id = run_search(url, spec)
         recorded: list[dict] = []

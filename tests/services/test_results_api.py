@@ -120,6 +120,8 @@ def test_queued_search_has_no_estimate(tmp_path) -> None:
             "elapsed_s": 0.0,
             "trials_per_s": None,
             "eta_s": None,
+            "phase": None,
+            "latency_table": None,
         }
         # A stream of a queued search starts with its state; the client may leave at any time.
         with c.stream("GET", f"/v1/searches/{sid}/events", params={"poll_s": 0.05}) as stream:
