@@ -38,6 +38,7 @@ from torch import nn
 
 from search_spaces._base import Config, OptionError
 from search_spaces._unet_modules import GROUPS, heads_for
+from search_spaces._weights import weights_mismatch
 from search_spaces.unet import UNetSpace
 
 #: The weight files of a diffusers folder, in the order they are looked for.
@@ -47,8 +48,6 @@ WEIGHT_FILES = (
     "diffusion_pytorch_model.bin",
     "diffusion_pytorch_model.fp16.bin",
 )
-#: Keys shown per kind of mismatch in an error (the counts are always complete).
-SHOWN = 5
 #: config.json fields that change what the network computes, with the value this project's UNet
 #: implements (and diffusers' default when the field is absent).
 _SEMANTICS: dict[str, Any] = {
@@ -265,21 +264,10 @@ def load_diffusers_unet(space: UNetSpace, architecture: Config, model: nn.Module
     names = diffusers_names(space, architecture, model)
     state = read_state(folder)
     own = model.state_dict()
-    missing = [theirs for theirs in names.values() if theirs not in state]
-    unexpected = sorted(set(state) - set(names.values()))
-    shapes = [
-        f"{theirs} {list(state[theirs].shape)} (expected {list(own[ours].shape)})"
-        for ours, theirs in names.items()
-        if theirs in state and state[theirs].shape != own[ours].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [
-            f"{len(keys)} {what}: {keys[:SHOWN]}{' ...' if len(keys) > SHOWN else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
-            if keys
-        ]
+    mismatch = weights_mismatch({theirs: own[ours].shape for ours, theirs in names.items()}, state)
+    if mismatch:
         raise _error(
-            f"{str(folder)!r} does not hold this architecture's weights: " + "; ".join(parts),
+            f"{str(folder)!r} does not hold this architecture's weights: {mismatch}",
             allowed="the UNet2DConditionModel weights of the sd15 layout at this space's options",
         )
     model.load_state_dict({ours: state[theirs] for ours, theirs in names.items()})

@@ -53,6 +53,7 @@ from search_spaces._quantize import (
     layer_bits,
 )
 from search_spaces._space_registry import register_space
+from search_spaces._weights import weights_mismatch
 from search_spaces.efficientformerv2 import EfficientFormerV2Space
 from search_spaces.unet import UNetSpace
 
@@ -499,19 +500,10 @@ def load_weights(model: nn.Module, path: str) -> None:
             f"option 'weights': {path!r} is not a torch or safetensors state dict ({type(exc).__name__})",
             field="weights",
         ) from None
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {list(state[k].shape)} (expected {list(own[k].shape)})" for k in own if
-              k in state and own[k].shape != state[k].shape]  # fmt: skip
-    if missing or unexpected or shapes:
-        parts = [
-            f"{len(keys)} {what}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
-            if keys
-        ]
+    mismatch = weights_mismatch({key: value.shape for key, value in model.state_dict().items()}, state)
+    if mismatch:
         raise OptionError(
-            f"option 'weights': {path!r} does not hold this architecture's weights: " + "; ".join(parts),
+            f"option 'weights': {path!r} does not hold this architecture's weights: {mismatch}",
             field="weights",
             allowed="a state dict of the architecture's float model (`space.float_model().state_dict()`), "
             "or for unet_bits a diffusers UNet folder",

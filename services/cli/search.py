@@ -24,6 +24,7 @@ from services.cli.common import (
 )
 from services.cli.errors import user_errors
 from services.client import NasClient, Search
+from services.wording import duration_text
 
 search_app = typer.Typer(no_args_is_help=True, help="Submit and follow searches on a NAS server.")
 
@@ -157,19 +158,8 @@ def _table_text(table: dict[str, Any]) -> str:
     `1,212 entries of host-cpu-torch measured in 4m 31s` once done."""
     counts = f"{table['done']:,} / {table['total']:,} entries of {table['device']}"
     if table["done"] < table["total"]:
-        return f"measuring latency table: {counts}, ETA {_duration(table.get('eta_s'))}"
-    return f"{table['total']:,} entries of {table['device']} measured in {_duration(table['elapsed_s'])}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+        return f"measuring latency table: {counts}, ETA {duration_text(table.get('eta_s'))}"
+    return f"{table['total']:,} entries of {table['device']} measured in {duration_text(table['elapsed_s'])}"
 
 
 def _eta_text(search: Search) -> str:

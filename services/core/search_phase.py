@@ -9,6 +9,7 @@ from typing import Any
 
 from latency_lut import BUILTIN_DEVICES, LatencyTable, missing_entries
 from nas import ResolvedSpec
+from services.wording import duration_text
 
 PHASE_MEASURING = "measuring latency table"
 PHASE_SEARCHING = "searching"
@@ -47,18 +48,6 @@ def table_eta_s(table: dict[str, Any]) -> float | None:
     if done <= 0 or seconds <= 0:
         return None
     return (total - done) * seconds / done
-
-
-def duration_text(seconds: float | None) -> str:
-    """`4m 31s`, `12s`, `1h 05m`; `unknown` for None."""
-    if seconds is None:
-        return "unknown"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
 
 def measuring_message(table: dict[str, Any]) -> str:

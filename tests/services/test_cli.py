@@ -133,17 +133,21 @@ def test_unreachable_server_is_exit_1_naming_url(spec_file: Path) -> None:
     assert f"http://127.0.0.1:{port}" in result.stderr and "nas serve" in result.stderr
 
 
+#: The UNet bit-width space at the tests' small options, as CLI flags.
+SMALL_BITS = [
+    "-o",
+    "latent_size=8",
+    "-o",
+    "width_scale=0.0625",
+    "-o",
+    "text_tokens=4",
+    "-o",
+    "cross_attention_dim=32",
+]
+
+
 def test_a_bit_width_space_is_shown_per_stage() -> None:
-    small = [
-        "-o",
-        "latent_size=8",
-        "-o",
-        "width_scale=0.0625",
-        "-o",
-        "text_tokens=4",
-        "-o",
-        "cross_attention_dim=32",
-    ]
+    small = SMALL_BITS
     shown = nas("spaces", "unet_bits", *small, env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "255 choices bits.<stage>.<layer>" in shown.stdout and "│ down0" in shown.stdout
@@ -153,16 +157,7 @@ def test_a_bit_width_space_is_shown_per_stage() -> None:
 
 
 def test_evaluate_shows_the_widths_per_stage(server: LiveServer) -> None:
-    small = [
-        "-o",
-        "latent_size=8",
-        "-o",
-        "width_scale=0.0625",
-        "-o",
-        "text_tokens=4",
-        "-o",
-        "cross_attention_dim=32",
-    ]
+    small = SMALL_BITS
     args = ["space", "evaluate", "unet_bits", "-c", "w3", *small, "--server", server.url]
     result = nas(*args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
