@@ -10,7 +10,8 @@ ONNX Runtime; one thread, thread clock by default) and each space setup:
 2. every block they contain is timed the three ways a farm times it (alone, right after its
    predecessor, and the runtime's call overhead), `--block-warmup` / `--block-repeats` runs each;
 3. the training subnets are measured end to end once and the test subnets twice (a full pass over
-   all of them, then a second pass), `--warmup` / `--repeats` runs each, with the same backend;
+   all of them, then a second pass), `--warmup` / `--repeats` runs each, with the same backend
+   (`--min-seconds S`: every block and subnet timed past its repeats until its runs span S seconds);
 4. `select_predictor` fits every candidate on the training subnets and picks the service's default;
    every candidate then predicts the test subnets, judged against their first measurement, and the
    second measurement is judged the same way: the *ceiling*.
@@ -92,7 +93,7 @@ def _measure_all(
 def run_one(device: str, setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
     """Measure one (device, setup) and judge every predictor; returns the rows' data."""
     space = get_space(setup.space, **setup.options)
-    backend = device_backend(device, threads=1, clock=args.clock)
+    backend = device_backend(device, threads=1, clock=args.clock, min_seconds=args.min_seconds)
     started = time.perf_counter()
     loads = [load()]
     table = MemoryLatencyTable()
@@ -195,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per subnet measurement")
     parser.add_argument("--block-warmup", type=int, default=3)
     parser.add_argument("--block-repeats", type=int, default=11)
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.0,
+        help="every measurement (block or subnet) times calls past its repeats until they span this many "
+        "seconds (default 0: exactly the repeats)",
+    )
     parser.add_argument("--clock", default="thread", choices=["wall", "thread"])
     parser.add_argument("--statistic", default="p10", choices=STATISTICS)
     parser.add_argument("--seed", type=int, default=0)

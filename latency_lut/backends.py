@@ -78,6 +78,9 @@ class MeasurementBackend(abc.ABC):
     export_suffix: ClassVar[str] = ""
     #: The clock samples are taken on (see `CLOCKS`; `device` for runtimes that time themselves).
     clock: str = "wall"
+    #: Seconds of wall time a measurement's timed calls span at least (see `time_calls`); 0: exactly
+    #: `repeats` calls.
+    min_seconds: float = 0.0
 
     @abc.abstractmethod
     def runnable(
@@ -94,8 +97,9 @@ class MeasurementBackend(abc.ABC):
         self, call: Runnable, *, warmup: int, repeats: int, before: Runnable | None = None
     ) -> list[float]:
         """Milliseconds of `repeats` calls of `call` after `warmup` untimed ones; with `before`, every
-        call (timed or not) follows an untimed call of `before`."""
-        return time_calls(call, warmup, repeats, self.clock, before=before)
+        call (timed or not) follows an untimed call of `before`; past `repeats` while the samples span
+        less than `min_seconds`."""
+        return time_calls(call, warmup, repeats, self.clock, before=before, min_seconds=self.min_seconds)
 
     def measure(
         self, module: nn.Module, inputs: Sequence[torch.Tensor], *, warmup: int, repeats: int
@@ -232,18 +236,46 @@ def check_clock(clock: str, threads: int) -> str:
     return clock
 
 
+#: The most samples one measurement takes when `min_seconds` asks for more than `repeats`.
+MAX_SAMPLES = 5000
+#: The longest `min_seconds` a backend accepts.
+MAX_MIN_SECONDS = 60.0
+
+
+def check_min_seconds(min_seconds: float) -> float:
+    """`min_seconds` as a float in [0, MAX_MIN_SECONDS], else `ValueError`."""
+    if isinstance(min_seconds, bool) or not isinstance(min_seconds, (int, float)):
+        raise ValueError(f"min_seconds must be a number of seconds, got {min_seconds!r}")
+    if not 0 <= min_seconds <= MAX_MIN_SECONDS:
+        raise ValueError(f"min_seconds must be between 0 and {MAX_MIN_SECONDS:g}, got {min_seconds!r}")
+    return float(min_seconds)
+
+
 def time_calls(
-    call: Runnable, warmup: int, repeats: int, clock: str = "wall", *, before: Runnable | None = None
+    call: Runnable,
+    warmup: int,
+    repeats: int,
+    clock: str = "wall",
+    *,
+    before: Runnable | None = None,
+    min_seconds: float = 0.0,
 ) -> list[float]:
     """Milliseconds of `repeats` calls of `call` after `warmup` untimed ones, on `clock`; with `before`,
-    each call follows an untimed call of `before`."""
+    each call follows an untimed call of `before`.
+
+    With `min_seconds`, timing goes on past `repeats` until the timed calls span at least that much
+    wall time (at most `MAX_SAMPLES` samples): a sub-millisecond network's `repeats` calls last a few
+    milliseconds, inside one of the host's slow or fast spells (on this project's shared VMs they
+    last about a second), so a low quantile of samples spread over seconds repeats far better
+    (docs/lut.md, "Sub-millisecond networks")."""
     now = CLOCKS[clock]
     for _ in range(warmup):
         if before is not None:
             before()
         call()
-    samples = []
-    for _ in range(repeats):
+    samples: list[float] = []
+    deadline = time.perf_counter() + min_seconds
+    while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < MAX_SAMPLES):
         if before is not None:
             before()
         start = now()
@@ -263,9 +295,10 @@ class TorchCPUBackend(MeasurementBackend):
     name = "torch-cpu"
     runtime = "torch"
 
-    def __init__(self, threads: int = 1, clock: str | None = None):
+    def __init__(self, threads: int = 1, clock: str | None = None, min_seconds: float = 0.0):
         self.threads = check_threads(threads)
         self.clock = check_clock(clock or default_clock(threads), threads)
+        self.min_seconds = check_min_seconds(min_seconds)
 
     @contextlib.contextmanager
     def runnable(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Iterator[Runnable]:
@@ -297,6 +330,7 @@ class TorchCPUBackend(MeasurementBackend):
             "torch": torch.__version__,
             "threads": self.threads,
             "clock": self.clock,
+            "min_seconds": self.min_seconds,
         }
 
 
@@ -312,7 +346,8 @@ class TorchCUDABackend(MeasurementBackend):
     runtime = "torch"
     clock = "cuda-events"
 
-    def __init__(self, device_index: int = 0):
+    def __init__(self, device_index: int = 0, min_seconds: float = 0.0):
+        self.min_seconds = check_min_seconds(min_seconds)
         if not torch.cuda.is_available():
             raise BackendUnavailableError(
                 "backend 'torch-cuda' needs a CUDA GPU and a CUDA build of torch; this host has none "
@@ -345,7 +380,8 @@ class TorchCUDABackend(MeasurementBackend):
                 call()
             torch.cuda.synchronize(self.device)
             samples: list[float] = []
-            for _ in range(repeats):
+            deadline = time.perf_counter() + self.min_seconds
+            while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < MAX_SAMPLES):
                 if before is not None:
                     before()
                 start = torch.cuda.Event(enable_timing=True)
@@ -365,6 +401,7 @@ class TorchCUDABackend(MeasurementBackend):
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "clock": self.clock,
+            "min_seconds": self.min_seconds,
             "gpu": props.name,
         }
 

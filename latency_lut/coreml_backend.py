@@ -24,6 +24,7 @@ from latency_lut.backends import (
     MeasurementBackend,
     Runnable,
     base_provenance,
+    check_min_seconds,
 )
 
 COMPUTE_UNITS = {"all": "ALL", "cpu": "CPU_ONLY", "cpu_gpu": "CPU_AND_GPU", "cpu_ne": "CPU_AND_NE"}
@@ -86,13 +87,14 @@ class CoreMLBackend(MeasurementBackend):
     runtime = "coreml"
     export_suffix = ".mlpackage"
 
-    def __init__(self, compute_units: str = "all", precision: str = "fp16"):
+    def __init__(self, compute_units: str = "all", precision: str = "fp16", min_seconds: float = 0.0):
         if compute_units not in COMPUTE_UNITS:
             raise ValueError(f"compute_units must be one of {list(COMPUTE_UNITS)}, got {compute_units!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.compute_units = compute_units
         self.precision = precision
+        self.min_seconds = check_min_seconds(min_seconds)
         self._ct = import_coremltools()
 
     @property
@@ -166,6 +168,7 @@ class CoreMLBackend(MeasurementBackend):
             **base_provenance(self.name),
             "runtime": "coreml",
             "clock": self.clock,
+            "min_seconds": self.min_seconds,
             "coremltools": self._ct.__version__,
             "torch": torch.__version__,
             "compute_units": self.compute_units,

@@ -19,6 +19,7 @@ from latency_lut.backends import (
     Runnable,
     base_provenance,
     check_clock,
+    check_min_seconds,
     check_threads,
     default_clock,
 )
@@ -78,9 +79,16 @@ class OnnxRuntimeBackend(MeasurementBackend):
     runtime = "onnxruntime"
     export_suffix = ".onnx"
 
-    def __init__(self, threads: int = 1, clock: str | None = None, sessions: int = DEFAULT_SESSIONS):
+    def __init__(
+        self,
+        threads: int = 1,
+        clock: str | None = None,
+        sessions: int = DEFAULT_SESSIONS,
+        min_seconds: float = 0.0,
+    ):
         self.threads = check_threads(threads)
         self.clock = check_clock(clock or default_clock(threads), threads)
+        self.min_seconds = check_min_seconds(min_seconds)
         if isinstance(sessions, bool) or not isinstance(sessions, int) or not 1 <= sessions <= 16:
             raise ValueError(f"sessions must be an integer from 1 to 16, got {sessions!r}")
         self.sessions = sessions
@@ -144,5 +152,6 @@ class OnnxRuntimeBackend(MeasurementBackend):
             "threads": self.threads,
             "sessions": self.sessions,
             "clock": self.clock,
+            "min_seconds": self.min_seconds,
             "providers": ["CPUExecutionProvider"],
         }

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     )
     lut_warmup: int = Field(10, ge=0)
     lut_repeats: int = Field(30, ge=1)
+    lut_min_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="local table measurements time each block past lut_repeats until its runs span this "
+        "many seconds (docs/lut.md)",
+    )
     server_url: str = Field("http://127.0.0.1:8000", description="where the CLI client finds the API")
     api_key: str | None = Field(
         None, description="the API key the CLI, the Python client and farm agents send (`nas keys create`)"

@@ -37,6 +37,13 @@ devices_app = typer.Typer(no_args_is_help=True, help="Latency targets known to a
 
 BackendOpt = Annotated[str, typer.Option(help="runtime that times the blocks: torch, onnxruntime or coreml")]
 ThreadsOpt = Annotated[int, typer.Option(help="intra-op threads of the runtime (fixed for every block)")]
+MinSecondsOpt = Annotated[
+    float,
+    typer.Option(
+        help="time each block or subnet past --repeats until its timed runs span this many seconds "
+        "(sub-millisecond networks on a shared host repeat far better; docs/lut.md)"
+    ),
+]
 ClockOpt = Annotated[
     str | None,
     typer.Option(
@@ -68,6 +75,7 @@ def farm_run(
     repeats: Annotated[int, typer.Option(help="timed runs per block")] = 30,
     threads: ThreadsOpt = 1,
     clock: ClockOpt = None,
+    min_seconds: MinSecondsOpt = 0.0,
     torch_device: Annotated[str, typer.Option(help="cpu, or cuda (timed with CUDA events)")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="blocks per upload")] = 64,
     retries: Annotated[int, typer.Option(help="retries of a failed request (exponential backoff)")] = 6,
@@ -98,6 +106,7 @@ def farm_run(
         repeats=repeats,
         threads=threads,
         clock=clock,
+        min_seconds=min_seconds,
         torch_device=torch_device,
         batch_size=batch_size,
         retries=retries,
@@ -214,6 +223,7 @@ def lut_validate(
     repeats: Annotated[int, typer.Option(help="timed runs per subnet")] = 30,
     threads: ThreadsOpt = 1,
     clock: ClockOpt = None,
+    min_seconds: MinSecondsOpt = 0.0,
     torch_device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -224,7 +234,13 @@ def lut_validate(
     from services.farm import FarmConfig, validate_device
 
     config = FarmConfig(
-        device=device, backend=backend, space=space, threads=threads, clock=clock, torch_device=torch_device
+        device=device,
+        backend=backend,
+        space=space,
+        threads=threads,
+        clock=clock,
+        min_seconds=min_seconds,
+        torch_device=torch_device,
     )
     instance = get_space(space, **parse_options(option))
     timer = config.make_backend()

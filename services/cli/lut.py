@@ -65,6 +65,12 @@ def lut_measure(
     warmup: Annotated[int | None, typer.Option(help="untimed runs per block [NAS_LUT_WARMUP]")] = None,
     repeats: Annotated[int | None, typer.Option(help="timed runs per block [NAS_LUT_REPEATS]")] = None,
     clock: ClockOpt = None,
+    min_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="time each block past --repeats until its runs span this many seconds [NAS_LUT_MIN_SECONDS]"
+        ),
+    ] = None,
     timing: Annotated[
         list[str] | None,
         typer.Option(help="isolated, in_context or call_overhead, repeatable (default: all three)"),
@@ -81,6 +87,11 @@ def lut_measure(
     names = [c.strip() for c in configs.split(",") if c.strip()] if configs else None
     for config in names or []:
         instance.reference_config(config)
+    min_seconds = settings.lut_min_seconds if min_seconds is None else min_seconds
+    backend_options = {
+        **({"clock": clock} if clock else {}),
+        **({"min_seconds": min_seconds} if min_seconds else {}),
+    }
     table = _local_table()
     with progress_bar(out) as bar:
         task = bar.add_task(f"measuring {device}", total=None)
@@ -96,7 +107,7 @@ def lut_measure(
             warmup=settings.lut_warmup if warmup is None else warmup,
             repeats=settings.lut_repeats if repeats is None else repeats,
             timings=timing or DEFAULT_TIMINGS,
-            backend=device_backend(device, clock=clock) if clock else None,
+            backend=device_backend(device, **backend_options) if backend_options else None,
             progress=progress,
         )
     out.print(

@@ -36,6 +36,7 @@ from latency_lut import (
     BUILTIN_DEVICES,
     LatencyPredictor,
     SqlLatencyTable,
+    device_backend,
     known_devices,
     measure_missing,
     missing_entries,
@@ -396,6 +397,9 @@ class Scheduler:
                 self.lut,
                 warmup=self.settings.lut_warmup,
                 repeats=self.settings.lut_repeats,
+                backend=device_backend(device, min_seconds=self.settings.lut_min_seconds)
+                if self.settings.lut_min_seconds
+                else None,
                 progress=progress,
             )
             log.info(

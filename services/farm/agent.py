@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from latency_lut import MeasurementBackend, get_backend
+from latency_lut.backends import check_min_seconds
 from latency_lut.features import block_features
 from latency_lut.measure import weight_bits
 from latency_lut.timings import timing_key
@@ -71,6 +72,7 @@ class FarmConfig:
     repeats: int = 30
     threads: int = 1
     clock: str | None = None
+    min_seconds: float = 0.0
     torch_device: str = "cpu"
     batch_size: int = 64
     page_size: int = 500
@@ -97,6 +99,7 @@ class FarmConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        self.min_seconds = check_min_seconds(self.min_seconds)
 
     @property
     def backend_name(self) -> str:
@@ -107,7 +110,7 @@ class FarmConfig:
     def make_backend(self) -> MeasurementBackend:
         name = self.backend_name
         if name in ("torch-cpu", "onnxruntime-cpu"):
-            return get_backend(name, threads=self.threads, clock=self.clock)
+            return get_backend(name, threads=self.threads, clock=self.clock, min_seconds=self.min_seconds)
         return get_backend(name)
 
     @property

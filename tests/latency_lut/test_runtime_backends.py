@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from latency_lut import TorchCPUBackend, device_backend, get_backend
-from latency_lut.backends import BackendUnavailableError
+from latency_lut import TorchCPUBackend, backends, device_backend, get_backend
+from latency_lut.backends import BackendUnavailableError, time_calls
 from search_spaces import BlockSpec, get_space, list_spaces
 
 #: Every registered space at options small enough for many conversions.
@@ -139,6 +140,56 @@ def test_thread_clock_counts_cpu_time_of_one_thread() -> None:
         TorchCPUBackend(threads=2, clock="thread")
     with pytest.raises(ValueError, match=r"clock must be one of \['wall', 'thread'\]"):
         TorchCPUBackend(clock="sundial")
+
+
+class _SteppingClock:
+    """A stand-in for `time.perf_counter` that advances `step` seconds each time it is read."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_min_seconds_times_past_the_repeats_until_the_runs_span_that_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+    exact = time_calls(lambda: calls.append(1), warmup=2, repeats=3, clock="wall")
+    assert len(exact) == 3 and len(calls) == 5  # min_seconds 0: exactly the repeats
+    # The clock is read for the deadline, then once per loop after the repeats: 1/8 s a read, so the
+    # timed runs go on until a second has passed (3 repeats + 7 more), well past the repeats.
+    monkeypatch.setattr(backends.time, "perf_counter", _SteppingClock(0.125))
+    spread = time_calls(lambda: None, warmup=0, repeats=3, clock="thread", min_seconds=1.0)
+    assert len(spread) == 10
+    # Never fewer than the repeats, however short min_seconds is.
+    assert len(time_calls(lambda: None, warmup=0, repeats=7, clock="thread", min_seconds=0.001)) == 7
+    # At most MAX_SAMPLES samples, however long.
+    monkeypatch.setattr(backends, "MAX_SAMPLES", 20)
+    assert len(time_calls(lambda: None, warmup=0, repeats=3, clock="thread", min_seconds=59)) == 20
+
+
+def test_min_seconds_is_a_backend_setting_recorded_in_the_provenance() -> None:
+    module, inputs = _effv2_block("effv2.stem")
+    backend = TorchCPUBackend(threads=1, min_seconds=0.05)
+    assert backend.provenance()["min_seconds"] == 0.05
+    started = time.perf_counter()
+    samples = backend.measure(module, inputs, warmup=0, repeats=2)
+    assert time.perf_counter() - started >= 0.05 and len(samples) >= 2
+    assert TorchCPUBackend(threads=1).provenance()["min_seconds"] == 0.0
+    for bad in (-1, True, "1s", 61):
+        with pytest.raises(ValueError, match=r"min_seconds must be"):
+            TorchCPUBackend(min_seconds=bad)
+
+
+@needs_onnx
+def test_onnxruntime_backend_takes_min_seconds() -> None:
+    backend = device_backend("host-cpu-onnxruntime", min_seconds=0.02)
+    assert backend.min_seconds == 0.02 and backend.provenance()["min_seconds"] == 0.02
+    with pytest.raises(ValueError, match=r"min_seconds must be between 0 and 60"):
+        device_backend("host-cpu-onnxruntime", min_seconds=100)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA GPU: the refusal cannot happen")

@@ -3,6 +3,7 @@ installed console script in a subprocess (`nas serve --demo`, exit codes)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -236,6 +237,25 @@ def test_lut_measure_export_import(tmp_path: Path) -> None:
     assert str(tmp_path / "empty.db") in from_empty.stderr
     remote = nas(*[a if a != "host-cpu-torch" else "iphone14pro-coreml-ane" for a in measure], env=env)
     assert remote.exit_code == 2 and "no measurement backend on this host" in remote.stderr
+
+
+def test_lut_measure_min_seconds_times_each_block_longer(tmp_path: Path) -> None:
+    env = {"NAS_DATABASE_URL": f"sqlite:///{tmp_path / 'lut.db'}"}
+    measure = [
+        "lut", "measure", "--device", "host-cpu-torch", "--space", "efficientformerv2",
+        "--configs", "s0", "--option", "resolution=32", "--option", "num_classes=10",
+        "--warmup", "0", "--repeats", "1", "--timing", "isolated",
+    ]  # fmt: skip
+    bad = nas(*measure, "--min-seconds", "-1", env=env)
+    assert bad.exit_code == 2 and "min_seconds must be between 0 and 60" in bad.stderr
+    measured = nas(*measure, "--min-seconds", "0.02", env=env)
+    assert measured.exit_code == 0, measured.output
+    exported = tmp_path / "host.csv"
+    assert nas("lut", "export", "--device", "host-cpu-torch", str(exported), env=env).exit_code == 0
+    rows = list(csv.DictReader(exported.open()))
+    # One timed run asked for, but each block's runs went on for 20 ms: every block has more samples.
+    assert rows and all(int(r["count"]) > 1 for r in rows)
+    assert all(json.loads(r["provenance"])["min_seconds"] == 0.02 for r in rows)
 
 
 # ----------------------------------------------------------------------------- console script

@@ -160,6 +160,17 @@ def test_dry_run_lists_the_work_and_writes_nothing(
     assert not any(tmp_path.iterdir())
 
 
+def test_min_seconds_reaches_the_agents_backend(live: LiveServer, tmp_path: Path) -> None:
+    for backend in ("torch", "onnxruntime"):
+        config = FarmConfig(device="x", backend=backend, space=SPACE, min_seconds=0.5, state_dir=tmp_path)
+        assert config.make_backend().min_seconds == 0.5
+    with pytest.raises(ValueError, match=r"min_seconds must be between 0 and 60, got -1"):
+        FarmConfig(device="x", backend="torch", space=SPACE, min_seconds=-1, state_dir=tmp_path)
+    refused = nas("farm", "run", "--server", live.url, "--device", "x", *OPTION_ARGS, "--configs", "s0",
+                  "--min-seconds", "90", "--state-dir", str(tmp_path))  # fmt: skip
+    assert refused.returncode == 2 and "min_seconds must be between 0 and 60, got 90" in refused.stderr
+
+
 @pytest.mark.skipif(importlib.util.find_spec("coremltools") is None, reason="needs the coreml extra")
 @pytest.mark.skipif(platform.system() == "Darwin", reason="Core ML times blocks on macOS")
 def test_coreml_agent_on_linux_says_timing_needs_macos(live: LiveServer, tmp_path: Path) -> None:
