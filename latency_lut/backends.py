@@ -265,9 +265,8 @@ def time_calls(
 
     With `min_seconds`, timing goes on past `repeats` until the timed calls span at least that much
     wall time (at most `MAX_SAMPLES` samples): a sub-millisecond network's `repeats` calls last a few
-    milliseconds, inside one of the host's slow or fast spells (on this project's shared VMs they
-    last about a second), so a low quantile of samples spread over seconds repeats far better
-    (docs/lut.md, "Sub-millisecond networks")."""
+    milliseconds, inside one of the host's fast or slow spells, which the longer span averages out.
+    It does not average out slower drift over minutes (docs/lut.md, "Sub-millisecond networks")."""
     now = CLOCKS[clock]
     for _ in range(warmup):
         if before is not None:
