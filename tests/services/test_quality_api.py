@@ -61,6 +61,7 @@ def test_space_lists_its_proxies_and_the_default(http: httpx.Client) -> None:
     assert proxies["predicted"]["available"] and proxies["predicted"]["needs"] == "predictor"
     fitted = proxies["predicted"]["predictor"]
     assert fitted["target"] == "teacher_distance" and fitted["samples"] == 8 and fitted["folds"] == 2
+    assert fitted["features"] == ["encoding", "log_params", "log_macs"]
     assert fitted["held_out_rmse"] >= 0 and -1 <= fitted["held_out_spearman"] <= 1
     assert "supernet_accuracy" not in proxies  # a classification proxy does not suit the UNet
     # The benchmark's UNet default stays naswot (docs/proxies.md), supernet or not.
