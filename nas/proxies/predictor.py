@@ -89,7 +89,7 @@ def check_features(space: SearchSpace, names: list[str] | tuple[str, ...]) -> li
 def features(
     space: SearchSpace,
     configs: list[Config],
-    names: list[str] | tuple[str, ...] = ("encoding", "log_params"),
+    names: list[str] | tuple[str, ...] = DEFAULT_FEATURES,
     context: ProxyContext | None = None,
 ) -> np.ndarray:
     """One row per config: the named feature groups side by side (`context` computes proxy features)."""
@@ -296,9 +296,15 @@ def fit_for_checkpoint(
     targets = [proxy.compute(context, config) for config in configs]
     measured = time.perf_counter() - start
     predictor = fit_predictor(
-        space, configs, targets, target=target, folds=folds, seed=seed, feature_names=feature_names,
+        space,
+        configs,
+        targets,
+        target=target,
+        folds=folds,
+        seed=seed,
+        feature_names=feature_names,
         context=context,
-    )  # fmt: skip
+    )
     predictor.checkpoint = str(loaded.path)
     predictor.checkpoint_step = loaded.step
     predictor.measure_seconds = measured
@@ -312,9 +318,9 @@ class Predicted(Proxy):
     needs = "predictor"
     cost = "counting"
     description = (
-        "the space's learned quality predictor (ridge on the config encoding, log params and log MACs, "
-        "fitted on inherited teacher_distance or supernet_loss values): predicts that target, smaller "
-        "is better"
+        "the space's learned quality predictor (ridge on named features, by default the config "
+        "encoding, log params and log MACs, fitted on inherited teacher_distance or supernet_loss "
+        "values): predicts that target, smaller is better"
     )
 
     def compute(self, context: ProxyContext, config: dict[str, Any]) -> float:
