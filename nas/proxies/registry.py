@@ -25,8 +25,8 @@ PROXIES: Registry[type[Proxy]] = Registry(
 #: subnets): synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13). UNet (2026-12-06,
 #: 30 subnets, 2-init truth, inits agree at +0.90): supernet_loss +0.79 after a 120-step distilled
 #: supernet, teacher_distance +0.74, predicted +0.69, naswot +0.54 (macs +0.53, params +0.39).
-#: Temporal (2026-12-06, 30 subnets, inits agree at only +0.75): naswot +0.66 (macs +0.48, params
-#: +0.12); its supernet proxies rank below +0.43.
+#: Temporal (2026-12-06, 30 subnets, truth trained with batch 16, inits agree at +0.82): naswot +0.68
+#: (macs +0.47, params +0.12); its supernet proxies rank below +0.48.
 DEFAULT_PROXY: dict[str, list[str]] = {
     "efficientformerv2": ["synflow"],
     "unet": ["supernet_loss", "naswot"],
