@@ -57,6 +57,7 @@ from nas.proxies import (
     predictor_path,
     spearman,
 )
+from nas.proxies.predictor import DEFAULT_FEATURES
 from nas.proxies.task_data import classification_output, is_classification
 from nas.training import TrainConfig, latest_checkpoint, make_task, train_supernet
 from nas.training.tasks import TrainingTask
@@ -121,10 +122,12 @@ SETUPS: dict[str, SpaceSetup] = {
         supernet_batch_size=16,
         supernet_lr=1e-3,
         supernet_distill=1,
-        predictor_samples=60,
+        predictor_samples=200,
     ),
     # Two frames keep a video subnet about as cheap as the UNet's; the whole subnet (image UNet and
     # temporal layers) trains from scratch, so the truth ranks the temporal layers on equal footing.
+    # Batch 16: with batch 4 two inits agreed at only +0.75 (+0.74 with 120 steps), +0.82 with 16
+    # (docs/proxies.md, 2026-12-06).
     "temporal": SpaceSetup(
         space="temporal",
         options={
@@ -135,7 +138,7 @@ SETUPS: dict[str, SpaceSetup] = {
             "width_scale": 0.0625,
         },
         train_steps=60,
-        batch_size=4,
+        batch_size=16,
         lr=1e-3,
         weight_decay=0.01,
         held_out=128,
@@ -144,7 +147,7 @@ SETUPS: dict[str, SpaceSetup] = {
         supernet_lr=1e-3,
         supernet_distill=1,
         supernet_init="unet",
-        predictor_samples=60,
+        predictor_samples=200,
     ),
 }
 
@@ -434,7 +437,8 @@ def fitted_predictor(
     if path.exists():
         stored = QualityPredictor.load(path)
         same_checkpoint = stored.checkpoint == str(context.supernet_checkpoint)
-        if stored.samples == setup.predictor_samples and same_checkpoint:
+        same_features = stored.features == list(DEFAULT_FEATURES)
+        if stored.samples == setup.predictor_samples and same_checkpoint and same_features:
             return stored
     log(f"  fitting the quality predictor on {setup.predictor_samples} inherited subnets")
     folds = min(5, max(2, setup.predictor_samples // 3))
@@ -517,8 +521,9 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
     if predictor is not None:
         summary += (
             f"; `predicted` fitted on {predictor.samples} other inherited subnets' {predictor.target} "
-            f"({predictor.measure_seconds:.0f}s to measure; {predictor.folds}-fold held-out rho "
-            f"{predictor.cv_spearman:+.3f}, tau {predictor.cv_kendall:+.3f}, RMSE {predictor.cv_rmse:.4g})"
+            f"from {', '.join(predictor.features)} ({predictor.measure_seconds:.0f}s to measure; "
+            f"{predictor.folds}-fold held-out rho {predictor.cv_spearman:+.3f}, "
+            f"tau {predictor.cv_kendall:+.3f}, RMSE {predictor.cv_rmse:.4g})"
         )
     agreements: dict[str, float] = {}
     if len(per_seed) > 1:
@@ -566,7 +571,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--predictor-samples",
         type=int,
-        help="inherited subnets the `predicted` proxy is fitted on; 0 skips it (default: per space, 60)",
+        help="inherited subnets the `predicted` proxy is fitted on; 0 skips it (default: per space, 200)",
     )
     parser.add_argument(
         "--truth-seeds",

@@ -19,7 +19,7 @@ def proxy_catalog(space: SearchSpace, supernet_dir: str | Path = DEFAULT_SUPERNE
 
     Each proxy: its contract (`Proxy.to_dict`), `available` (whether a search can use it now) and,
     when not, `requirement` (what it still needs); `predicted` also carries `predictor`: its target,
-    training size and held-out error, when fitted.
+    training size, features and held-out error, when fitted.
     """
     offered = available_proxies(space, supernet_dir=supernet_dir)
     checkpoint = find_checkpoint(space, supernet_dir) if has_task(space) else None
@@ -39,6 +39,7 @@ def proxy_catalog(space: SearchSpace, supernet_dir: str | Path = DEFAULT_SUPERNE
             entry["predictor"] = {
                 "path": str(predictor),
                 "target": fitted.target,
+                "features": fitted.features,
                 "samples": fitted.samples,
                 "folds": fitted.folds,
                 "held_out_rmse": fitted.cv_rmse,

@@ -1,14 +1,16 @@
 """`proxy:predicted`: a quality predictor learned per space, as Once-for-All's accuracy predictor.
 
-A `QualityPredictor` is a ridge regression from a subnet's *features* (the space's config encoding,
-`SearchSpace.encode`, and the log of its parameter count, the one proxy cheap enough to keep the
-predictor at thousands of configs per second) to a measured quality *target* (by default
-`teacher_distance` for the diffusion spaces and `supernet_loss` elsewhere, both inherited from the
-trained supernet; log-transformed when every value is positive). It is fitted on a few hundred seeded
-random configs (`fit_for_checkpoint`, `nas supernet fit-predictor`), its ridge strength chosen by
-k-fold cross-validation, and its held-out error (out-of-fold RMSE, Spearman and Kendall against the
-measured target) is stored with it, as JSON next to the supernet checkpoint it was measured on
-(`predictor_path`). Searches offer `proxy:predicted` where that file exists.
+A `QualityPredictor` is a ridge regression from a subnet's *features* to a measured quality *target*
+(by default `teacher_distance` for the diffusion spaces and `supernet_loss` elsewhere, both inherited
+from the trained supernet; log-transformed when every value is positive). The features are named
+groups: the space's config encoding (`SearchSpace.encode`), the log of the parameter count and the
+log of the MAC count by default (all counted, so the predictor scores thousands of configs per
+second once the space's blocks are counted), optionally the value of a zero-cost proxy (then each
+prediction costs that proxy's evaluation). It is fitted on a few hundred seeded random configs
+(`fit_for_checkpoint`, `nas supernet fit-predictor`), its ridge strength chosen by k-fold
+cross-validation, and its features, training pairs and held-out error (out-of-fold RMSE, Spearman
+and Kendall against the measured target) are stored with it, as JSON next to the supernet checkpoint
+it was measured on (`predictor_path`). Searches offer `proxy:predicted` where that file exists.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from nas.proxies.supernet_checkpoints import DEFAULT_SUPERNET_DIR, find_checkpoi
 from search_spaces import Config, SearchSpace, config_id
 
 #: Ridge strengths cross-validation chooses from (on standardised features).
-ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
+ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 DEFAULT_SAMPLES = 200
 DEFAULT_FOLDS = 5
 
@@ -60,13 +62,54 @@ def default_target(space: SearchSpace) -> str:
     return "teacher_distance" if get_proxy("teacher_distance").supports(space) else "supernet_loss"
 
 
-def features(space: SearchSpace, configs: list[Config]) -> np.ndarray:
-    """One row per config: its encoding and the log of its parameter count."""
+#: Feature groups computed from the config alone (no network is built): its encoding
+#: (`SearchSpace.encode`), the log of its parameter count and the log of its MACs.
+COUNTING_FEATURES = ("encoding", "log_params", "log_macs")
+#: What a predictor is fitted on unless told otherwise.
+DEFAULT_FEATURES = ("encoding", "log_params", "log_macs")
+
+
+def check_features(space: SearchSpace, names: list[str] | tuple[str, ...]) -> list[str]:
+    """`names` as a list if each is a counting feature group or a zero-cost proxy of `space` (its
+    value is the feature: the predictor then costs that proxy's evaluation); `ProxyError` otherwise."""
+    allowed = list(COUNTING_FEATURES) + [
+        name
+        for name in list_proxies()
+        if get_proxy(name).needs == "batch" and get_proxy(name).supports(space)
+    ]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ProxyError(
+            f"predictor features must be distinct names from {allowed} (counting groups and the zero-cost "
+            f"proxies of space {space.name!r}); got {list(names)}"
+        )
+    return list(names)
+
+
+def features(
+    space: SearchSpace,
+    configs: list[Config],
+    names: list[str] | tuple[str, ...] = DEFAULT_FEATURES,
+    context: ProxyContext | None = None,
+) -> np.ndarray:
+    """One row per config: the named feature groups side by side (`context` computes proxy features)."""
     rows = []
     for config in configs:
-        params = sum(spec.params for spec in space.blocks(space.canonicalize(config)))
-        rows.append(np.append(space.encode(config).astype(np.float64), math.log(max(params, 1))))
-    return np.asarray(rows)
+        canonical = space.canonicalize(config)
+        row: list[float] = []
+        for name in names:
+            if name == "encoding":
+                row.extend(space.encode(canonical).astype(np.float64).tolist())
+            elif name == "log_params":
+                row.append(math.log(max(sum(spec.params for spec in space.blocks(canonical)), 1)))
+            elif name == "log_macs":
+                row.append(math.log(max(space.count(canonical)["macs"], 1)))
+            else:
+                if context is None:
+                    raise ProxyError(f"the predictor's feature {name!r} is a proxy: it needs a ProxyContext")
+                row.append(float(get_proxy(name).compute(context, canonical)))
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
 
 
 @dataclass
@@ -93,9 +136,18 @@ class QualityPredictor:
     checkpoint_step: int | None = None
     measure_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The feature groups, in order (a predictor stored before they were named used these two).
+    features: list[str] = field(default_factory=lambda: ["encoding", "log_params"])
+    #: The measured training pairs: `{"config": ..., "target": ...}` per subnet.
+    data: list[dict[str, Any]] = field(default_factory=list)
 
-    def predict(self, space: SearchSpace, configs: list[Config]) -> np.ndarray:
-        x = (features(space, configs) - np.asarray(self.mean)) / np.asarray(self.scale)
+    def predict(
+        self, space: SearchSpace, configs: list[Config], context: ProxyContext | None = None
+    ) -> np.ndarray:
+        """The predicted target of each config (`context` where a feature is a proxy)."""
+        x = (features(space, configs, self.features, context) - np.asarray(self.mean)) / np.asarray(
+            self.scale
+        )
         y = x @ np.asarray(self.coef) + self.intercept
         return np.exp(y) if self.log_target else y
 
@@ -145,9 +197,14 @@ def fit_predictor(
     target: str,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    feature_names: list[str] | tuple[str, ...] = DEFAULT_FEATURES,
+    context: ProxyContext | None = None,
 ) -> QualityPredictor:
-    """Fit the predictor of `target` on measured `(config, target)` pairs, the ridge strength chosen
-    by `folds`-fold cross-validation (seeded shuffled folds); its out-of-fold error is stored with it."""
+    """Fit the predictor of `target` on measured `(config, target)` pairs and the feature groups
+    `feature_names` (`check_features`; `context` computes proxy features), the ridge strength chosen
+    by `folds`-fold cross-validation (seeded shuffled folds); its out-of-fold error and the pairs are
+    stored with it."""
+    names = check_features(space, feature_names)
     if len(configs) != len(targets) or len(configs) < max(folds, 3) * 2:
         raise ProxyError(
             f"fitting a predictor needs at least {max(folds, 3) * 2} measured configs for "
@@ -158,7 +215,7 @@ def fit_predictor(
         raise ProxyError(f"the measured {target} values include non-finite ones")
     log_target = bool(np.all(values > 0))
     y = np.log(values) if log_target else values
-    x = features(space, configs)
+    x = features(space, configs, names, context)
     order = np.random.default_rng(seed).permutation(len(y))
     splits = np.array_split(order, folds)
     scores = {alpha: _out_of_fold(x, y, alpha, splits) for alpha in ALPHAS}
@@ -182,6 +239,11 @@ def fit_predictor(
         cv_spearman=spearman(held_out.tolist(), values.tolist()),
         cv_kendall=kendall(held_out.tolist(), values.tolist()),
         target_range=[float(values.min()), float(values.max())],
+        features=names,
+        data=[
+            {"config": space.canonicalize(config), "target": float(value)}
+            for config, value in zip(configs, values, strict=True)
+        ],
     )
 
 
@@ -209,10 +271,12 @@ def fit_for_checkpoint(
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     exclude: list[Config] = (),
+    feature_names: list[str] | tuple[str, ...] = DEFAULT_FEATURES,
 ) -> QualityPredictor:
     """Measure `target` (an inherited proxy; by default `default_target`) on `samples` seeded random
-    configs of `context`'s space with its supernet, and fit the predictor on them."""
+    configs of `context`'s space with its supernet, and fit the predictor on them and `feature_names`."""
     space = context.space
+    check_features(space, feature_names)
     target = target or default_target(space)
     allowed = [
         name
@@ -231,7 +295,16 @@ def fit_for_checkpoint(
     start = time.perf_counter()
     targets = [proxy.compute(context, config) for config in configs]
     measured = time.perf_counter() - start
-    predictor = fit_predictor(space, configs, targets, target=target, folds=folds, seed=seed)
+    predictor = fit_predictor(
+        space,
+        configs,
+        targets,
+        target=target,
+        folds=folds,
+        seed=seed,
+        feature_names=feature_names,
+        context=context,
+    )
     predictor.checkpoint = str(loaded.path)
     predictor.checkpoint_step = loaded.step
     predictor.measure_seconds = measured
@@ -245,8 +318,9 @@ class Predicted(Proxy):
     needs = "predictor"
     cost = "counting"
     description = (
-        "the space's learned quality predictor (ridge on the config encoding and log params, fitted on "
-        "inherited teacher_distance or supernet_loss values): predicts that target, smaller is better"
+        "the space's learned quality predictor (ridge on named features, by default the config "
+        "encoding, log params and log MACs, fitted on inherited teacher_distance or supernet_loss "
+        "values): predicts that target, smaller is better"
     )
 
     def compute(self, context: ProxyContext, config: dict[str, Any]) -> float:
@@ -259,4 +333,4 @@ class Predicted(Proxy):
                     f"{context.space.options}; run `nas supernet fit-predictor` first"
                 )
             context.memo["predictor"] = QualityPredictor.load(path)
-        return float(context.memo["predictor"].predict(context.space, [config])[0])
+        return float(context.memo["predictor"].predict(context.space, [config], context)[0])

@@ -22,11 +22,16 @@ PROXIES: Registry[type[Proxy]] = Registry(
 #: options (the supernet proxies only where a trained checkpoint is found); spaces not listed, or
 #: offering none of their list, fall back to `params`.
 #: Measured by `benchmarks/proxy_correlation.py` (docs/proxies.md): EfficientFormerV2 (2026-11-23, 30
-#: subnets): synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13). UNet (2026-12-05,
-#: 8 subnets, inits agree at +0.98): naswot +0.83, teacher_distance +0.64 after a 40-step distilled
-#: supernet, predicted -0.10 (params +0.52; the `macs` baseline, +0.86, is a cost, not quality), so
-#: the teacher-relative and learned proxies are offered but not the default. Temporal: not judged yet.
-DEFAULT_PROXY: dict[str, list[str]] = {"efficientformerv2": ["synflow"], "unet": ["naswot"]}
+#: subnets): synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13). UNet (2026-12-06,
+#: 30 subnets, 2-init truth, inits agree at +0.90): supernet_loss +0.79 after a 120-step distilled
+#: supernet, teacher_distance +0.74, predicted +0.69, naswot +0.54 (macs +0.53, params +0.39).
+#: Temporal (2026-12-06, 30 subnets, truth trained with batch 16, inits agree at +0.82): naswot +0.68
+#: (macs +0.47, params +0.12); its supernet proxies rank below +0.48.
+DEFAULT_PROXY: dict[str, list[str]] = {
+    "efficientformerv2": ["synflow"],
+    "unet": ["supernet_loss", "naswot"],
+    "temporal": ["naswot"],
+}
 
 
 def register_proxy(cls: type[Proxy]) -> type[Proxy]:

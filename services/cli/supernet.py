@@ -184,19 +184,28 @@ def fit_predictor(
         typer.Option("--target", help="teacher_distance or supernet_loss [teacher_distance where offered]"),
     ] = None,
     folds: Annotated[int, typer.Option("--folds", min=2, help="cross-validation folds [5]")] = 5,
+    feature: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--feature",
+            help="feature group, repeatable: encoding, log_params, log_macs or a zero-cost proxy's name "
+            "[encoding, log_params, log_macs]",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the sampled subnets and folds [0]")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads of torch [1]")] = 1,
 ) -> None:
     """Fit the space's quality predictor (`proxy:predicted`) on inherited subnets of its supernet.
 
     Measures --target on --samples seeded random subnets with weights inherited from the checkpoint,
-    fits a ridge regression on their config encoding and log parameter count (ridge strength by
-    --folds-fold cross-validation) and writes it, with its held-out error, as predictor.json next to
-    the checkpoint, where searches find it.
+    fits a ridge regression on their --feature groups (by default the config encoding and the log
+    parameter and MAC counts; ridge strength by --folds-fold cross-validation) and writes it, with its
+    held-out error and training pairs, as predictor.json next to the checkpoint, where searches find it.
     """
     import torch
 
     from nas.proxies import ProxyContext, ProxyError, find_checkpoint, fit_for_checkpoint, predictor_path
+    from nas.proxies.predictor import DEFAULT_FEATURES
     from search_spaces import get_space
 
     torch.set_num_threads(threads)
@@ -209,15 +218,23 @@ def fit_predictor(
         )
     context = ProxyContext(subject, supernet_checkpoint=path)
     try:
-        predictor = fit_for_checkpoint(context, samples=samples, target=target, folds=folds, seed=seed)
+        predictor = fit_for_checkpoint(
+            context,
+            samples=samples,
+            target=target,
+            folds=folds,
+            seed=seed,
+            feature_names=feature or DEFAULT_FEATURES,
+        )
     except ProxyError as exc:
         raise ValueError(str(exc)) from None
     written = predictor_path(predictor.checkpoint)
     predictor.save(written)
-    table = Table("target", "samples", "measured in", "ridge alpha", "held-out RMSE", "rho", "tau",
-                  title=f"quality predictor ({folds}-fold cross-validation)")  # fmt: skip
+    table = Table("target", "features", "samples", "measured in", "ridge alpha", "held-out RMSE", "rho",
+                  "tau", title=f"quality predictor ({folds}-fold cross-validation)")  # fmt: skip
     table.add_row(
         predictor.target,
+        ", ".join(predictor.features),
         str(predictor.samples),
         f"{predictor.measure_seconds:.1f}s",
         f"{predictor.alpha:g}",

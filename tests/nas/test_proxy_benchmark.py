@@ -64,12 +64,13 @@ def test_toy_run_with_a_distilled_supernet_scores_teacher_distance_and_the_predi
     out = capsys.readouterr().out
     assert "| `teacher_distance` | supernet |" in out and "| `predicted` | predictor |" in out
     assert "1 distilled subnet(s) a step" in out and "`predicted` fitted on 6 other inherited" in out
-    assert "default `proxy:default` = `naswot` against loss: not scored" in out
+    assert "teacher_distance from encoding, log_params, log_macs" in out
+    assert "default `proxy:default` = `supernet_loss` against loss: not scored" in out
     (predictor,) = tmp_path.glob("supernets/unet-*/predictor.json")
     stored = json.loads(predictor.read_text())
     assert stored["samples"] == 6 and stored["folds"] == 2 and stored["target"] == "teacher_distance"
     report = json.loads((tmp_path / "out.json").read_text())[0]
-    assert report["default"] == "naswot"
+    assert report["default"] == "supernet_loss"
 
 
 def test_truth_trained_in_worker_processes_equals_the_truth_trained_here(

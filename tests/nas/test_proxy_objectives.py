@@ -8,7 +8,7 @@ from nas_testing import DEVICE, TinySpace, make_resolved, objectives
 from nas import MemoryTrialStore, SearchSpec, SpecError, TrialState, parse_objective, resolve
 from nas.evaluate import SubnetEvaluator
 from nas.objectives import objective_direction, parse_constraint
-from nas.proxies import ProxyContext, available_proxies, default_proxy, get_proxy
+from nas.proxies import DEFAULT_PROXY, ProxyContext, available_proxies, default_proxy, get_proxy
 from nas.runner import Runner
 from search_spaces import SearchSpace
 
@@ -34,7 +34,9 @@ def test_resolve_accepts_proxies_with_their_directions() -> None:
     assert constrained.constraints[0].satisfied({"proxy:naswot": 11.0})
 
 
-def test_default_proxy_is_the_spaces_measured_best_and_is_stored_expanded() -> None:
+def test_default_proxy_is_the_spaces_measured_best_and_is_stored_expanded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     resolved = resolve(
         spec(objectives=["params", "proxy:default"], constraints=["proxy:default >= 1"]), [DEVICE]
     )
@@ -45,8 +47,11 @@ def test_default_proxy_is_the_spaces_measured_best_and_is_stored_expanded() -> N
     unet = SearchSpec(space="unet", space_options={"latent_size": 8, "width_scale": 0.0625},
                       objectives=["proxy:default"])  # fmt: skip
     assert resolve(unet, []).spec.objectives == ["proxy:naswot"]
-    # A space with no measured default falls back to the parameter count.
+    # Without a trained supernet the UNet falls back to its zero-cost default; the temporal space has
+    # its own measured default; a space with none falls back to the parameter count.
     temporal = SearchSpec(space="temporal", objectives=["proxy:default"])
+    assert resolve(temporal, []).spec.objectives == ["proxy:naswot"]
+    monkeypatch.delitem(DEFAULT_PROXY, "temporal")
     assert resolve(temporal, []).spec.objectives == ["proxy:params"]
 
 

@@ -4,6 +4,8 @@ cross-validated predictor stored next to the checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,45 @@ def test_ridge_predictor_recovers_a_linear_target_and_reports_held_out_error(une
         fit_predictor(unet, configs[:6], targets[:6], target="t", folds=5)
 
 
+def test_predictor_features_are_named_stored_and_checked(unet: SearchSpace) -> None:
+    rng = np.random.default_rng(5)
+    configs = [unet.sample(rng) for _ in range(24)]
+    macs = [float(unet.count(c)["macs"]) for c in configs]
+    # A target that only the MAC count explains: the counting feature group recovers it by rank.
+    by_macs = fit_predictor(
+        unet, configs, [1e9 / m for m in macs], target="t", folds=3, feature_names=["log_macs"]
+    )
+    assert by_macs.features == ["log_macs"] and len(by_macs.coef) == 1
+    assert by_macs.cv_spearman == pytest.approx(1.0)
+    assert [d["target"] for d in by_macs.data] == pytest.approx([1e9 / m for m in macs])
+    assert by_macs.data[0]["config"] == unet.canonicalize(configs[0])
+    default = fit_predictor(unet, configs, [1e9 / m for m in macs], target="t", folds=3)
+    assert default.features == ["encoding", "log_params", "log_macs"]
+    assert len(default.coef) == len(unet.encode(configs[0])) + 2
+
+    for wrong in (["magic"], [], ["log_macs", "log_macs"], ["teacher_distance"]):
+        with pytest.raises(ProxyError, match="predictor features must be distinct names from"):
+            fit_predictor(unet, configs, macs, target="t", folds=3, feature_names=wrong)
+    with pytest.raises(ProxyError, match="'naswot' is a proxy: it needs a ProxyContext"):
+        fit_predictor(unet, configs, macs, target="t", folds=3, feature_names=["naswot"])
+
+
+def test_a_predictor_stored_before_features_were_named_reads_encoding_and_log_params(
+    unet: SearchSpace, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(6)
+    configs = [unet.sample(rng) for _ in range(12)]
+    targets = [float(i + 1) for i in range(12)]
+    old = fit_predictor(unet, configs, targets, target="t", folds=2, feature_names=["encoding", "log_params"])
+    stored = {k: v for k, v in dataclasses.asdict(old).items() if k not in ("features", "data")}
+    (tmp_path / "predictor.json").write_text(json.dumps(stored))
+    loaded = QualityPredictor.load(tmp_path / "predictor.json")
+    assert loaded.features == ["encoding", "log_params"]
+    assert loaded.predict(unet, configs[:3]).tolist() == pytest.approx(
+        old.predict(unet, configs[:3]).tolist()
+    )
+
+
 def test_predicted_proxy_is_offered_once_fitted_and_searches_can_use_it(
     distilled: tuple[SupernetTrainer, Path], unet: SearchSpace
 ) -> None:
@@ -163,10 +204,26 @@ def test_predicted_proxy_is_offered_once_fitted_and_searches_can_use_it(
     value = get_proxy("predicted").compute(ProxyContext(unet, supernet_dir=root), unet.smallest())
     assert value == pytest.approx(float(predictor.predict(unet, [unet.smallest()])[0]))
 
+    # A zero-cost proxy as a feature: the proxy computes it in the searching context.
+    with_naswot = fit_for_checkpoint(context, samples=8, folds=2, feature_names=["log_macs", "naswot"])
+    with_naswot.save(path)
+    fresh = ProxyContext(unet, supernet_dir=root)
+    naswot = get_proxy("naswot").compute(fresh, unet.smallest())
+    x = (
+        np.array([np.log(unet.count(unet.smallest())["macs"]), naswot]) - with_naswot.mean
+    ) / with_naswot.scale
+    y = float(x @ np.asarray(with_naswot.coef) + with_naswot.intercept)
+    expected = np.exp(y) if with_naswot.log_target else y
+    assert get_proxy("predicted").compute(fresh, unet.smallest()) == pytest.approx(expected)
+
 
 def test_default_proxy_follows_the_preference_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The measured defaults: the UNet's `naswot` beat the teacher-relative proxies (docs/proxies.md).
-    assert default_proxy("unet", ["params", "naswot", "teacher_distance", "predicted"]) == "naswot"
+    # The measured defaults (docs/proxies.md): on the UNet the inherited loss of a distilled supernet
+    # ranks best, naswot where no supernet is trained.
+    assert default_proxy("unet", ["params", "naswot", "supernet_loss", "teacher_distance", "predicted"]) == (
+        "supernet_loss"
+    )
+    assert default_proxy("unet", ["params", "macs", "naswot"]) == "naswot"
     assert default_proxy("efficientformerv2", ["params"]) == "params"
     assert default_proxy("no-such-space", ["naswot"]) == "params"
     # A list falls back to the first proxy offered, e.g. where no supernet is trained.

@@ -118,6 +118,30 @@ def test_distilled_unet_then_fit_predictor(tmp_path: Path) -> None:
     stored = json.loads((out / "predictor.json").read_text())
     assert stored["samples"] == 6 and stored["folds"] == 2 and stored["target"] == "teacher_distance"
     assert stored["checkpoint"] == str(out / "step-00000001.pt")
+    assert stored["features"] == ["encoding", "log_params", "log_macs"] and len(stored["data"]) == 6
+
+    chosen = ["--feature", "log_macs", "--feature", "naswot"]
+    refit = runner.invoke(
+        root,
+        [
+            "supernet",
+            "fit-predictor",
+            *UNET,
+            "--checkpoint",
+            str(out),
+            "--samples",
+            "6",
+            "--folds",
+            "2",
+            *chosen,
+        ],
+    )
+    assert refit.exit_code == 0, refit.output
+    assert json.loads((out / "predictor.json").read_text())["features"] == ["log_macs", "naswot"]
+    unknown = runner.invoke(
+        root, ["supernet", "fit-predictor", *UNET, "--checkpoint", str(out), "--feature", "magic"]
+    )
+    assert unknown.exit_code == 2 and "predictor features must be distinct names from" in unknown.stderr
 
     wrong = runner.invoke(
         root, ["supernet", "fit-predictor", *UNET, "--checkpoint", str(out), "--target", "naswot"]

@@ -61,10 +61,11 @@ def test_space_lists_its_proxies_and_the_default(http: httpx.Client) -> None:
     assert proxies["predicted"]["available"] and proxies["predicted"]["needs"] == "predictor"
     fitted = proxies["predicted"]["predictor"]
     assert fitted["target"] == "teacher_distance" and fitted["samples"] == 8 and fitted["folds"] == 2
+    assert fitted["features"] == ["encoding", "log_params", "log_macs"]
     assert fitted["held_out_rmse"] >= 0 and -1 <= fitted["held_out_spearman"] <= 1
     assert "supernet_accuracy" not in proxies  # a classification proxy does not suit the UNet
-    # The benchmark's UNet default stays naswot (docs/proxies.md), supernet or not.
-    assert body["default_proxy"] == "naswot" and body["supernet_checkpoint"]
+    # The benchmark's UNet default (docs/proxies.md): the inherited loss where a supernet is trained.
+    assert body["default_proxy"] == "supernet_loss" and body["supernet_checkpoint"]
 
     # At other options nothing is trained: the inherited proxies say what they need.
     other = http.get("/v1/spaces/unet", params={**UNET, "latent_size": 16}).json()
