@@ -305,11 +305,14 @@ def _truth_text(truth: dict[str, float]) -> str:
 
 # ---------------------------------------------------------------------------- supernet
 def trained_supernet(space: SearchSpace, setup: SpaceSetup, seed: int, cache: Path) -> Path:
-    """A checkpoint of the space's supernet after `supernet_steps` steps (trained or resumed as needed);
-    a setup with `supernet_init` starts from that space's benchmark supernet (trained first)."""
+    """A checkpoint of the space's supernet after `supernet_steps` steps (trained, or resumed after an
+    interruption); a setup with `supernet_init` starts from that space's benchmark supernet (trained
+    first). The step count is part of the cache key: a supernet trained longer (its learning-rate
+    schedule spans its own steps) is never taken for a shorter one."""
     settings = {
         "space": space.name,
         "options": dict(space.options),
+        "steps": setup.supernet_steps,
         "batch_size": setup.supernet_batch_size,
         "lr": setup.supernet_lr,
         "seed": seed,
