@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from latency_lut.low_bit import WeightKernel, modelled, torch_low_bit
+from latency_lut.low_bit import WeightKernel, modelled, torch_low_bit, weight_layers
 
 
 class BackendUnavailableError(RuntimeError):
@@ -131,9 +131,8 @@ class MeasurementBackend(abc.ABC):
         """`runnable` for a block whose weights are `bits` wide: on this runtime's real low-bit kernel
         where it has one (`latency_lut.low_bit`), else the module as built (fake-quantized float
         weights), and how it ran. This default has no kernel: every width is modelled."""
-        layers = sum(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in module.modules())
         with self.runnable(module, inputs) as call:
-            yield call, modelled(self.runtime, bits, layers)
+            yield call, modelled(self.runtime, bits, weight_layers(module))
 
     def measure_weight_bits(
         self,
@@ -251,6 +250,12 @@ def check_min_seconds(min_seconds: float) -> float:
     return float(min_seconds)
 
 
+def _keep_timing(samples: int, repeats: int, deadline: float) -> bool:
+    """Whether a timed loop takes another sample: until `repeats`, then while the wall clock is
+    before `deadline` (`min_seconds` after the loop began), never past `MAX_SAMPLES`."""
+    return samples < repeats or (time.perf_counter() < deadline and samples < MAX_SAMPLES)
+
+
 def time_calls(
     call: Runnable,
     warmup: int,
@@ -274,7 +279,7 @@ def time_calls(
         call()
     samples: list[float] = []
     deadline = time.perf_counter() + min_seconds
-    while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < MAX_SAMPLES):
+    while _keep_timing(len(samples), repeats, deadline):
         if before is not None:
             before()
         start = now()
@@ -380,7 +385,7 @@ class TorchCUDABackend(MeasurementBackend):
             torch.cuda.synchronize(self.device)
             samples: list[float] = []
             deadline = time.perf_counter() + self.min_seconds
-            while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < MAX_SAMPLES):
+            while _keep_timing(len(samples), repeats, deadline):
                 if before is not None:
                     before()
                 start = torch.cuda.Event(enable_timing=True)

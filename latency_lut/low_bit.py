@@ -79,15 +79,23 @@ def modelled(runtime: str, bits: int, layers: int, reason: str | None = None) ->
     return WeightKernel(bits, f"modelled: fake-quant float, {why}", 0, layers)
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def _layers(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> int:
     return sum(isinstance(m, kinds) for m in module.modules())
+
+
+def weight_layers(module: nn.Module) -> int:
+    """The conv and linear layers of `module`: the layers whose weights a width applies to."""
+    return _layers(module, (nn.Linear, *_CONVS))
 
 
 def torch_low_bit(module: nn.Module, bits: int) -> tuple[nn.Module, WeightKernel]:
     """`module` with its `nn.Linear` layers on torch's int8 dynamic kernel (a copy) when `bits` has a
     torch kernel, else `module` itself, modelled."""
     linear = _layers(module, (nn.Linear,))
-    convs = _layers(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    convs = _layers(module, _CONVS)
     if bits not in KERNELS["torch"]:
         return module, modelled("torch", bits, linear + convs)
     if linear == 0:
@@ -172,4 +180,5 @@ __all__ = [
     "modelled",
     "onnx_low_bit",
     "torch_low_bit",
+    "weight_layers",
 ]

@@ -35,9 +35,13 @@ class Action:
         return {"choice": self.choice, "from": self.old, "to": self.new}
 
 
-def rank_by_cost_per_gain(rows: list[dict[str, Any]], cost: str, gain: str) -> list[dict[str, Any]]:
-    """`rows` ordered best first by `cost` paid per unit of `gain` (SnapFusion's quality lost per ms
-    saved; EfficientFormerV2's quality lost per MES gained); every row must have `gain > 0`.
+def rank_by_cost_per_gain(
+    rows: list[dict[str, Any]],
+    cost: Callable[[dict[str, Any]], float],
+    gain: Callable[[dict[str, Any]], float],
+) -> list[dict[str, Any]]:
+    """`rows` ordered best first by `cost(row)` paid per unit of `gain(row)` (SnapFusion's quality lost
+    per ms saved; EfficientFormerV2's quality lost per MES gained); every row must have a gain > 0.
 
     A plain ratio misorders the free rows: with `cost <= 0` (nothing lost, or quality gained), a
     larger gain makes the ratio *less* negative, so a removal saving 0.4 ms with a tiny quality gain
@@ -46,8 +50,8 @@ def rank_by_cost_per_gain(rows: list[dict[str, Any]], cost: str, gain: str) -> l
     the larger gain, then to the smaller cost, then to the order of `rows`. Each row gets its
     `score` (cost per gain, 0 when free)."""
     for row in rows:
-        row["score"] = max(row[cost], 0.0) / row[gain]
-    return sorted(rows, key=lambda r: (r["score"], -r[gain], r[cost]))
+        row["score"] = max(cost(row), 0.0) / gain(row)
+    return sorted(rows, key=lambda r: (r["score"], -gain(r), cost(r)))
 
 
 def ranking_log(ranked: list[dict[str, Any]], n_taken: int, rule: str) -> dict[str, Any]:

@@ -150,11 +150,9 @@ class EvolvingStrategy(StepwiseStrategy):
             removals = [r for r in rows if r["d_latency_ms"] < 0]
             if not removals:
                 return None, {**entry, "kind": "stop", "reason": "over the target and no removal saves time"}
-            for row in removals:
-                row["loss"], row["saved_ms"] = -row["d_quality"], -row["d_latency_ms"]
-            ranked = rank_by_cost_per_gain(removals, "loss", "saved_ms")
-            for row in ranked:
-                del row["loss"], row["saved_ms"]
+            ranked = rank_by_cost_per_gain(
+                removals, cost=lambda r: -r["d_quality"], gain=lambda r: -r["d_latency_ms"]
+            )
             group = ranked[: self.group_size]
             taken = [a for row in group for a in actions_of[id(row)]]
             nxt = self.apply(current, taken)
@@ -170,7 +168,9 @@ class EvolvingStrategy(StepwiseStrategy):
                 "kind": "stop",
                 "reason": "target met and no action gains quality within it",
             }
-        ranked = rank_by_cost_per_gain(helpful, "d_latency_ms", "d_quality")
+        ranked = rank_by_cost_per_gain(
+            helpful, cost=lambda r: r["d_latency_ms"], gain=lambda r: r["d_quality"]
+        )
         actions = actions_of[id(ranked[0])]
         kind = "add" if actions[0].new > actions[0].old else "remove"
         why = ranking_log(ranked, 1, "ms paid per quality gained (time-saving gains first)")

@@ -148,11 +148,7 @@ class SlimmingStrategy(StepwiseStrategy):
         if not gaining:
             reason = "latency target met" if not probes else "no action raises the MES"
             return None, {**entry, "kind": "stop", "reason": reason}
-        for row in gaining:
-            row["drop"] = -row["d_quality"]
-        ranked = rank_by_cost_per_gain(gaining, "drop", "d_mes")
-        for row in ranked:
-            del row["drop"]
+        ranked = rank_by_cost_per_gain(gaining, cost=lambda r: -r["d_quality"], gain=lambda r: r["d_mes"])
         why = ranking_log(ranked, 1, "quality lost per MES gained (free actions first)")
         taken = ranked[0]
         return self.apply(current, actions_of[id(taken)]), {
