@@ -73,11 +73,30 @@ def test_event_stream_reports_progress_then_ends(followed: dict) -> None:
     assert progress["recorded"] == 8 == progress["completed"] + progress["failed"]
     assert progress["remaining"] == 0 and progress["in_flight"] == 0 and progress["eta_s"] == 0.0
     assert progress["fraction"] == 1.0 and progress["trials_per_s"] > 0
+    for _, data in events[:-1]:
+        p = data["progress"]
+        if data["status"] == "running" and data["trials_done"]:
+            assert p["eta_s"] is not None and p["eta_s"] >= 0
+            assert p["remaining"] == 8 - p["recorded"] and p["in_flight"] == min(2, p["remaining"])
+
+
+def test_event_stream_reports_the_running_search(live: LiveServer, http: httpx.Client) -> None:
+    """Progress of a search between its first and last trial. Eight trials of the small space can all
+    be recorded between two reads of the stream (CI saw it), so this search is long enough for the
+    stream, reading every 0.05 s, to see it running with trials done."""
+    trials = 60
+    body = {**SMALL_SPEC, "name": "followed-long", "budget": {"trials": trials, "parallelism": 2}}
+    created = http.post("/v1/searches", json=body)
+    assert created.status_code == 202, created.text
+    with NasClient(live.url) as client:
+        events = list(client.events(created.json()["id"], poll_s=0.05))
+    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded", events[-1]
     running = [data["progress"] for _, data in events if data["status"] == "running" and data["trials_done"]]
     assert running, "no progress event of the running search"
     for p in running:
+        assert 0 < p["recorded"] <= trials
         assert p["eta_s"] is not None and p["eta_s"] >= 0
-        assert p["remaining"] == 8 - p["recorded"] and p["in_flight"] == min(2, p["remaining"])
+        assert p["remaining"] == trials - p["recorded"] and p["in_flight"] == min(2, p["remaining"])
 
 
 def test_search_progress_matches_its_trials(http: httpx.Client, followed: dict) -> None:
