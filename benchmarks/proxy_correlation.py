@@ -3,7 +3,9 @@
 For each space, `--subnets` distinct subnets are sampled at small options and each is trained from
 scratch (seeded init, AdamW, a fixed number of steps and batch size) on the space's generated
 training data (`nas.training.tasks`); the truth is its held-out accuracy (EfficientFormerV2, 100
-generated classes) or held-out denoising loss (UNet, timesteps spread over the schedule). Then every
+generated classes) or held-out denoising loss (UNet, timesteps spread over the schedule). A video
+subnet (temporal space) trains only its temporal layers, on the trained image UNet of the UNet
+benchmark's supernet, frozen, as SnapGen-V trains them (`truth_image_from`). Then every
 proxy available for the space scores every subnet, timed, and so do the supernet-inherited proxies
 after the space's supernet is trained with `nas.training` for `--supernet-steps` steps.
 Correlations are signed so that +1 means "ranks better subnets higher" whatever the proxy's or the
@@ -59,9 +61,9 @@ from nas.proxies import (
 )
 from nas.proxies.predictor import DEFAULT_FEATURES
 from nas.proxies.task_data import classification_output, is_classification
-from nas.training import TrainConfig, latest_checkpoint, make_task, train_supernet
+from nas.training import TrainConfig, latest_checkpoint, load_checkpoint, make_task, train_supernet
 from nas.training.tasks import TrainingTask
-from search_spaces import Config, SearchSpace, config_id, get_space
+from search_spaces import Config, SearchSpace, Supernet, config_id, get_space
 
 #: Bumped when the truth's definition changes, so stale caches are not reused.
 TRUTH_VERSION = 1
@@ -88,11 +90,18 @@ class SpaceSetup:
     supernet_init: str | None = None
     #: Inherited configs (none of the judged ones) the `predicted` proxy is fitted on; 0: not fitted.
     predictor_samples: int = 0
+    #: Video spaces: the space whose benchmark supernet gives the trained image UNet that the truth's
+    #: subnets keep frozen while their temporal layers train (SnapGen-V's setting); None: every weight
+    #: of the subnet trains from scratch.
+    truth_image_from: str | None = None
 
-    def settings(self, seed: int, init_seed: int) -> dict[str, Any]:
-        """Everything the cached truth depends on (`seed`: subnets and data; `init_seed`: weights)."""
+    def settings(self, seed: int, init_seed: int, image: str | None = None) -> dict[str, Any]:
+        """Everything the cached truth depends on (`seed`: subnets and data; `init_seed`: weights;
+        `image`: the run directory of the frozen image UNet's supernet, if any)."""
         keep = ("space", "options", "train_steps", "batch_size", "lr", "weight_decay", "held_out")
         out = {"version": TRUTH_VERSION, "seed": seed, **{k: asdict(self)[k] for k in keep}}
+        if image is not None:
+            out["frozen_image"] = image
         return out if init_seed == seed else {**out, "init_seed": init_seed}
 
 
@@ -124,10 +133,10 @@ SETUPS: dict[str, SpaceSetup] = {
         supernet_distill=1,
         predictor_samples=200,
     ),
-    # Two frames keep a video subnet about as cheap as the UNet's; the whole subnet (image UNet and
-    # temporal layers) trains from scratch, so the truth ranks the temporal layers on equal footing.
-    # Batch 16: with batch 4 two inits agreed at only +0.75 (+0.74 with 120 steps), +0.82 with 16
-    # (docs/proxies.md, 2026-12-06).
+    # Two frames keep a video subnet about as cheap as the UNet's. As in SnapGen-V, the truth trains
+    # only the temporal layers, on the trained image UNet of the UNet benchmark's supernet (frozen):
+    # that is the question a temporal search answers. (Trained whole from scratch, with batch 4 two
+    # inits agreed at only +0.75, with batch 16 at +0.82: docs/proxies.md, 2026-12-06.)
     "temporal": SpaceSetup(
         space="temporal",
         options={
@@ -148,6 +157,7 @@ SETUPS: dict[str, SpaceSetup] = {
         supernet_distill=1,
         supernet_init="unet",
         predictor_samples=200,
+        truth_image_from="unet",
     ),
 }
 
@@ -181,20 +191,39 @@ def sample_configs(space: SearchSpace, count: int, seed: int) -> list[Config]:
     )
 
 
+def frozen_base(space: SearchSpace, checkpoint: Path) -> Supernet:
+    """The video space's supernet holding the trained image UNet of a UNet supernet's checkpoint (its
+    `frozen_start` gives a subnet on that image UNet, frozen, with fresh temporal layers)."""
+    state = load_checkpoint(checkpoint)
+    image_supernet = space.unet.supernet()  # type: ignore[attr-defined]
+    image_supernet.load_state_dict(state["model"])
+    video = space.supernet()
+    video.load_image_unet(image_supernet.extract(space.base_config))  # type: ignore[attr-defined]
+    return video
+
+
 def train_from_scratch(
-    space: SearchSpace, task: TrainingTask, config: Config, setup: SpaceSetup, seed: int
+    space: SearchSpace,
+    task: TrainingTask,
+    config: Config,
+    setup: SpaceSetup,
+    seed: int,
+    frozen: Supernet | None = None,
 ) -> dict[str, float]:
-    """Train a freshly initialised subnet for the setup's budget; its held-out loss (and accuracy)."""
+    """Train a freshly initialised subnet for the setup's budget; its held-out loss (and accuracy).
+    With `frozen` (a video supernet holding a trained image UNet, `frozen_base`), the subnet starts
+    from that image UNet, frozen, and only its temporal layers train."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = space.build(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay)
+        model = (space.build(config) if frozen is None else frozen.frozen_start(config)).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=setup.lr, weight_decay=setup.weight_decay)
     start = time.perf_counter()
     for step in range(setup.train_steps):
         loss = task.loss(model, task.train_batch(step, setup.batch_size))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
     model.eval()
     held_out = task.held_out_batch(setup.held_out)
@@ -215,11 +244,16 @@ def ground_truth(
     init_seed: int,
     cache: Path,
     jobs: int = 1,
+    image_checkpoint: Path | None = None,
 ) -> list[dict[str, float]]:
     """The truth of every config with weights initialised from `init_seed`, from the cache where
     present; the missing ones are trained in `jobs` processes and the cache is updated as each one
-    finishes, so an interrupted run loses at most the subnets in training."""
-    settings = setup.settings(task.seed, init_seed)
+    finishes, so an interrupted run loses at most the subnets in training. `image_checkpoint`: the
+    trained UNet supernet whose image UNet a video subnet keeps frozen (`truth_image_from`)."""
+    image_key = (
+        None if image_checkpoint is None else f"{image_checkpoint.parent.name}/{image_checkpoint.stem}"
+    )
+    settings = setup.settings(task.seed, init_seed, image_key)
     path = cache / f"proxy_truth-{space.name}-{config_id(settings)}.json"
     stored: dict[str, Any] = {"settings": settings, "subnets": {}}
     if path.exists():
@@ -228,7 +262,8 @@ def ground_truth(
     if missing:
         log(f"  training {len(missing)} of {len(configs)} subnets ({min(jobs, len(missing))} processes)")
     start = time.perf_counter()
-    for done, (config, truth) in enumerate(_train_all(space, task, missing, setup, init_seed, jobs), 1):
+    trained = _train_all(space, task, missing, setup, init_seed, jobs, image_checkpoint)
+    for done, (config, truth) in enumerate(trained, 1):
         stored["subnets"][config_id(config)] = {"config": config, **truth}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".partial").write_text(json.dumps(stored, indent=1, sort_keys=True))
@@ -247,11 +282,13 @@ def _train_all(
     setup: SpaceSetup,
     init_seed: int,
     jobs: int,
+    image_checkpoint: Path | None = None,
 ) -> Iterator[tuple[Config, dict[str, float]]]:
     """`(config, truth)` for every config, in the order they finish."""
     if jobs <= 1 or len(configs) <= 1:
+        frozen = None if image_checkpoint is None else frozen_base(space, image_checkpoint)
         for config in configs:
-            yield config, train_from_scratch(space, task, config, setup, init_seed)
+            yield config, train_from_scratch(space, task, config, setup, init_seed, frozen)
         return
     # Spawned workers import this file by its module name: make its folder importable (the children
     # inherit sys.path), whether it runs as a script or was loaded from elsewhere.
@@ -261,7 +298,8 @@ def _train_all(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(configs)), mp_context=context, initializer=_worker_init) as pool:
         futures = {
-            pool.submit(_train_in_worker, setup, task.seed, init_seed, config): config for config in configs
+            pool.submit(_train_in_worker, setup, task.seed, init_seed, config, image_checkpoint): config
+            for config in configs
         }
         try:
             for future in as_completed(futures):
@@ -272,20 +310,29 @@ def _train_all(
 
 
 _WORKER_TASKS: dict[str, tuple[SearchSpace, TrainingTask]] = {}
+_WORKER_FROZEN: dict[str, Supernet] = {}
 
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _train_in_worker(setup: SpaceSetup, seed: int, init_seed: int, config: Config) -> dict[str, float]:
-    """`train_from_scratch` in a worker process, its space and task built once per process."""
+def _train_in_worker(
+    setup: SpaceSetup, seed: int, init_seed: int, config: Config, image_checkpoint: Path | None
+) -> dict[str, float]:
+    """`train_from_scratch` in a worker process, its space, task (and frozen base) built once per
+    process."""
     key = json.dumps([setup.space, setup.options, seed], sort_keys=True)
     if key not in _WORKER_TASKS:
         space = get_space(setup.space, **setup.options)
         _WORKER_TASKS[key] = (space, make_task(space, seed))
     space, task = _WORKER_TASKS[key]
-    return train_from_scratch(space, task, config, setup, init_seed)
+    frozen = None
+    if image_checkpoint is not None:
+        if str(image_checkpoint) not in _WORKER_FROZEN:
+            _WORKER_FROZEN[str(image_checkpoint)] = frozen_base(space, image_checkpoint)
+        frozen = _WORKER_FROZEN[str(image_checkpoint)]
+    return train_from_scratch(space, task, config, setup, init_seed, frozen)
 
 
 @contextlib.contextmanager
@@ -478,10 +525,21 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
     log(f"== {space.name} at {space.options}: {args.subnets} subnets, {setup.train_steps} steps each")
     configs = sample_configs(space, args.subnets, args.seed)
     accuracy = is_classification(task)
+    image_checkpoint = None
+    if setup.truth_image_from is not None:
+        image_setup = SETUPS[setup.truth_image_from]
+        image_space = get_space(image_setup.space, **image_setup.options)
+        log(f"  the truth's frozen image UNet: the {image_setup.space} benchmark's supernet")
+        with torch_threads(max(args.jobs, args.threads)):
+            image_checkpoint = trained_supernet(image_space, image_setup, args.seed, args.cache_dir)
     per_seed = []
     for k in range(args.truth_seeds):
         log(f"  init seed {args.seed + k}")
-        per_seed.append(ground_truth(space, task, configs, setup, args.seed + k, args.cache_dir, args.jobs))
+        per_seed.append(
+            ground_truth(
+                space, task, configs, setup, args.seed + k, args.cache_dir, args.jobs, image_checkpoint
+            )
+        )
     truths = [
         {key: statistics.mean(s[i][key] for s in per_seed) for key in per_seed[0][i] if key != "config"}
         for i in range(len(configs))

@@ -150,6 +150,13 @@ class Supernet(nn.Module, abc.ABC):
     @abc.abstractmethod
     def extract(self, config: Mapping[str, Any]) -> nn.Module: ...
 
+    def frozen_start(self, config: Mapping[str, Any]) -> nn.Module | None:
+        """A standalone subnet to train the way this supernet trains: the parts the supernet keeps
+        frozen carry its weights and stay frozen (`requires_grad=False`), the rest is freshly
+        initialised from the global random state. None (the default): the supernet freezes nothing,
+        so a subnet trains from scratch (`space.build`)."""
+        return None
+
 
 class SearchSpace(abc.ABC):
     """A family of subnets: its choices, options, reference configs, blocks and supernet.
@@ -162,6 +169,9 @@ class SearchSpace(abc.ABC):
     name: ClassVar[str]
     #: Short description shown by `GET /v1/spaces`.
     description: ClassVar[str] = ""
+    #: Whether the space's supernet keeps a part of every subnet frozen while it trains (its
+    #: `Supernet.frozen_start` then returns subnets that start from that part).
+    supernet_freezes: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         specs = {spec.name: spec for spec in self.option_specs()}

@@ -108,6 +108,7 @@ class TemporalSpace(SearchSpace):
         "layers (1-D/3-D convolutions, temporal or spatio-temporal attention)."
     )
 
+    supernet_freezes: ClassVar[bool] = True
     type_options: ClassVar[tuple[str, ...]] = ("none", *TEMPORAL_TYPES)
     count_options: ClassVar[tuple[int, ...]] = (1, 2, 3)
 
@@ -429,6 +430,17 @@ class TemporalSupernet(Supernet):
             encoder_hidden_states,
             skip_prob,
         )
+
+    def frozen_start(self, config: Mapping[str, Any]) -> VideoUNet:
+        """A video subnet as SnapGen-V trains one: this supernet's image UNet, frozen, with freshly
+        initialised temporal layers (drawn from the global random state)."""
+        c = self.space.canonicalize(config)
+        model = self.space.build(c)
+        for block, entry in zip(model.blocks, self.space.layout(c), strict=True):
+            if entry.kind == "image":
+                block.load_state_dict(self.image.blocks[entry.base_index].state_dict())
+                block.requires_grad_(False)
+        return model.to(next(self.temporal.parameters()).device)
 
     def extract(self, config: Mapping[str, Any]) -> VideoUNet:
         """A standalone video subnet (what `space.build` returns) with the supernet's weights."""

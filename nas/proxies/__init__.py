@@ -1,15 +1,15 @@
 """Proxy quality metrics: scores that stand in for a subnet's trained quality.
 
 Importing the package registers the built-in proxies: the zero-cost scores `synflow`, `snip`,
-`grad_norm`, `naswot`, `jacob_cov` and `zico`, the baselines `params` and `macs`, the
-supernet-inherited `supernet_loss`, `supernet_accuracy` and `teacher_distance`, the learned
-`predicted`, and BitsFusion's `quant_sensitivity` (spaces with per-layer bit widths). Specs name them
-as objectives `proxy:<name>`; how well each ranks subnets on our spaces is measured by
-`benchmarks/proxy_correlation.py` and recorded in docs/proxies.md.
+`grad_norm`, `naswot`, `jacob_cov` and `zico`, the short-training `train_speed`, the baselines
+`params` and `macs`, the supernet-inherited `supernet_loss`, `supernet_accuracy` and
+`teacher_distance`, the learned `predicted`, and BitsFusion's `quant_sensitivity` (spaces with
+per-layer bit widths). Specs name them as objectives `proxy:<name>`; how well each ranks subnets on
+our spaces is measured by `benchmarks/proxy_correlation.py` and recorded in docs/proxies.md.
 """
 
 # The built-in proxies register themselves (`register_proxy`) when imported.
-from nas.proxies import predictor, quant_sensitivity, supernet, zero_cost  # noqa: F401
+from nas.proxies import predictor, quant_sensitivity, supernet, training_speed, zero_cost  # noqa: F401
 from nas.proxies._base import Proxy, ProxyCost, ProxyNeeds
 from nas.proxies.context import DEFAULT_BATCH_SIZE, ProxyContext
 from nas.proxies.correlation import kendall, spearman

@@ -9,9 +9,10 @@ inside the runner's evaluator actors. Every proxy declares
   space's task data, see `nas.proxies.task_data`), `supernet` (a trained supernet checkpoint) or
   `predictor` (a quality predictor fitted next to that checkpoint, `nas.proxies.predictor`),
 - `cost`: what one evaluation runs: `counting` (no tensors), `forward` (forward passes), `backward`
-  (forward and backward passes) or `inherited` (a subnet extracted from a supernet, its BN statistics
-  recalibrated, then forward passes). The seconds one evaluation really takes are measured by the
-  evaluator (`proxy_seconds:<name>` in the trial's metrics) and tabulated in docs/proxies.md.
+  (forward and backward passes), `training` (a few optimizer steps) or `inherited` (a subnet extracted
+  from a supernet, its BN statistics recalibrated, then forward passes). The seconds one evaluation
+  really takes are measured by the evaluator (`proxy_seconds:<name>` in the trial's metrics) and
+  tabulated in docs/proxies.md.
 
 A proxy is deterministic: `compute` on the same config with the same `ProxyContext` settings gives the
 same value (the context seeds the random init and generates the data from its seed).
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from nas.proxies.context import ProxyContext
 
 ProxyNeeds = Literal["nothing", "batch", "supernet", "predictor"]
-ProxyCost = Literal["counting", "forward", "backward", "inherited"]
+ProxyCost = Literal["counting", "forward", "backward", "training", "inherited"]
 
 
 class Proxy(abc.ABC):

@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from nas.proxies import ProxyContext, ProxyError, available_proxies, get_proxy, list_proxies
+from nas.proxies import ProxyContext, ProxyError, available_proxies, get_proxy, list_proxies, training_speed
+from nas.training.data import batch_generator
 from nas.training.tasks import TrainingTask, register_task
 from search_spaces import BlockSpec, Choice, OptionSpec, SearchSpace, Supernet
 
@@ -185,8 +186,12 @@ def test_params_and_macs_baselines(hand) -> None:
 
 
 def test_every_proxy_is_tested_by_hand() -> None:
-    tested = {"synflow", "snip", "grad_norm", "zico", "naswot", "jacob_cov", "params", "macs"}
-    supernet_proxies = {"supernet_loss", "supernet_accuracy"}  # tests/nas/test_proxy_supernet.py
+    tested = {"synflow", "snip", "grad_norm", "zico", "naswot", "jacob_cov", "params", "macs", "train_speed"}
+    supernet_proxies = {
+        "supernet_loss",
+        "supernet_accuracy",
+        "finetuned_loss",
+    }  # tests/nas/test_proxy_supernet.py
     quantization = {"quant_sensitivity"}  # tests/nas/test_quantization.py
     teacher_relative = {"teacher_distance", "predicted"}  # tests/nas/test_teacher_relative.py
     assert set(list_proxies()) == tested | supernet_proxies | quantization | teacher_relative
@@ -198,7 +203,7 @@ def test_contract_attributes() -> None:
         assert proxy.name == name
         assert proxy.direction in ("maximize", "minimize")
         assert proxy.needs in ("nothing", "batch", "supernet", "predictor")
-        assert proxy.cost in ("counting", "forward", "backward", "inherited")
+        assert proxy.cost in ("counting", "forward", "backward", "training", "inherited")
         assert proxy.description
     assert get_proxy("supernet_loss").direction == "minimize"
     assert get_proxy("synflow").direction == "maximize"
@@ -206,7 +211,17 @@ def test_contract_attributes() -> None:
 
 def test_hand_space_offers_every_batch_proxy_but_no_supernet_ones() -> None:
     offered = available_proxies(HandSpace())
-    assert set(offered) == {"synflow", "snip", "grad_norm", "zico", "naswot", "jacob_cov", "params", "macs"}
+    assert set(offered) == {
+        "synflow",
+        "snip",
+        "grad_norm",
+        "zico",
+        "naswot",
+        "jacob_cov",
+        "params",
+        "macs",
+        "train_speed",
+    }
 
 
 def test_deterministic_per_seed_and_leaves_global_rng_alone(hand) -> None:
@@ -257,3 +272,50 @@ def test_naswot_reads_functional_activations_too(hand) -> None:
 
     functional = ProxyContext(FunctionalSpace(), seed=3, batch_size=6)
     assert value("naswot", functional, config) == value("naswot", context, config)
+
+
+def test_train_speed_follows_adamw_by_hand(hand) -> None:
+    """Three AdamW steps (decoupled weight decay, gradients clipped to norm 1) written out in numpy from
+    the closed-form gradients: the losses of each step, and the proxy is their mean."""
+    space, context, config = hand
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(context.seed * 1_000_003 + training_speed.INIT_SALT)
+        model = space.build(config)
+    w = [model[0].weight.detach().double().numpy().copy(), model[2].weight.detach().double().numpy().copy()]
+    m = [np.zeros_like(x) for x in w]
+    v = [np.zeros_like(x) for x in w]
+    lr, wd, b1, b2, eps = training_speed.LR, training_speed.WEIGHT_DECAY, 0.9, 0.999, 1e-8
+    expected = []
+    for step in range(3):
+        batch = context.task.draw(
+            batch_generator(context.task.seed, training_speed.TRAIN_SPEED_STREAM, step), 6, held_out=False
+        )
+        x, labels = batch["x"].double().numpy(), batch["labels"].numpy()
+        logits = np.maximum(x @ w[0].T, 0) @ w[1].T
+        log_p = logits - logits.max(1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        expected.append(-log_p[np.arange(len(x)), labels].mean())
+        grads = list(gradients(w[0], w[1], x, labels))
+        norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+        grads = [g * min(1.0, 1.0 / (norm + 1e-6)) for g in grads]
+        for i, g in enumerate(grads):
+            w[i] *= 1 - lr * wd
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g**2
+            m_hat, v_hat = m[i] / (1 - b1 ** (step + 1)), v[i] / (1 - b2 ** (step + 1))
+            w[i] -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    losses = training_speed.training_losses(context, config, steps=3, batch_size=6)
+    assert losses == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_speed_is_the_mean_loss_of_its_steps_and_not_the_zero_cost_init(hand) -> None:
+    space, context, config = hand
+    losses = training_speed.training_losses(context, config)
+    assert len(losses) == training_speed.STEPS
+    assert value("train_speed", context, config) == pytest.approx(sum(losses) / len(losses), rel=1e-12)
+    assert get_proxy("train_speed").direction == "minimize" and get_proxy("train_speed").cost == "training"
+    # Its own init, not the one the zero-cost proxies (and a truth trained from the context's seed) use.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(context.seed * 1_000_003 + training_speed.INIT_SALT)
+        own = space.build(config)
+    assert not torch.equal(own[0].weight, context.model(config)[0].weight)

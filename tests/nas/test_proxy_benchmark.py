@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "proxy_correlation.py"
 
@@ -89,3 +90,42 @@ def test_truth_trained_in_worker_processes_equals_the_truth_trained_here(
     assert len({t["loss"] for t in here}) == 3  # distinct subnets, distinct truths
     (cached,) = (tmp_path / "pool").glob("proxy_truth-unet-*.json")
     assert len(json.loads(cached.read_text())["subnets"]) == 3
+
+
+def test_temporal_truth_trains_its_temporal_layers_on_the_frozen_image_unet(
+    benchmark: ModuleType, tmp_path: Path
+) -> None:
+    """SnapGen-V's setting: the video subnet's image blocks are the trained UNet supernet's (frozen),
+    only its temporal layers train; the truth's cache key names the image UNet's checkpoint."""
+    unet_setup = benchmark.replace(benchmark.SETUPS["unet"], supernet_steps=1, supernet_batch_size=2)
+    image_space = benchmark.get_space(unet_setup.space, **unet_setup.options)
+    checkpoint = benchmark.trained_supernet(image_space, unet_setup, 0, tmp_path)
+    setup = benchmark.replace(benchmark.SETUPS["temporal"], train_steps=2, batch_size=2, held_out=8)
+    assert benchmark.SETUPS["temporal"].truth_image_from == "unet"
+    space = benchmark.get_space(setup.space, **setup.options)
+    frozen = benchmark.frozen_base(space, checkpoint)
+    trained = benchmark.get_space("unet", **unet_setup.options).supernet()
+    trained.load_state_dict(benchmark.load_checkpoint(checkpoint)["model"])
+    image = trained.extract(space.base_config)
+    (config,) = benchmark.sample_configs(space, 1, seed=0)
+
+    model = frozen.frozen_start(config)
+    kinds = set()
+    for block, entry in zip(model.blocks, space.layout(config), strict=True):
+        kinds.add(entry.kind)
+        if entry.kind == "image":
+            source = image.blocks[entry.base_index].state_dict()
+            assert all(torch.equal(v, source[k]) for k, v in block.state_dict().items())
+            assert not any(p.requires_grad for p in block.parameters())
+        else:
+            assert all(p.requires_grad for p in block.parameters())
+    assert "image" in kinds and len(kinds) >= 2  # image blocks and at least one temporal layer
+
+    task = benchmark.make_task(space, 0)
+    frozen = benchmark.ground_truth(space, task, [config], setup, 0, tmp_path, image_checkpoint=checkpoint)
+    scratch = benchmark.ground_truth(space, task, [config], setup, 0, tmp_path)
+    assert frozen[0]["loss"] != scratch[0]["loss"]
+    stored = [json.loads(p.read_text())["settings"] for p in tmp_path.glob("proxy_truth-temporal-*.json")]
+    assert sorted("frozen_image" in s for s in stored) == [False, True]
+    (named,) = [s["frozen_image"] for s in stored if "frozen_image" in s]
+    assert named == f"{checkpoint.parent.name}/{checkpoint.stem}"

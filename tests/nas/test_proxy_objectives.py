@@ -12,7 +12,7 @@ from nas.proxies import DEFAULT_PROXY, ProxyContext, available_proxies, default_
 from nas.runner import Runner
 from search_spaces import SearchSpace
 
-BATCH_PROXIES = ["grad_norm", "jacob_cov", "naswot", "snip", "synflow", "zico"]
+BATCH_PROXIES = ["grad_norm", "jacob_cov", "naswot", "snip", "synflow", "zico", "train_speed"]
 SMALL = {"resolution": 32, "num_classes": 10}
 
 

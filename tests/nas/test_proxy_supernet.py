@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nas_testing import SMALL_OPTIONS
 
 from nas import SearchSpec, resolve
 from nas.proxies import (
@@ -20,7 +23,9 @@ from nas.proxies import (
     supernet_run_dir,
 )
 from nas.proxies.supernet import HELD_OUT_SIZE, RECALIBRATION_BATCH, RECALIBRATION_BATCHES, inherited_subnet
+from nas.proxies.training_speed import TRAIN_SPEED_STREAM, finetuned_losses, frozen_training_losses
 from nas.training import SupernetTrainer, TrainConfig, load_checkpoint
+from nas.training.data import batch_generator
 from search_spaces import SearchSpace, get_space
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -122,3 +127,51 @@ def test_supernet_accuracy_is_for_classification_spaces_only(tmp_path: Path) -> 
     assert "supernet_loss" not in available_proxies(unet, supernet=False)
     with pytest.raises(ProxyError, match="no step-"):
         load_supernet(unet, tmp_path)
+
+
+def test_finetuned_loss_starts_from_the_inherited_subnet_and_leaves_the_supernet_alone(
+    effv2_space: SearchSpace, checkpoint: Path, supernet_dir: Path
+) -> None:
+    context = ProxyContext(effv2_space, supernet_dir=supernet_dir)
+    config = effv2_space.reference_config("s0")
+    assert available_proxies(effv2_space, supernet_dir=supernet_dir)["finetuned_loss"] == "minimize"
+    assert get_proxy("finetuned_loss").cost == "training"
+    inherited = get_proxy("supernet_loss").compute(context, config)
+    before, after = finetuned_losses(context, config, steps=3, batch_size=8)
+    # Before fine-tuning it is exactly the inherited subnet that `supernet_loss` scores.
+    assert before == inherited
+    assert math.isfinite(after) and after != before
+    # The fine-tuning trained a copy: the loaded supernet (shared by every proxy) is unchanged.
+    assert get_proxy("supernet_loss").compute(context, config) == inherited
+    assert finetuned_losses(context, config, steps=3, batch_size=8) == (before, after)  # deterministic
+    assert get_proxy("finetuned_loss").compute(context, config) == finetuned_losses(context, config)[1]
+
+
+def test_train_speed_frozen_trains_fresh_temporal_layers_on_the_supernets_image_unet(tmp_path: Path) -> None:
+    temporal = get_space("temporal", **SMALL_OPTIONS["temporal"])
+    config = TrainConfig(
+        space=temporal.name, options=dict(temporal.options), out_dir=supernet_run_dir(temporal, tmp_path)
+    )
+    trainer = SupernetTrainer(config)
+    with torch.no_grad():  # an image UNet unlike a fresh one, so starting from it shows
+        for parameter in trainer.supernet.image.parameters():
+            parameter.mul_(0.5)
+    path = trainer.save_checkpoint()
+    assert path is not None
+    assert "train_speed_frozen" in available_proxies(temporal, supernet_dir=tmp_path)
+    unet = get_space("unet", **SMALL_OPTIONS["unet"])
+    assert "train_speed_frozen" not in available_proxies(unet, supernet=True)
+    context = ProxyContext(temporal, supernet_dir=tmp_path)
+    video = temporal.sample(np.random.default_rng(2))
+    losses = frozen_training_losses(context, video, steps=2, batch_size=2)
+    # Fresh temporal layers are the identity: the first step's loss is the supernet's image UNet's.
+    image_only = context.supernet().supernet.extract(temporal.canonicalize("image")).train()
+    batch = context.task.draw(batch_generator(context.task.seed, TRAIN_SPEED_STREAM, 0), 2, held_out=False)
+    with torch.no_grad():
+        assert losses[0] == pytest.approx(float(context.task.loss(image_only, batch)), rel=1e-5)
+    assert losses[1] != losses[0]
+    value = get_proxy("train_speed_frozen").compute(context, video)
+    assert value == get_proxy("train_speed_frozen").compute(
+        ProxyContext(temporal, supernet_dir=tmp_path), video
+    )
+    assert value != get_proxy("train_speed").compute(context, video)  # that one trains the image UNet too

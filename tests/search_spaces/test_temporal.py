@@ -348,3 +348,41 @@ def test_spatio_temporal_attention_at_high_resolution_costs_memory(space: Tempor
 def test_memory_grows_with_frames() -> None:
     few, many = (get_space("temporal", **{**SMALL, "frames": f}).memory("attn") for f in (2, 8))
     assert many > 3 * few
+
+
+def test_frozen_start_is_the_supernets_image_unet_frozen_with_fresh_temporal_layers(
+    small: TemporalSpace, supernet: TemporalSupernet
+) -> None:
+    assert small.supernet_freezes and not small.unet.supernet_freezes
+    config = _configs(small, 1, seed=6)[-1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        model = supernet.frozen_start(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        fresh = small.build(config)
+    layout = small.layout(small.canonicalize(config))
+    assert {entry.kind for entry in layout} - {"image"}  # it has temporal layers
+    for block, fresh_block, entry in zip(model.blocks, fresh.blocks, layout, strict=True):
+        if entry.kind == "image":
+            source = supernet.image.blocks[entry.base_index]
+            assert all(
+                torch.equal(a, b) for a, b in zip(block.parameters(), source.parameters(), strict=True)
+            )
+            assert not any(p.requires_grad for p in block.parameters())
+        else:  # the fresh init of the same seed, trainable
+            assert all(
+                torch.equal(a, b) for a, b in zip(block.parameters(), fresh_block.parameters(), strict=True)
+            )
+            assert all(p.requires_grad for p in block.parameters())
+    # Fresh temporal layers are the identity: the video subnet is the supernet's image UNet per frame,
+    # unlike the subnet extracted with the supernet's (randomised) temporal weights.
+    sample, timestep, context = small.example_inputs()
+    with torch.no_grad():
+        image = supernet.image(
+            sample.flatten(0, 1), timestep.repeat_interleave(FRAMES), context.repeat_interleave(FRAMES, 0)
+        )
+        out = model.eval()(sample, timestep, context)
+        torch.testing.assert_close(out, image.unflatten(0, (1, FRAMES)), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(supernet.extract(config).eval()(sample, timestep, context), out, atol=1e-4)
+    assert small.unet.supernet().frozen_start(small.base_config) is None
