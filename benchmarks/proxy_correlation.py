@@ -637,9 +637,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--truth-seeds",
         type=int,
-        default=1,
+        default=2,
         help="train every subnet from this many weight inits and average (>= 2 also reports how well "
-        "the inits' rankings agree: the truth's own noise); default 1",
+        "the inits' rankings agree: the truth's own noise); default 2",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -21,16 +21,16 @@ PROXIES: Registry[type[Proxy]] = Registry(
 #: benchmark (docs/proxies.md): `proxy:default` is the first one the space offers at the search's
 #: options (the supernet proxies only where a trained checkpoint is found); spaces not listed, or
 #: offering none of their list, fall back to `params`.
-#: Measured by `benchmarks/proxy_correlation.py` (docs/proxies.md): EfficientFormerV2 (2026-11-23, 30
-#: subnets): synflow rho +0.25 vs accuracy / +0.66 vs loss (params -0.01 / +0.13). UNet (2026-12-06,
-#: 30 subnets, 2-init truth, inits agree at +0.90): supernet_loss +0.79 after a 120-step distilled
-#: supernet, teacher_distance +0.74, predicted +0.69, naswot +0.54 (macs +0.53, params +0.39).
-#: Temporal (2026-12-06, 30 subnets, truth trained with batch 16, inits agree at +0.82): naswot +0.68
-#: (macs +0.47, params +0.12); its supernet proxies rank below +0.48.
+#: Measured by `benchmarks/proxy_correlation.py` (docs/proxies.md, 30 subnets, 2-init truths).
+#: EfficientFormerV2 (2026-12-06, loss, inits agree at +0.79): synflow +0.75, finetuned_loss +0.77 at
+#: ten times the cost (params +0.24). UNet (2026-12-06, inits agree at +0.90): finetuned_loss +0.86,
+#: supernet_loss +0.79, train_speed +0.69 without a supernet, naswot +0.54 (macs +0.53, params +0.39).
+#: Temporal (2026-12-06, temporal layers trained on the frozen image UNet, inits agree at +1.00):
+#: train_speed_frozen +0.93, train_speed +0.62 without a supernet (macs +0.59, params +0.23).
 DEFAULT_PROXY: dict[str, list[str]] = {
     "efficientformerv2": ["synflow"],
-    "unet": ["supernet_loss", "naswot"],
-    "temporal": ["naswot"],
+    "unet": ["finetuned_loss", "train_speed"],
+    "temporal": ["train_speed_frozen", "train_speed"],
 }
 
 

@@ -35,7 +35,18 @@ def benchmark() -> ModuleType:
 def test_toy_run_caches_the_truth_and_reports_every_proxy(
     benchmark: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--spaces", "unet", "--subnets", "4", "--steps", "1", "--supernet-steps", "0"]
+    argv = [
+        "--spaces",
+        "unet",
+        "--subnets",
+        "4",
+        "--steps",
+        "1",
+        "--supernet-steps",
+        "0",
+        "--truth-seeds",
+        "1",
+    ]
     argv += ["--proxies", "params", "synflow", "naswot", "--cache-dir", str(tmp_path), "--json"]
     benchmark.main([*argv, str(tmp_path / "first.json")])
     out = capsys.readouterr().out
@@ -59,19 +70,30 @@ def test_toy_run_caches_the_truth_and_reports_every_proxy(
 def test_toy_run_with_a_distilled_supernet_scores_teacher_distance_and_the_predictor(
     benchmark: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--spaces", "unet", "--subnets", "3", "--steps", "1", "--supernet-steps", "1"]
+    argv = [
+        "--spaces",
+        "unet",
+        "--subnets",
+        "3",
+        "--steps",
+        "1",
+        "--supernet-steps",
+        "1",
+        "--truth-seeds",
+        "1",
+    ]
     argv += ["--predictor-samples", "6", "--proxies", "params", "teacher_distance", "predicted"]
     benchmark.main([*argv, "--cache-dir", str(tmp_path), "--json", str(tmp_path / "out.json")])
     out = capsys.readouterr().out
     assert "| `teacher_distance` | supernet |" in out and "| `predicted` | predictor |" in out
     assert "1 distilled subnet(s) a step" in out and "`predicted` fitted on 6 other inherited" in out
     assert "teacher_distance from encoding, log_params, log_macs" in out
-    assert "default `proxy:default` = `supernet_loss` against loss: not scored" in out
+    assert "default `proxy:default` = `finetuned_loss` against loss: not scored" in out
     (predictor,) = tmp_path.glob("supernets/unet-*/predictor.json")
     stored = json.loads(predictor.read_text())
     assert stored["samples"] == 6 and stored["folds"] == 2 and stored["target"] == "teacher_distance"
     report = json.loads((tmp_path / "out.json").read_text())[0]
-    assert report["default"] == "supernet_loss"
+    assert report["default"] == "finetuned_loss"
 
 
 def test_truth_trained_in_worker_processes_equals_the_truth_trained_here(

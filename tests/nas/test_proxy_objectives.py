@@ -46,11 +46,11 @@ def test_default_proxy_is_the_spaces_measured_best_and_is_stored_expanded(
     assert resolved.spec.constraints == ["proxy:synflow >= 1"]
     unet = SearchSpec(space="unet", space_options={"latent_size": 8, "width_scale": 0.0625},
                       objectives=["proxy:default"])  # fmt: skip
-    assert resolve(unet, []).spec.objectives == ["proxy:naswot"]
-    # Without a trained supernet the UNet falls back to its zero-cost default; the temporal space has
-    # its own measured default; a space with none falls back to the parameter count.
+    assert resolve(unet, []).spec.objectives == ["proxy:train_speed"]
+    # Without a trained supernet the diffusion spaces fall back to a short training from scratch; a
+    # space with no measured default falls back to the parameter count.
     temporal = SearchSpec(space="temporal", objectives=["proxy:default"])
-    assert resolve(temporal, []).spec.objectives == ["proxy:naswot"]
+    assert resolve(temporal, []).spec.objectives == ["proxy:train_speed"]
     monkeypatch.delitem(DEFAULT_PROXY, "temporal")
     assert resolve(temporal, []).spec.objectives == ["proxy:params"]
 

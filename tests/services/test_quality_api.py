@@ -64,8 +64,9 @@ def test_space_lists_its_proxies_and_the_default(http: httpx.Client) -> None:
     assert fitted["features"] == ["encoding", "log_params", "log_macs"]
     assert fitted["held_out_rmse"] >= 0 and -1 <= fitted["held_out_spearman"] <= 1
     assert "supernet_accuracy" not in proxies  # a classification proxy does not suit the UNet
-    # The benchmark's UNet default (docs/proxies.md): the inherited loss where a supernet is trained.
-    assert body["default_proxy"] == "supernet_loss" and body["supernet_checkpoint"]
+    # The benchmark's UNet default (docs/proxies.md): the inherited subnet after a few steps of its own,
+    # where a supernet is trained.
+    assert body["default_proxy"] == "finetuned_loss" and body["supernet_checkpoint"]
 
     # At other options nothing is trained: the inherited proxies say what they need.
     other = http.get("/v1/spaces/unet", params={**UNET, "latent_size": 16}).json()
@@ -73,7 +74,7 @@ def test_space_lists_its_proxies_and_the_default(http: httpx.Client) -> None:
     assert not others["teacher_distance"]["available"]
     assert "nas supernet train" in others["teacher_distance"]["requirement"]
     assert "nas supernet fit-predictor" in others["predicted"]["requirement"]
-    assert others["naswot"]["available"] and other["default_proxy"] == "naswot"
+    assert others["train_speed"]["available"] and other["default_proxy"] == "train_speed"
     assert other["supernet_checkpoint"] is None
 
 
