@@ -187,11 +187,8 @@ def test_params_and_macs_baselines(hand) -> None:
 
 def test_every_proxy_is_tested_by_hand() -> None:
     tested = {"synflow", "snip", "grad_norm", "zico", "naswot", "jacob_cov", "params", "macs", "train_speed"}
-    supernet_proxies = {
-        "supernet_loss",
-        "supernet_accuracy",
-        "finetuned_loss",
-    }  # tests/nas/test_proxy_supernet.py
+    # tests/nas/test_proxy_supernet.py
+    supernet_proxies = {"supernet_loss", "supernet_accuracy", "finetuned_loss", "train_speed_frozen"}
     quantization = {"quant_sensitivity"}  # tests/nas/test_quantization.py
     teacher_relative = {"teacher_distance", "predicted"}  # tests/nas/test_teacher_relative.py
     assert set(list_proxies()) == tested | supernet_proxies | quantization | teacher_relative
