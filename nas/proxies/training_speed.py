@@ -20,7 +20,9 @@ random state is left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,6 +47,15 @@ WEIGHT_DECAY = 0.01
 TRAIN_SPEED_STREAM = 5
 #: Mixed into the context's seed for the weight init, so it is not the zero-cost proxies' init.
 INIT_SALT = 7_919
+
+
+@contextlib.contextmanager
+def own_random_state(context: ProxyContext) -> Iterator[None]:
+    """The global random state seeded for the short run (from the context's seed and `INIT_SALT`),
+    restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(context.seed * 1_000_003 + INIT_SALT)
+        yield
 
 
 def short_training(
@@ -74,8 +85,7 @@ def training_losses(
     context: ProxyContext, config: dict[str, Any], steps: int = STEPS, batch_size: int = BATCH_SIZE
 ) -> list[float]:
     """The training loss of each of `steps` AdamW steps of a freshly initialised subnet."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(context.seed * 1_000_003 + INIT_SALT)
+    with own_random_state(context):
         model = context.space.build(config).float()
         return short_training("train_speed", model, context.task, steps, batch_size)
 
@@ -86,8 +96,7 @@ def frozen_training_losses(
     """`training_losses` of a subnet that starts from the supernet's frozen part
     (`Supernet.frozen_start`), its other layers freshly initialised as there."""
     supernet = context.supernet().supernet
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(context.seed * 1_000_003 + INIT_SALT)
+    with own_random_state(context):
         model = supernet.frozen_start(config)
         if model is None:
             raise ProxyError(
@@ -104,8 +113,7 @@ def finetuned_losses(
     steps of fine-tuning on the short run's batches."""
     task = context.task
     held_out = task.held_out_batch(HELD_OUT_SIZE)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(context.seed * 1_000_003 + INIT_SALT)
+    with own_random_state(context):
         model = inherited_subnet(context, config)
         with torch.no_grad():
             before = float(task.loss(model, held_out))
