@@ -146,7 +146,8 @@ def test_distilled_unet_then_fit_predictor(tmp_path: Path) -> None:
     wrong = runner.invoke(
         root, ["supernet", "fit-predictor", *UNET, "--checkpoint", str(out), "--target", "naswot"]
     )
-    assert wrong.exit_code == 2 and "allowed targets: ['supernet_loss', 'teacher_distance']" in wrong.stderr
+    allowed = "allowed targets: ['finetuned_loss', 'supernet_loss', 'teacher_distance']"
+    assert wrong.exit_code == 2 and allowed in wrong.stderr
     nowhere = ["--supernet-dir", str(tmp_path / "no")]
     missing = runner.invoke(root, ["supernet", "fit-predictor", *UNET, *nowhere])
     assert missing.exit_code == 2 and "run `nas supernet train` first" in missing.stderr
