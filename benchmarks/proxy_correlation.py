@@ -97,7 +97,7 @@ class SpaceSetup:
 
     def settings(self, seed: int, init_seed: int, image: str | None = None) -> dict[str, Any]:
         """Everything the cached truth depends on (`seed`: subnets and data; `init_seed`: weights;
-        `image`: the run directory of the frozen image UNet's supernet, if any)."""
+        `image`: the checkpoint, run directory and step, of the frozen image UNet's supernet, if any)."""
         keep = ("space", "options", "train_steps", "batch_size", "lr", "weight_decay", "held_out")
         out = {"version": TRUTH_VERSION, "seed": seed, **{k: asdict(self)[k] for k in keep}}
         if image is not None:
