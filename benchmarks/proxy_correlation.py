@@ -191,14 +191,12 @@ def sample_configs(space: SearchSpace, count: int, seed: int) -> list[Config]:
     )
 
 
-def frozen_base(space: SearchSpace, checkpoint: Path) -> Supernet:
-    """The video space's supernet holding the trained image UNet of a UNet supernet's checkpoint (its
-    `frozen_start` gives a subnet on that image UNet, frozen, with fresh temporal layers)."""
-    state = load_checkpoint(checkpoint)
-    image_supernet = space.unet.supernet()  # type: ignore[attr-defined]
-    image_supernet.load_state_dict(state["model"])
+def frozen_base(space: SearchSpace, task: TrainingTask, checkpoint: Path) -> Supernet:
+    """The video space's supernet holding the trained image UNet of a UNet supernet's checkpoint, as
+    supernet training's `init_from` loads it (`task.warm_start`); its `frozen_start` gives a subnet on
+    that image UNet, frozen, with fresh temporal layers."""
     video = space.supernet()
-    video.load_image_unet(image_supernet.extract(space.base_config))  # type: ignore[attr-defined]
+    task.warm_start(video, load_checkpoint(checkpoint))
     return video
 
 
@@ -286,7 +284,7 @@ def _train_all(
 ) -> Iterator[tuple[Config, dict[str, float]]]:
     """`(config, truth)` for every config, in the order they finish."""
     if jobs <= 1 or len(configs) <= 1:
-        frozen = None if image_checkpoint is None else frozen_base(space, image_checkpoint)
+        frozen = None if image_checkpoint is None else frozen_base(space, task, image_checkpoint)
         for config in configs:
             yield config, train_from_scratch(space, task, config, setup, init_seed, frozen)
         return
@@ -330,7 +328,7 @@ def _train_in_worker(
     frozen = None
     if image_checkpoint is not None:
         if str(image_checkpoint) not in _WORKER_FROZEN:
-            _WORKER_FROZEN[str(image_checkpoint)] = frozen_base(space, image_checkpoint)
+            _WORKER_FROZEN[str(image_checkpoint)] = frozen_base(space, task, image_checkpoint)
         frozen = _WORKER_FROZEN[str(image_checkpoint)]
     return train_from_scratch(space, task, config, setup, init_seed, frozen)
 

@@ -137,17 +137,19 @@ class TrainSpeed(Proxy):
         "initialised subnet (training-speed estimation, Ru et al. 2021)"
     )
 
+    def losses(self, context: ProxyContext, config: dict[str, Any]) -> list[float]:
+        """The training loss of each step of the short run."""
+        return training_losses(context, config)
+
     def compute(self, context: ProxyContext, config: dict[str, Any]) -> float:
-        losses = training_losses(context, config)
+        losses = self.losses(context, config)
         return sum(losses) / len(losses)
 
 
 @register_proxy
-class TrainSpeedFrozen(Proxy):
+class TrainSpeedFrozen(TrainSpeed):
     name = "train_speed_frozen"
-    direction = "minimize"
     needs = "supernet"
-    cost = "training"
     description = (
         f"`train_speed` as the space trains a subnet: the mean training loss over the first {STEPS} "
         "AdamW steps of fresh layers on the part of the trained supernet that stays frozen (temporal: "
@@ -160,9 +162,8 @@ class TrainSpeedFrozen(Proxy):
     def requirement(self) -> str:
         return f"{super().requirement()}, and a space whose supernet keeps a part frozen (temporal)"
 
-    def compute(self, context: ProxyContext, config: dict[str, Any]) -> float:
-        losses = frozen_training_losses(context, config)
-        return sum(losses) / len(losses)
+    def losses(self, context: ProxyContext, config: dict[str, Any]) -> list[float]:
+        return frozen_training_losses(context, config)
 
 
 @register_proxy

@@ -125,7 +125,7 @@ def test_temporal_truth_trains_its_temporal_layers_on_the_frozen_image_unet(
     setup = benchmark.replace(benchmark.SETUPS["temporal"], train_steps=2, batch_size=2, held_out=8)
     assert benchmark.SETUPS["temporal"].truth_image_from == "unet"
     space = benchmark.get_space(setup.space, **setup.options)
-    frozen = benchmark.frozen_base(space, checkpoint)
+    frozen = benchmark.frozen_base(space, benchmark.make_task(space, 0), checkpoint)
     trained = benchmark.get_space("unet", **unet_setup.options).supernet()
     trained.load_state_dict(benchmark.load_checkpoint(checkpoint)["model"])
     image = trained.extract(space.base_config)
