@@ -111,7 +111,9 @@ class FarmConfig:
         name = self.backend_name
         if name in ("torch-cpu", "onnxruntime-cpu"):
             return get_backend(name, threads=self.threads, clock=self.clock, min_seconds=self.min_seconds)
-        return get_backend(name)
+        # torch-cuda and coreml time with their own clocks and threads; the floor on a timing's
+        # length (`--min-seconds`) applies to every backend.
+        return get_backend(name, min_seconds=self.min_seconds)
 
     @property
     def run_key(self) -> str:

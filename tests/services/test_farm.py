@@ -160,10 +160,24 @@ def test_dry_run_lists_the_work_and_writes_nothing(
     assert not any(tmp_path.iterdir())
 
 
-def test_min_seconds_reaches_the_agents_backend(live: LiveServer, tmp_path: Path) -> None:
+def test_min_seconds_reaches_the_agents_backend(
+    live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for backend in ("torch", "onnxruntime"):
         config = FarmConfig(device="x", backend=backend, space=SPACE, min_seconds=0.5, state_dir=tmp_path)
         assert config.make_backend().min_seconds == 0.5
+    # torch-cuda and coreml cannot be built on this machine: what the agent asks for is checked.
+    asked: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, **kwargs: Any) -> None:
+        asked[name] = kwargs
+
+    monkeypatch.setattr("services.farm.agent.get_backend", record)
+    for backend, device in (("torch", "cuda"), ("coreml", "cpu")):
+        FarmConfig(
+            device="x", backend=backend, torch_device=device, space=SPACE, min_seconds=0.5, state_dir=tmp_path
+        ).make_backend()
+    assert asked == {"torch-cuda": {"min_seconds": 0.5}, "coreml": {"min_seconds": 0.5}}
     with pytest.raises(ValueError, match=r"min_seconds must be between 0 and 60, got -1"):
         FarmConfig(device="x", backend="torch", space=SPACE, min_seconds=-1, state_dir=tmp_path)
     refused = nas("farm", "run", "--server", live.url, "--device", "x", *OPTION_ARGS, "--configs", "s0",
