@@ -1,20 +1,20 @@
 """How well does each proxy rank subnets? Spearman's rho and Kendall's tau against trained ground truth.
 
 For each space, `--subnets` distinct subnets are sampled at small options and each is trained from
-scratch (seeded init, AdamW, a fixed number of steps and batch size) on the space's generated
-training data (`nas.training.tasks`); the truth is its held-out accuracy (EfficientFormerV2, 100
-generated classes) or held-out denoising loss (UNet, timesteps spread over the schedule). A video
-subnet (temporal space) trains only its temporal layers, on the trained image UNet of the UNet
-benchmark's supernet, frozen, as SnapGen-V trains them (`truth_image_from`). Then every
-proxy available for the space scores every subnet, timed, and so do the supernet-inherited proxies
-after the space's supernet is trained with `nas.training` for `--supernet-steps` steps.
-Correlations are signed so that +1 means "ranks better subnets higher" whatever the proxy's or the
-truth's direction. The diffusion spaces' supernets train with in-place distillation
-(`supernet_distill` subnets a step), which `teacher_distance` reads; the temporal supernet starts
-from the UNet benchmark's. Where a setup has `predictor_samples`, the `predicted` proxy's predictor is
-fitted on that many other inherited subnets (none of the judged ones) before scoring. Each space ends
-with the default proxy's (`proxy:default` at these options) rho and tau beside `macs`, `params` and
-the inits' agreement (with `--truth-seeds 2`).
+scratch (seeded init, AdamW, a fixed number of steps and batch size; for EfficientFormerV2 the learning
+rate is cosine-annealed to 0, `lr_schedule`) on the space's generated training data
+(`nas.training.tasks`); the truth is its held-out accuracy (EfficientFormerV2, 100 generated classes) or
+held-out denoising loss (UNet, timesteps spread over the schedule). A video subnet (temporal space)
+trains only its temporal layers, on the trained image UNet of the UNet benchmark's supernet, frozen, as
+SnapGen-V trains them (`truth_image_from`). Then every proxy available for the space scores every
+subnet, timed, and so do the supernet-inherited proxies after the space's supernet is trained with
+`nas.training` for `--supernet-steps` steps. Correlations are signed so that +1 means "ranks better
+subnets higher" whatever the proxy's or the truth's direction. The diffusion spaces' supernets train
+with in-place distillation (`supernet_distill` subnets a step), which `teacher_distance` reads; the
+temporal supernet starts from the UNet benchmark's. Where a setup has `predictor_samples`, the
+`predicted` proxy's predictor is fitted on that many other inherited subnets (none of the judged ones)
+before scoring. Each space ends with the default proxy's (`proxy:default` at these options) rho and tau
+beside `macs`, `params` and the inits' agreement (with `--truth-seeds 2`).
 
 Ground truth (per subnet, written as each finishes, so an interrupted run resumes) and trained
 supernets are cached under `--cache-dir` (default benchmarks/.cache), keyed by every setting that
@@ -94,12 +94,17 @@ class SpaceSetup:
     #: subnets keep frozen while their temporal layers train (SnapGen-V's setting); None: every weight
     #: of the subnet trains from scratch.
     truth_image_from: str | None = None
+    #: The truth's learning rate over its steps: "constant", or "cosine" (annealed to 0 by the last
+    #: step, so the held-out loss is not read off one noisy late minibatch's update).
+    lr_schedule: str = "constant"
 
     def settings(self, seed: int, init_seed: int, image: str | None = None) -> dict[str, Any]:
         """Everything the cached truth depends on (`seed`: subnets and data; `init_seed`: weights;
         `image`: the checkpoint, run directory and step, of the frozen image UNet's supernet, if any)."""
         keep = ("space", "options", "train_steps", "batch_size", "lr", "weight_decay", "held_out")
         out = {"version": TRUTH_VERSION, "seed": seed, **{k: asdict(self)[k] for k in keep}}
+        if self.lr_schedule != "constant":  # keeps the keys of constant-rate truths as they were
+            out["lr_schedule"] = self.lr_schedule
         if image is not None:
             out["frozen_image"] = image
         return out if init_seed == seed else {**out, "init_seed": init_seed}
@@ -115,6 +120,9 @@ SETUPS: dict[str, SpaceSetup] = {
         lr=2e-3,
         weight_decay=0.05,
         held_out=512,
+        # At a constant rate two inits agreed at only +0.79 (loss) / +0.39 (accuracy), and more steps
+        # or a larger batch made it worse; annealed, +0.92 / +0.77 (docs/proxies.md, 2026-12-06).
+        lr_schedule="cosine",
         supernet_steps=120,
         supernet_batch_size=32,
         supernet_lr=2e-3,
@@ -216,6 +224,11 @@ def train_from_scratch(
         model = (space.build(config) if frozen is None else frozen.frozen_start(config)).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=setup.lr, weight_decay=setup.weight_decay)
+    schedule = None
+    if setup.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=setup.train_steps)
+    elif setup.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule {setup.lr_schedule!r}: expected 'constant' or 'cosine'")
     start = time.perf_counter()
     for step in range(setup.train_steps):
         loss = task.loss(model, task.train_batch(step, setup.batch_size))
@@ -223,6 +236,8 @@ def train_from_scratch(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     model.eval()
     held_out = task.held_out_batch(setup.held_out)
     with torch.no_grad():
@@ -524,20 +539,22 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
     configs = sample_configs(space, args.subnets, args.seed)
     accuracy = is_classification(task)
     image_checkpoint = None
+    phases = Phases()
     if setup.truth_image_from is not None:
         image_setup = SETUPS[setup.truth_image_from]
         image_space = get_space(image_setup.space, **image_setup.options)
         log(f"  the truth's frozen image UNet: the {image_setup.space} benchmark's supernet")
-        with torch_threads(max(args.jobs, args.threads)):
+        with torch_threads(max(args.jobs, args.threads)), phases("image supernet"):
             image_checkpoint = trained_supernet(image_space, image_setup, args.seed, args.cache_dir)
     per_seed = []
     for k in range(args.truth_seeds):
         log(f"  init seed {args.seed + k}")
-        per_seed.append(
-            ground_truth(
-                space, task, configs, setup, args.seed + k, args.cache_dir, args.jobs, image_checkpoint
+        with phases(f"truth (init {args.seed + k})"):
+            per_seed.append(
+                ground_truth(
+                    space, task, configs, setup, args.seed + k, args.cache_dir, args.jobs, image_checkpoint
+                )
             )
-        )
     truths = [
         {key: statistics.mean(s[i][key] for s in per_seed) for key in per_seed[0][i] if key != "config"}
         for i in range(len(configs))
@@ -552,15 +569,17 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
     quality = quality_of(truths)
     checkpoint = None
     if setup.supernet_steps:
-        with torch_threads(max(args.jobs, args.threads)):
+        with torch_threads(max(args.jobs, args.threads)), phases("supernet"):
             checkpoint = trained_supernet(space, setup, args.seed, args.cache_dir)
     context = ProxyContext(space, seed=args.seed, supernet_checkpoint=checkpoint)
     predictor = None
     if checkpoint is not None and setup.predictor_samples:
-        predictor = fitted_predictor(context, setup, configs, args.seed)
+        with phases("predictor"):
+            predictor = fitted_predictor(context, setup, configs, args.seed)
     offered = available_proxies(space, supernet=checkpoint is not None, predictor=predictor is not None)
     names = [n for n in offered if args.proxies is None or n in args.proxies]
-    results = score_proxies(context, names, configs)
+    with phases("proxies"):
+        results = score_proxies(context, names, configs)
     correlate(results, quality)
     default = default_proxy(space.name, offered)
     ranges = ", ".join(
@@ -569,7 +588,8 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
     summary = (
         f"{space.name} ({json.dumps(space.options, sort_keys=True)}): {len(configs)} subnets, each trained "
         f"from scratch for {setup.train_steps} AdamW steps of batch {setup.batch_size} "
-        f"({statistics.median(t['seconds'] for t in truths):.1f}s per subnet, median); held-out {ranges}"
+        + ("(learning rate cosine-annealed) " if setup.lr_schedule == "cosine" else "")
+        + f"({statistics.median(t['seconds'] for t in truths):.1f}s per subnet, median); held-out {ranges}"
         + (
             f"; supernet trained {setup.supernet_steps} steps"
             + (f", {setup.supernet_distill} distilled subnet(s) a step" if setup.supernet_distill else "")
@@ -607,7 +627,32 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
         "configs": configs,
         "truth": truths,
         "proxies": [asdict(r) for r in results],
+        "phases": phases.rows,
     }
+
+
+class Phases:
+    """Wall time of each phase of a space's run, with the machine's load average as it ended (a phase
+    read from the cache takes about 0 s)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        load = [round(x, 2) for x in os.getloadavg()]
+        self.rows.append({"phase": name, "seconds": round(seconds, 1), "load": load})
+        log(f"  [{name}: {seconds:.0f}s; load average {' '.join(f'{x:.1f}' for x in load)}]")
+
+    @staticmethod
+    def text(rows: list[dict[str, Any]]) -> str:
+        parts = [
+            f"{r['phase']} {r['seconds']:.0f}s ({' '.join(f'{x:.1f}' for x in r['load'])})" for r in rows
+        ]
+        return ", ".join(parts) + f"; {sum(r['seconds'] for r in rows):.0f}s in all"
 
 
 def log(message: str) -> None:
@@ -677,9 +722,13 @@ def main(argv: list[str] | None = None) -> None:
             setup = replace(setup, predictor_samples=args.predictor_samples)
         reports.append(run_space(setup, args))
     command = "python benchmarks/proxy_correlation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"Command: `{command.strip()}` ({time.perf_counter() - start:.0f}s in all)\n")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"Command: `{command.strip()}` ({time.perf_counter() - start:.0f}s in all; load average {load})\n")
     for report in reports:
         print(f"### {report['space']}\n\n{report['summary']}\n\n{report['table']}\n\n{report['verdict']}\n")
+        print(
+            f"Phases (wall seconds; load average 1/5/15 min as each ended): {Phases.text(report['phases'])}\n"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(reports, indent=1, sort_keys=True))
 

@@ -94,6 +94,11 @@ def test_toy_run_with_a_distilled_supernet_scores_teacher_distance_and_the_predi
     assert stored["samples"] == 6 and stored["folds"] == 2 and stored["target"] == "teacher_distance"
     report = json.loads((tmp_path / "out.json").read_text())[0]
     assert report["default"] == "finetuned_loss"
+    # Every phase is timed, with the load average beside it, in the report and the printed table.
+    assert [p["phase"] for p in report["phases"]] == ["truth (init 0)", "supernet", "predictor", "proxies"]
+    assert all(p["seconds"] >= 0 and len(p["load"]) == 3 for p in report["phases"])
+    assert "Phases (wall seconds; load average 1/5/15 min as each ended): truth (init 0) " in out
+    assert "load average" in out.splitlines()[0]
 
 
 def test_truth_trained_in_worker_processes_equals_the_truth_trained_here(
@@ -151,3 +156,24 @@ def test_temporal_truth_trains_its_temporal_layers_on_the_frozen_image_unet(
     assert sorted("frozen_image" in s for s in stored) == [False, True]
     (named,) = [s["frozen_image"] for s in stored if "frozen_image" in s]
     assert named == f"{checkpoint.parent.name}/{checkpoint.stem}"
+
+
+def test_an_annealed_truth_is_its_own_truth(benchmark: ModuleType, tmp_path: Path) -> None:
+    """`lr_schedule="cosine"` (EfficientFormerV2's truth) trains differently from a constant rate and
+    is cached under its own key; constant-rate keys stay as they were; a typo is refused."""
+    assert benchmark.SETUPS["efficientformerv2"].lr_schedule == "cosine"
+    assert {benchmark.SETUPS[s].lr_schedule for s in ("unet", "temporal")} == {"constant"}
+    constant = benchmark.replace(benchmark.SETUPS["unet"], train_steps=2, batch_size=2, held_out=8)
+    cosine = benchmark.replace(constant, lr_schedule="cosine")
+    space = benchmark.get_space(constant.space, **constant.options)
+    task = benchmark.make_task(space, 0)
+    (config,) = benchmark.sample_configs(space, 1, seed=0)
+    flat = benchmark.ground_truth(space, task, [config], constant, 0, tmp_path)[0]["loss"]
+    annealed = benchmark.ground_truth(space, task, [config], cosine, 0, tmp_path)[0]["loss"]
+    assert annealed != flat
+    stored = [json.loads(p.read_text())["settings"] for p in tmp_path.glob("proxy_truth-unet-*.json")]
+    assert sorted(s.get("lr_schedule", "-") for s in stored) == ["-", "cosine"]
+    with pytest.raises(ValueError, match="lr_schedule 'linear': expected 'constant' or 'cosine'"):
+        benchmark.train_from_scratch(
+            space, task, config, benchmark.replace(constant, lr_schedule="linear"), 0
+        )
