@@ -22,13 +22,15 @@ PROXIES: Registry[type[Proxy]] = Registry(
 #: options (the supernet proxies only where a trained checkpoint is found); spaces not listed, or
 #: offering none of their list, fall back to `params`.
 #: Measured by `benchmarks/proxy_correlation.py` (docs/proxies.md, 30 subnets, 2-init truths).
-#: EfficientFormerV2 (2026-12-06, loss, inits agree at +0.79): synflow +0.75, finetuned_loss +0.77 at
-#: ten times the cost (params +0.24). UNet (2026-12-06, inits agree at +0.90): finetuned_loss +0.86,
-#: supernet_loss +0.79, train_speed +0.69 without a supernet, naswot +0.54 (macs +0.53, params +0.39).
+#: EfficientFormerV2 (2026-12-06, truth with an annealed rate, inits agree at +0.92 on loss):
+#: grad_norm +0.97 / +0.95 (loss; judged set / a second set of 30), synflow +0.93 / +0.81,
+#: finetuned_loss +0.93 at ten times the cost (params +0.29 / +0.53); synflow is about 3x cheaper at
+#: 224 px. UNet (2026-12-06, inits agree at +0.90): finetuned_loss +0.84 to +0.86, supernet_loss
+#: +0.74 to +0.79, train_speed +0.65 to +0.69 without a supernet (macs +0.53, params +0.39).
 #: Temporal (2026-12-06, temporal layers trained on the frozen image UNet, inits agree at +1.00):
 #: train_speed_frozen +0.93, train_speed +0.62 without a supernet (macs +0.59, params +0.23).
 DEFAULT_PROXY: dict[str, list[str]] = {
-    "efficientformerv2": ["synflow"],
+    "efficientformerv2": ["grad_norm"],
     "unet": ["finetuned_loss", "train_speed"],
     "temporal": ["train_speed_frozen", "train_speed"],
 }

@@ -40,10 +40,10 @@ def test_default_proxy_is_the_spaces_measured_best_and_is_stored_expanded(
     resolved = resolve(
         spec(objectives=["params", "proxy:default"], constraints=["proxy:default >= 1"]), [DEVICE]
     )
-    assert default_proxy("efficientformerv2") == "synflow"
-    assert [o.name for o in resolved.objectives] == ["params", "proxy:synflow"]
-    assert resolved.spec.objectives == ["params", "proxy:synflow"]
-    assert resolved.spec.constraints == ["proxy:synflow >= 1"]
+    assert default_proxy("efficientformerv2") == "grad_norm"
+    assert [o.name for o in resolved.objectives] == ["params", "proxy:grad_norm"]
+    assert resolved.spec.objectives == ["params", "proxy:grad_norm"]
+    assert resolved.spec.constraints == ["proxy:grad_norm >= 1"]
     unet = SearchSpec(space="unet", space_options={"latent_size": 8, "width_scale": 0.0625},
                       objectives=["proxy:default"])  # fmt: skip
     assert resolve(unet, []).spec.objectives == ["proxy:train_speed"]

@@ -278,5 +278,5 @@ def test_default_proxy_objective_is_stored_as_the_spaces_proxy(idle: httpx.Clien
     created = idle.post("/v1/searches", json=spec(objectives=["params", "proxy:default"]))
     assert created.status_code == 202, created.text
     stored = idle.get(f"/v1/searches/{created.json()['id']}").json()
-    assert stored["spec"]["objectives"] == ["params", "proxy:synflow"]
+    assert stored["spec"]["objectives"] == ["params", "proxy:grad_norm"]
     assert idle.post(f"/v1/searches/{created.json()['id']}/cancel").status_code == 200
