@@ -98,6 +98,10 @@ class SpaceSetup:
     #: step, so the held-out loss is not read off one noisy late minibatch's update).
     lr_schedule: str = "constant"
 
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule {self.lr_schedule!r}: expected 'constant' or 'cosine'")
+
     def settings(self, seed: int, init_seed: int, image: str | None = None) -> dict[str, Any]:
         """Everything the cached truth depends on (`seed`: subnets and data; `init_seed`: weights;
         `image`: the checkpoint, run directory and step, of the frozen image UNet's supernet, if any)."""
@@ -227,8 +231,6 @@ def train_from_scratch(
     schedule = None
     if setup.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=setup.train_steps)
-    elif setup.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule {setup.lr_schedule!r}: expected 'constant' or 'cosine'")
     start = time.perf_counter()
     for step in range(setup.train_steps):
         loss = task.loss(model, task.train_batch(step, setup.batch_size))
@@ -631,6 +633,11 @@ def run_space(setup: SpaceSetup, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def load_text(load: Any) -> str:
+    """A 1/5/15-minute load average as printed beside every timing."""
+    return " ".join(f"{x:.1f}" for x in load)
+
+
 class Phases:
     """Wall time of each phase of a space's run, with the machine's load average as it ended (a phase
     read from the cache takes about 0 s)."""
@@ -645,13 +652,11 @@ class Phases:
         seconds = time.perf_counter() - start
         load = [round(x, 2) for x in os.getloadavg()]
         self.rows.append({"phase": name, "seconds": round(seconds, 1), "load": load})
-        log(f"  [{name}: {seconds:.0f}s; load average {' '.join(f'{x:.1f}' for x in load)}]")
+        log(f"  [{name}: {seconds:.0f}s; load average {load_text(load)}]")
 
     @staticmethod
     def text(rows: list[dict[str, Any]]) -> str:
-        parts = [
-            f"{r['phase']} {r['seconds']:.0f}s ({' '.join(f'{x:.1f}' for x in r['load'])})" for r in rows
-        ]
+        parts = [f"{r['phase']} {r['seconds']:.0f}s ({load_text(r['load'])})" for r in rows]
         return ", ".join(parts) + f"; {sum(r['seconds'] for r in rows):.0f}s in all"
 
 
@@ -722,8 +727,10 @@ def main(argv: list[str] | None = None) -> None:
             setup = replace(setup, predictor_samples=args.predictor_samples)
         reports.append(run_space(setup, args))
     command = "python benchmarks/proxy_correlation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"Command: `{command.strip()}` ({time.perf_counter() - start:.0f}s in all; load average {load})\n")
+    print(
+        f"Command: `{command.strip()}` ({time.perf_counter() - start:.0f}s in all; "
+        f"load average {load_text(os.getloadavg())})\n"
+    )
     for report in reports:
         print(f"### {report['space']}\n\n{report['summary']}\n\n{report['table']}\n\n{report['verdict']}\n")
         print(

@@ -109,11 +109,12 @@ class FarmConfig:
 
     def make_backend(self) -> MeasurementBackend:
         name = self.backend_name
+        # The floor on a timing's length (`--min-seconds`) applies to every backend; torch-cuda and
+        # coreml time with their own clocks and threads.
+        options: dict[str, Any] = {"min_seconds": self.min_seconds}
         if name in ("torch-cpu", "onnxruntime-cpu"):
-            return get_backend(name, threads=self.threads, clock=self.clock, min_seconds=self.min_seconds)
-        # torch-cuda and coreml time with their own clocks and threads; the floor on a timing's
-        # length (`--min-seconds`) applies to every backend.
-        return get_backend(name, min_seconds=self.min_seconds)
+            options.update(threads=self.threads, clock=self.clock)
+        return get_backend(name, **options)
 
     @property
     def run_key(self) -> str:
